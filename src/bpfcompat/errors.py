@@ -1,0 +1,56 @@
+"""The package's exception tree, translated from third-party errors at each boundary.
+
+BpfcompatError
+├── ConfigError        bad kernels.yaml / manifest / command-line input
+├── ArtifactError      an input artifact that cannot be read at all
+├── FetchError         kernel packages could not be fetched or extracted
+├── ImageError         the guest image could not be built
+├── VMError            QEMU missing, boot failure, boot timeout
+│   └── GuestCrash     the guest panicked or oopsed (console evidence attached)
+├── TransportError     SSH to the guest failed or dropped
+└── StoreError         the SQLite store cannot be used
+
+The CLI catches BpfcompatError, prints its one-line message and exits 1.
+"""
+
+from __future__ import annotations
+
+
+class BpfcompatError(Exception):
+    """Base of every error the CLI reports as one line without a traceback."""
+
+
+class ConfigError(BpfcompatError):
+    pass
+
+
+class ArtifactError(BpfcompatError):
+    pass
+
+
+class FetchError(BpfcompatError):
+    pass
+
+
+class ImageError(BpfcompatError):
+    pass
+
+
+class VMError(BpfcompatError):
+    pass
+
+
+class GuestCrash(VMError):
+    """The guest died; `console_tail` holds the lines that prove it."""
+
+    def __init__(self, message: str, console_tail: str = "") -> None:
+        super().__init__(message)
+        self.console_tail = console_tail
+
+
+class TransportError(BpfcompatError):
+    pass
+
+
+class StoreError(BpfcompatError):
+    pass

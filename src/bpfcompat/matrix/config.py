@@ -1,0 +1,300 @@
+"""Strict config models: the kernel matrix (kernels.yaml) and per-artifact manifests.
+
+Every unknown key or bad value is a ConfigError naming the file, the entry and the key,
+because silently ignored configuration is a bug users only find in production.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bpfcompat.errors import ConfigError
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+# Debian package names: lower case, digits, + - . (policy 5.6.1).
+PACKAGE_PATTERN = r"^[a-z0-9][a-z0-9+.-]+$"
+SUITE_PATTERN = r"^[a-z][a-z0-9-]{1,31}$"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class KernelSpec(Strict):
+    """One kernel of the matrix: a Debian kernel package booted with an optional command line."""
+
+    id: Annotated[str, Field(pattern=ID_PATTERN)]
+    suite: Annotated[str, Field(pattern=SUITE_PATTERN)]
+    package: Annotated[str, Field(pattern=PACKAGE_PATTERN)]
+    required: bool = True
+    memory_mb: Annotated[int, Field(ge=256, le=16384)] = 512
+    cpus: Annotated[int, Field(ge=1, le=64)] = 1
+    cmdline: Annotated[str, Field(max_length=512)] = ""
+    boot_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 180.0
+    description: str = ""
+
+    @field_validator("cmdline")
+    @classmethod
+    def _safe_cmdline(cls, value: str) -> str:
+        # The command line is ours to build; quotes or control characters would let a
+        # config value smuggle init arguments or confuse the parser in the guest.
+        if re.search(r"[\"'`\\\x00-\x1f]", value):
+            raise ValueError("may not contain quotes, backslashes or control characters")
+        return value
+
+
+class KernelMatrix(Strict):
+    guest_suite: Annotated[str, Field(pattern=SUITE_PATTERN)] = "trixie"
+    kernels: Annotated[list[KernelSpec], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> KernelMatrix:
+        seen: set[str] = set()
+        for index, kernel in enumerate(self.kernels):
+            if kernel.id in seen:
+                raise ValueError(f"kernels[{index}].id: duplicate kernel id {kernel.id!r}")
+            seen.add(kernel.id)
+        return self
+
+    def select(self, ids: list[str] | None) -> list[KernelSpec]:
+        """Kernels named by `ids` in the order given, or all of them."""
+        if not ids:
+            return list(self.kernels)
+        by_id = {k.id: k for k in self.kernels}
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise ConfigError(
+                f"unknown kernel id {unknown[0]!r} (known: {', '.join(by_id)})"
+            )
+        return [by_id[i] for i in dict.fromkeys(ids)]
+
+
+# --- manifests ---------------------------------------------------------------------------
+
+MAX_MAP_ENTRIES = 2**32 - 1  # the kernel's u32 max_entries
+MAX_RINGBUF_BYTES = 2**30  # 1 GiB: more than any guest we boot could hold
+MAX_HELPER_ID = 1023
+
+
+def _parse_duration(value: Any) -> float:
+    """Accept 5, 2.5, "5s", "500ms", "1m" — the contract writes `timeout: 5s`."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration like 5s or 500ms")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", value)
+        if not match:
+            raise ValueError(f"{value!r} is not a duration like 5s or 500ms")
+        number, unit = float(match.group(1)), match.group(2) or "s"
+        seconds = number / 1000 if unit == "ms" else number * 60 if unit == "m" else number
+    else:
+        raise ValueError("must be a duration like 5s or 500ms")
+    if not 0 < seconds <= 600:
+        raise ValueError(f"duration must be between 0 and 600 seconds, got {seconds:g}")
+    return seconds
+
+
+class MapFixup(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=255)]
+    max_entries: Literal["cpus"] | Annotated[int, Field(ge=1, le=MAX_MAP_ENTRIES)] | None = None
+    inner_ringbuf_bytes: Annotated[int, Field(ge=4096, le=MAX_RINGBUF_BYTES)] | None = None
+
+    @field_validator("inner_ringbuf_bytes")
+    @classmethod
+    def _power_of_two(cls, value: int | None) -> int | None:
+        if value is not None and value & (value - 1):
+            raise ValueError("must be a power of two (the kernel's ringbuf size rule)")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> MapFixup:
+        if self.max_entries is None and self.inner_ringbuf_bytes is None:
+            raise ValueError("needs max_entries or inner_ringbuf_bytes")
+        return self
+
+
+class VariantProgram(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=255)]
+    requires_helper: str | Annotated[int, Field(ge=0, le=MAX_HELPER_ID)] | None = None
+
+    @field_validator("requires_helper")
+    @classmethod
+    def _known_helper(cls, value: str | int | None) -> str | int | None:
+        if isinstance(value, str):
+            from bpfcompat.validator.validator import helper_id_from_name
+
+            if helper_id_from_name(value) is None:
+                raise ValueError(f"unknown helper name {value!r}")
+        return value
+
+
+class VariantGroup(Strict):
+    group: Annotated[str, Field(min_length=1, max_length=255)]
+    programs: Annotated[list[VariantProgram], Field(min_length=1)]
+
+
+class FunctionalTest(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=255)]
+    command: Annotated[str, Field(min_length=1, max_length=4096)]
+    required: bool = True
+    timeout: float = 10.0
+    expect_exit_code: Annotated[int, Field(ge=0, le=255)] = 0
+    expect_stdout_contains: str | None = None
+    expect_stderr_contains: str | None = None
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return _parse_duration(value)
+
+
+class AttachExpectation(Strict):
+    required: bool = False
+
+
+class ProgramExpectation(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=255)]
+    attach: AttachExpectation = AttachExpectation()
+
+
+class Manifest(Strict):
+    """What a project's loader does that a generic loader cannot guess."""
+
+    metadata: dict[str, str] = {}
+    programs: list[ProgramExpectation] = []
+    maps: list[MapFixup] = []
+    program_variants: list[VariantGroup] = []
+    functional_tests: list[FunctionalTest] = []
+
+    def validator_args(self) -> list[str]:
+        """The contract's flags, generated from `maps` and `program_variants`."""
+        args: list[str] = []
+        for fixup in self.maps:
+            if fixup.max_entries is not None:
+                args += ["--set-map-max-entries", f"{fixup.name}={fixup.max_entries}"]
+            if fixup.inner_ringbuf_bytes is not None:
+                args += ["--set-map-inner-ringbuf", f"{fixup.name}={fixup.inner_ringbuf_bytes}"]
+        for group in self.program_variants:
+            entries = [
+                p.name if p.requires_helper is None else f"{p.name}:{p.requires_helper}"
+                for p in group.programs
+            ]
+            args += ["--prog-variants", f"{group.group}={','.join(entries)}"]
+        return args
+
+    def functional_plan(self) -> dict[str, Any] | None:
+        """The strict plan the validator runs while links are alive."""
+        if not self.functional_tests:
+            return None
+        return {
+            "tests": [
+                {
+                    "name": t.name,
+                    "command": t.command,
+                    "required": t.required,
+                    "timeout_seconds": t.timeout,
+                    "expect_exit_code": t.expect_exit_code,
+                    "expect_stdout_contains": t.expect_stdout_contains,
+                    "expect_stderr_contains": t.expect_stderr_contains,
+                }
+                for t in self.functional_tests
+            ]
+        }
+
+    def validator_manifest(self) -> dict[str, Any]:
+        """The JSON the validator reads with --manifest (per-program expectations)."""
+        return {
+            "programs": [
+                {"name": p.name, "attach": {"required": p.attach.required}} for p in self.programs
+            ],
+            "metadata": dict(self.metadata),
+        }
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def _describe(loc: tuple[int | str, ...], data: Any) -> str:
+    """Render a pydantic location as `kernels[1] (debian-12-6.1).memory_mb`."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and 0 <= item < len(node):
+                node = node[item]
+                ident = node.get("id") or node.get("name") or node.get("group") if isinstance(
+                    node, dict
+                ) else None
+                if isinstance(ident, str):
+                    label += f" ({ident})"
+            parts.append(label)
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def format_validation_error(source: str, exc: ValidationError, data: Any) -> str:
+    """One line for the first problem, the way users scan errors: file, entry, key, why."""
+    err = exc.errors()[0]
+    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    # Drop pydantic's union-branch tags such as 'literal['cpus']' or 'int'.
+    loc = tuple(x for x in loc if not (isinstance(x, str) and ("[" in x or x in {"int", "str"})))
+    msg = err["msg"].removeprefix("Value error, ")
+    more = len(exc.errors()) - 1
+    tail = f" (+{more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {_describe(loc, data)}: {msg}{tail}"
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+
+
+def _validate(model: type[M], path: Path, data: Any) -> M:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(str(path), exc, data)) from None
+
+
+def load_kernel_matrix(path: Path) -> KernelMatrix:
+    return _validate(KernelMatrix, path, load_yaml(path))
+
+
+def load_manifest(path: Path) -> Manifest:
+    data = load_yaml(path)
+    if data is None:
+        return Manifest()
+    return _validate(Manifest, path, data)
+
+
+def default_kernels_file() -> Path:
+    """kernels.yaml at the repository root, or the copy shipped inside the package."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[3] / "kernels.yaml", here.parents[1] / "kernels.yaml"):
+        if candidate.is_file():
+            return candidate
+    return Path("kernels.yaml")

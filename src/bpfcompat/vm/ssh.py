@@ -1,0 +1,188 @@
+"""The guest transport: run, put, get, close. The orchestrator never imports paramiko.
+
+paramiko exceptions are translated here, once, into TransportError; the host key is
+pinned to the one made when the guest image was built.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from bpfcompat.errors import TransportError
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+
+
+class GuestTransport(Protocol):
+    def run(self, command: str, timeout: float) -> CommandResult: ...
+    def put(self, local: Path, remote: str) -> None: ...
+    def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None: ...
+    def get_bytes(self, remote: str) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class RunKey:
+    """A per-run ed25519 client key, kept in memory; its public half goes on the kernel
+    command line (no key file ever exists unless `write_private` is asked for)."""
+
+    def __init__(self) -> None:
+        private = ed25519.Ed25519PrivateKey.generate()
+        pem = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        self.key = paramiko.Ed25519Key.from_private_key(io.StringIO(pem.decode()))
+
+    @property
+    def public_b64(self) -> str:
+        return self.key.get_base64()
+
+    def write_private(self, path: Path) -> None:
+        """Write the key 0600 (for a user who wants to ssh in by hand while debugging)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+        with os.fdopen(fd, "w") as fh:
+            self.key.write_private_key(fh)
+
+
+class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
+    def __init__(self, expected: str) -> None:
+        self.expected = expected.split()[1] if " " in expected else expected
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if key.get_base64() != self.expected:
+            raise TransportError(f"guest host key mismatch for {hostname}: not the image's key")
+
+
+class ParamikoTransport:
+    """SSH to a guest on a loopback forward."""
+
+    def __init__(self, client: paramiko.SSHClient, where: str) -> None:
+        self._client = client
+        self._sftp: paramiko.SFTPClient | None = None
+        self.where = where
+
+    @classmethod
+    def connect(
+        cls, port: int, key: RunKey, host_key: str, deadline: float, where: str,
+        alive: object = None,
+    ) -> ParamikoTransport:
+        """Retry until the guest answers or the deadline passes."""
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if callable(alive):
+                alive()
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(_PinnedHostKey(host_key))
+            try:
+                client.connect(
+                    "127.0.0.1", port=port, username="root", pkey=key.key,
+                    allow_agent=False, look_for_keys=False, timeout=10, banner_timeout=30,
+                    auth_timeout=30,
+                )  # fmt: skip
+                transport = client.get_transport()
+                if transport is not None:
+                    transport.set_keepalive(5)
+                return cls(client, where)
+            except TransportError:
+                client.close()
+                raise
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                last = exc
+                client.close()
+                time.sleep(0.3)
+        raise TransportError(f"{where}: SSH did not answer before the deadline ({last})")
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._sftp = self._client.open_sftp()
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise TransportError(f"{self.where}: SFTP failed: {exc}") from None
+        return self._sftp
+
+    def run(self, command: str, timeout: float) -> CommandResult:
+        try:
+            transport = self._client.get_transport()
+            if transport is None or not transport.is_active():
+                raise TransportError(f"{self.where}: SSH connection is closed")
+            chan = transport.open_session(timeout=10)
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout
+            while True:
+                if chan.recv_ready():
+                    out += chan.recv(65536)
+                elif chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                elif chan.exit_status_ready():
+                    while chan.recv_ready():
+                        out += chan.recv(65536)
+                    while chan.recv_stderr_ready():
+                        err += chan.recv_stderr(65536)
+                    break
+                elif time.monotonic() > deadline:
+                    chan.close()
+                    return CommandResult(-1, out.decode(errors="replace"),
+                                         err.decode(errors="replace"), True)  # fmt: skip
+                elif not transport.is_active():
+                    raise TransportError(f"{self.where}: SSH connection dropped")
+                else:
+                    time.sleep(0.01)
+            code = chan.recv_exit_status()
+            chan.close()
+            return CommandResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
+        except TransportError:
+            raise
+        except (paramiko.SSHException, OSError, EOFError, socket.timeout) as exc:
+            raise TransportError(f"{self.where}: command failed over SSH: {exc}") from None
+
+    def put(self, local: Path, remote: str) -> None:
+        try:
+            self._sftp_client().put(str(local), remote)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"{self.where}: SFTP put {local.name}: {exc}") from None
+
+    def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
+        try:
+            sftp = self._sftp_client()
+            with sftp.open(remote, "wb") as fh:
+                fh.write(data)
+            sftp.chmod(remote, mode)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"{self.where}: SFTP put {remote}: {exc}") from None
+
+    def get_bytes(self, remote: str) -> bytes:
+        try:
+            with self._sftp_client().open(remote, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            raise
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"{self.where}: SFTP get {remote}: {exc}") from None
+
+    def close(self) -> None:
+        try:
+            if self._sftp is not None:
+                self._sftp.close()
+        finally:
+            self._client.close()
+
