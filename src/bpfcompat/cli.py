@@ -1,0 +1,334 @@
+"""The typer app: thin commands over the core. One error boundary: a BpfcompatError
+becomes one line on stderr and exit 1, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bpfcompat import __version__
+from bpfcompat.errors import BpfcompatError, ConfigError
+from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
+from bpfcompat.matrix.plan import Plan, discover_artifacts, load_artifact
+from bpfcompat.matrix.store import DEFAULT_DB, Store
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="On which kernels does this .bpf.o load, verify and attach — and if not, why?")  # fmt: skip
+kernels_app = typer.Typer(no_args_is_help=True, help="The kernel matrix: list and fetch kernels.")
+matrix_app = typer.Typer(no_args_is_help=True, help="Run artifacts across kernels.")
+runs_app = typer.Typer(no_args_is_help=True, help="Stored runs.")
+image_app = typer.Typer(no_args_is_help=True, help="The guest image.")
+app.add_typer(kernels_app, name="kernels")
+app.add_typer(matrix_app, name="matrix")
+app.add_typer(runs_app, name="runs")
+app.add_typer(image_app, name="image")
+
+KernelsOpt = Annotated[Path | None, typer.Option("--kernels", help="Kernel matrix YAML (default: the embedded kernels.yaml).")]
+DbOpt = Annotated[Path, typer.Option("--db", help="SQLite store.")]
+HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the run as bpfcompat.run.v1 JSON.")]
+MdOpt = Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown summary.")]
+JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML.")]
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _matrix(path: Path | None):  # type: ignore[no-untyped-def]
+    return load_kernel_matrix(path or default_kernels_file())
+
+
+def _default_examples() -> list[Path]:
+    for candidate in (Path("examples"), Path(__file__).resolve().parents[2] / "examples"):
+        if candidate.is_dir():
+            return [candidate]
+    raise ConfigError("no artifacts given and no examples/ directory here")
+
+
+@kernels_app.command("list")
+def kernels_list(kernels: KernelsOpt = None) -> None:
+    """List the kernels of the matrix and whether they are cached."""
+    from bpfcompat.vm.kernels import cached_kernel
+
+    matrix = _matrix(kernels)
+    for spec in matrix.kernels:
+        hit = cached_kernel(spec, deep=False)
+        state = f"cached {hit.release}" if hit else "not fetched"
+        req = "required" if spec.required else "optional"
+        typer.echo(f"{spec.id:28} {spec.suite:10} {req:9} {spec.package}  [{state}]"
+                   + (f"  cmdline: {spec.cmdline}" if spec.cmdline else ""))  # fmt: skip
+
+
+@kernels_app.command("fetch")
+def kernels_fetch(ids: Annotated[list[str] | None, typer.Argument(help="Kernel ids (default: all).")] = None,
+                  kernels: KernelsOpt = None) -> None:  # fmt: skip
+    """Download and extract kernels into the cache (a second fetch does no network work)."""
+    from bpfcompat.vm.kernels import fetch_kernel
+
+    for spec in _matrix(kernels).select(ids):
+        started = time.monotonic()
+        build = fetch_kernel(spec)
+        typer.echo(f"{spec.id}: {build.release} ({build.version}) in {time.monotonic() - started:.1f} s -> {build.entry}")
+
+
+@image_app.command("build")
+def image_build(kernels: KernelsOpt = None) -> None:
+    """Build (or find cached) the guest image for the matrix's guest suite."""
+    from bpfcompat.vm.image import build_image
+
+    suite = _matrix(kernels).guest_suite
+    started = time.monotonic()
+    image = build_image(suite)
+    typer.echo(f"guest image {suite} {image.digest}: {image.rootfs_cpio} "
+               f"({image.rootfs_cpio.stat().st_size // 1024} KiB) in {time.monotonic() - started:.1f} s")  # fmt: skip
+
+
+class _Printer:
+    """Progress as plain timestamped lines (CI) or a live rich table (terminal)."""
+
+    def __init__(self, kernel_ids: list[str]) -> None:
+        self.live = None
+        self.state: dict[str, str] = dict.fromkeys(kernel_ids, "waiting")
+        if sys.stderr.isatty() and not os.environ.get("CI"):
+            from rich.live import Live
+
+            self.live = Live(self._table(), refresh_per_second=4, transient=True)
+            self.live.start()
+
+    def _table(self):  # type: ignore[no-untyped-def]
+        from rich.table import Table
+
+        table = Table(title="bpfcompat matrix")
+        table.add_column("kernel")
+        table.add_column("state")
+        for kid, state in self.state.items():
+            table.add_row(kid, state)
+        return table
+
+    def __call__(self, kernel: str, stage: str, detail: str = "") -> None:
+        text = f"{stage} {detail}".strip()
+        if self.live is not None:
+            if kernel in self.state:
+                self.state[kernel] = text
+            self.live.update(self._table())
+        else:
+            stamp = datetime.now(UTC).strftime("%H:%M:%S")
+            _say(f"[{stamp}] {kernel}: {text}")
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def _write_reports(store: Store, run_id: int, html: Path | None, json_path: Path | None,
+                   markdown: Path | None, junit: Path | None) -> list[Path]:  # fmt: skip
+    from bpfcompat.report import write_reports
+
+    return write_reports(store, run_id, html=html, json_path=json_path, markdown=markdown,
+                         junit=junit)  # fmt: skip
+
+
+@matrix_app.command("run")
+def matrix_run(
+    artifacts: Annotated[list[Path] | None, typer.Argument(help="Artifacts (.bpf.o) or directories of them (default: examples/).")] = None,
+    kernels: KernelsOpt = None,
+    kernel: Annotated[list[str] | None, typer.Option("--kernel", help="Only these kernel ids (repeatable).")] = None,
+    db: DbOpt = DEFAULT_DB,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where report.html and logs go.")] = Path(".bpfcompat/out"),
+    json_path: JsonOpt = None,
+    html: HtmlOpt = None,
+    markdown: MdOpt = None,
+    junit: JunitOpt = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Validate even where a stored result matches.")] = False,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=0, help="Kernels at once (0: from CPUs and memory).")] = 0,
+    boot_per_artifact: Annotated[bool, typer.Option("--boot-per-artifact", help="Cold-boot for every cell (the slow approach, for benchmarks).")] = False,
+) -> None:  # fmt: skip
+    """Validate every artifact on every kernel: each kernel booted once for all artifacts."""
+    from bpfcompat.matrix.runner import RunOptions, run_plan
+
+    matrix = _matrix(kernels)
+    specs = matrix.select(kernel)
+    found = discover_artifacts(artifacts or _default_examples())
+    plan = Plan(specs, found, matrix.guest_suite)
+    store = Store(db)
+    printer = _Printer([s.id for s in specs])
+    options = RunOptions(concurrency=concurrency, use_cache=not no_cache, workdir=out_dir / "work",
+                         boot_per_artifact=boot_per_artifact, progress=printer)  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        _, summary = run_plan(plan, store, options)
+    finally:
+        printer.close()
+        signal.signal(signal.SIGTERM, previous)
+    for message in summary.messages:
+        _say(f"bpfcompat: {message}")
+    html = html or out_dir / "report.html"
+    written = _write_reports(store, summary.run_id, html, json_path, markdown, junit)
+    _print_matrix(store, summary.run_id)
+    for path in written:
+        typer.echo(f"wrote {path}")
+    typer.echo(f"run {summary.run_id}: {summary.status}, exit code {summary.exit_code}")
+    raise typer.Exit(summary.exit_code)
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_matrix(store: Store, run_id: int) -> None:
+    cells = store.cells(run_id)
+    kernels = [k.kernel_id for k in store.kernels(run_id)]
+    names = list(dict.fromkeys(c.artifact for c in cells))
+    by = {(c.artifact, c.kernel_id): c for c in cells}
+    width = max([len(n) for n in names] + [8])
+    typer.echo(" " * width + "  " + "  ".join(f"{k:22}" for k in kernels))
+    for name in names:
+        row = []
+        for k in kernels:
+            c = by.get((name, k))
+            label = "-" if c is None else c.status + (f" {c.code}" if c.code else "")
+            row.append(f"{label[:22]:22}")
+        typer.echo(f"{name:{width}}  " + "  ".join(row))
+
+
+@app.command("validate")
+def validate(
+    artifact: Annotated[Path, typer.Argument(help="The .bpf.o to validate.")],
+    kernel: Annotated[str, typer.Option("--kernel", help="'host' for the running kernel, or a kernel id.")] = "host",
+    manifest: Annotated[Path | None, typer.Option("--manifest", help="Manifest YAML (default: manifest.yaml beside the artifact).")] = None,
+    kernels: KernelsOpt = None,
+    db: DbOpt = DEFAULT_DB,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the validator result JSON here.")] = None,
+) -> None:  # fmt: skip
+    """Validate one artifact on the host kernel (root) or on one kernel in a VM."""
+    loaded = load_artifact(artifact, manifest)
+    if kernel != "host":
+        from bpfcompat.matrix.runner import RunOptions, run_plan
+
+        matrix = _matrix(kernels)
+        plan = Plan(matrix.select([kernel]), [loaded], matrix.guest_suite)
+        _, summary = run_plan(plan, Store(db), RunOptions(use_cache=False))
+        for message in summary.messages:
+            _say(f"bpfcompat: {message}")
+        for cell in summary.cells:
+            typer.echo(f"{cell.artifact} on {cell.kernel_id}: {cell.status}"
+                       + (f" {cell.code}: {cell.evidence}" if cell.code else ""))  # fmt: skip
+            for note in cell.notes:
+                typer.echo(f"  note: {note}")
+        raise typer.Exit(summary.exit_code)
+    if os.geteuid() != 0:
+        raise ConfigError("validate --kernel host needs root (BPF loading needs CAP_BPF/CAP_SYS_ADMIN)")
+    from bpfcompat.matrix.classify import classify_result
+
+    validator = Path(__file__).resolve().parent / "validator" / "validator.py"
+    with tempfile.TemporaryDirectory(prefix="bpfcompat-validate-") as tmp:
+        result_path = out or Path(tmp) / "result.json"
+        args = [sys.executable, str(validator), "--artifact", str(artifact), "--out",
+                str(result_path), "--log-dir", tmp, *loaded.manifest.validator_args()]  # fmt: skip
+        if loaded.manifest.programs or loaded.manifest.metadata:
+            mpath = Path(tmp) / "manifest.json"
+            mpath.write_text(json.dumps(loaded.manifest.validator_manifest()))
+            args += ["--manifest", str(mpath)]
+        plan_data = loaded.manifest.functional_plan()
+        if plan_data:
+            ppath = Path(tmp) / "plan.json"
+            ppath.write_text(json.dumps(plan_data))
+            args += ["--functional-plan", str(ppath)]
+        proc = subprocess.run(args, check=False)
+        if not result_path.is_file():
+            raise BpfcompatError(f"{artifact}: validator wrote no result (exit {proc.returncode})")
+        result = json.loads(result_path.read_text())
+    verdict = classify_result(result, os.uname().release)
+    typer.echo(f"{loaded.name} on host {os.uname().release}: {verdict.status}"
+               + (f" {verdict.code}: {verdict.evidence}" if verdict.code else ""))  # fmt: skip
+    raise typer.Exit(0 if verdict.status == "pass" else 2)
+
+
+@app.command("report")
+def report(
+    db: DbOpt = DEFAULT_DB,
+    run: Annotated[int | None, typer.Option("--run", help="Run id (default: the latest).")] = None,
+    html: HtmlOpt = None, json_path: JsonOpt = None, markdown: MdOpt = None, junit: JunitOpt = None,
+) -> None:  # fmt: skip
+    """Render a stored run."""
+    if not any((html, json_path, markdown, junit)):
+        raise ConfigError("report: give at least one of --html, --json, --markdown, --junit")
+    store = _existing_store(db)
+    run_id = store.run(run).id
+    assert run_id is not None
+    for path in _write_reports(store, run_id, html, json_path, markdown, junit):
+        typer.echo(f"wrote {path}")
+
+
+def _existing_store(db: Path) -> Store:
+    if not db.is_file():
+        raise ConfigError(f"{db}: no such store (run `bpfcompat matrix run` first)")
+    return Store(db)
+
+
+@runs_app.command("list")
+def runs_list(db: DbOpt = DEFAULT_DB) -> None:
+    """List stored runs, newest first."""
+    store = _existing_store(db)
+    for run in store.runs():
+        cells = store.cells(run.id or 0)
+        counts = {s: sum(1 for c in cells if c.status == s) for s in ("pass", "fail", "error")}
+        typer.echo(f"{run.id:5}  {run.started_at}  {run.status:11} exit {run.exit_code}  "
+                   f"pass {counts['pass']} fail {counts['fail']} error {counts['error']}")  # fmt: skip
+
+
+@app.command("reclassify")
+def reclassify(
+    db: DbOpt = DEFAULT_DB,
+    run: Annotated[int | None, typer.Option("--run", help="Run id (default: the latest).")] = None,
+) -> None:  # fmt: skip
+    """Re-run the classifier over stored raw results; boots nothing."""
+    from bpfcompat.matrix.reclassify import reclassify_run
+
+    store = _existing_store(db)
+    run_id = store.run(run).id
+    assert run_id is not None
+    changed = reclassify_run(store, run_id)
+    typer.echo(f"run {run_id}: {len(changed)} cell(s) changed")
+    for line in changed:
+        typer.echo(f"  {line}")
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False) -> None:
+    if version:
+        typer.echo(f"bpfcompat {__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except BpfcompatError as exc:
+        _say(f"bpfcompat: error: {exc}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        _say("bpfcompat: interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise

@@ -1,0 +1,140 @@
+"""Turn command-line inputs into a plan: which artifacts, which kernels, what is cached.
+
+Artifacts are read once here (hash, manifest, a cheap ELF header check) so that every
+later stage works from the same bytes even if the files change during the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bpfcompat.errors import ArtifactError, ConfigError
+from bpfcompat.matrix.config import KernelSpec, Manifest, load_manifest
+
+MAX_ARTIFACT_BYTES = 64 * 1024 * 1024  # far above any real BPF object; see docs
+EM_BPF = 247
+ARTIFACT_SUFFIX = ".bpf.o"
+MANIFEST_NAME = "manifest.yaml"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    path: Path
+    data: bytes = field(repr=False)
+    sha256: str
+    manifest_path: Path | None
+    manifest: Manifest
+    manifest_hash: str
+    invalid_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    kernels: list[KernelSpec]
+    artifacts: list[Artifact]
+    guest_suite: str
+
+
+def artifact_name(path: Path) -> str:
+    name = path.name
+    return name[: -len(ARTIFACT_SUFFIX)] if name.endswith(ARTIFACT_SUFFIX) else path.stem
+
+
+def elf_problem(data: bytes) -> str | None:
+    """Why the bytes cannot be a BPF ELF object, judged from the header alone."""
+    if not data:
+        return "empty file"
+    if data[:4] != b"\x7fELF":
+        preview = data[:8].decode("ascii", "replace").encode("unicode_escape").decode()
+        return f"not an ELF file (starts with {preview!r})"
+    if len(data) < 64:
+        return f"truncated ELF header ({len(data)} bytes)"
+    if data[4] != 2 or data[5] not in (1, 2):
+        return "not a 64-bit ELF object"
+    endian = "<" if data[5] == 1 else ">"
+    (machine,) = struct.unpack_from(endian + "H", data, 18)
+    if machine != EM_BPF:
+        return f"ELF for machine {machine}, not BPF ({EM_BPF})"
+    shoff, = struct.unpack_from(endian + "Q", data, 40)
+    shentsize, shnum = struct.unpack_from(endian + "HH", data, 58)
+    if shoff + shentsize * shnum > len(data):
+        return f"truncated ELF: section headers end at {shoff + shentsize * shnum}, file has {len(data)} bytes"
+    return None
+
+
+def _manifest_hash(manifest: Manifest) -> str:
+    canonical = json.dumps(manifest.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_artifact(path: Path, manifest_path: Path | None = None) -> Artifact:
+    if manifest_path is None and (path.parent / MANIFEST_NAME).is_file():
+        manifest_path = path.parent / MANIFEST_NAME
+    manifest = load_manifest(manifest_path) if manifest_path else Manifest()
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read artifact: {exc.strerror}") from None
+    if size > MAX_ARTIFACT_BYTES:
+        data = b""
+        problem = f"artifact is {size} bytes, over the {MAX_ARTIFACT_BYTES} byte limit"
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot read artifact: {exc.strerror}") from None
+        problem = elf_problem(data)
+    return Artifact(
+        name=artifact_name(path),
+        path=path,
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        manifest_path=manifest_path,
+        manifest=manifest,
+        manifest_hash=_manifest_hash(manifest),
+        invalid_reason=problem,
+    )
+
+
+def discover_artifacts(inputs: list[Path], manifest: Path | None = None) -> list[Artifact]:
+    """Files as given; directories expand to every *.bpf.o below them, sorted."""
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.rglob(f"*{ARTIFACT_SUFFIX}") if p.is_file())
+            if not found:
+                raise ArtifactError(f"{item}: directory holds no *{ARTIFACT_SUFFIX} files")
+            paths += found
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise ArtifactError(f"{item}: no such file or directory")
+    artifacts: list[Artifact] = []
+    seen: dict[str, Path] = {}
+    for path in dict.fromkeys(paths):
+        artifact = load_artifact(path, manifest)
+        if artifact.name in seen:
+            raise ConfigError(
+                f"{path}: artifact name {artifact.name!r} is also used by {seen[artifact.name]}"
+            )
+        seen[artifact.name] = path
+        artifacts.append(artifact)
+    return artifacts
+
+
+def kernel_key(spec: KernelSpec, package_version: str) -> str:
+    return f"{spec.id}|{spec.package}={package_version}|{spec.cmdline}"
+
+
+def cache_key(
+    artifact: Artifact, spec: KernelSpec, package_version: str, validator_version: str,
+    image_digest: str,
+) -> str:
+    parts = [artifact.sha256, artifact.manifest_hash, kernel_key(spec, package_version),
+             validator_version, image_digest]  # fmt: skip
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()

@@ -1,0 +1,315 @@
+"""Run a plan: each kernel booted once (in parallel up to a limit), every artifact
+validated in that boot, every cell stored as soon as it is known.
+
+Cells already in the store under the same cache key are reused and cost no boot.
+Ctrl-C / SIGTERM set a stop flag and kill every live VM; finished cells stay stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from bpfcompat import __version__
+from bpfcompat.errors import BpfcompatError
+from bpfcompat.matrix.classify import CLASSIFIER_VERSION, Verdict, classify, notes_for
+from bpfcompat.matrix.config import KernelSpec
+from bpfcompat.matrix.guest import GuestSession, RawOutcome, describe_error
+from bpfcompat.matrix.plan import Artifact, Plan, cache_key
+from bpfcompat.matrix.store import Cell, Run, RunKernel, Store, ValidatorResult, utcnow
+from bpfcompat.validator.validator import VALIDATOR_VERSION
+from bpfcompat.vm.image import GuestImage, build_image
+from bpfcompat.vm.kernels import KernelBuild, fetch_kernel
+from bpfcompat.vm.qemu import QemuVM, detect_accel
+
+
+class Progress(Protocol):
+    def __call__(self, kernel: str, stage: str, detail: str = "") -> None: ...
+
+
+def _quiet(kernel: str, stage: str, detail: str = "") -> None:
+    return None
+
+
+@dataclass
+class RunOptions:
+    concurrency: int = 0  # 0: decide from CPUs and memory
+    use_cache: bool = True
+    workdir: Path = Path(".bpfcompat/work")
+    boot_per_artifact: bool = False  # the reference tool's approach, for benchmarks
+    progress: Progress = _quiet
+
+
+@dataclass
+class RunSummary:
+    run_id: int
+    exit_code: int
+    status: str
+    cells: list[Cell] = field(default_factory=list)
+    kernels: list[RunKernel] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+
+def default_concurrency(kernels: list[KernelSpec]) -> int:
+    """One VM per core (TCG is CPU-bound), fewer if memory would run short."""
+    cpus = os.cpu_count() or 1
+    try:
+        with open("/proc/meminfo") as fh:
+            avail_kb = next(int(ln.split()[1]) for ln in fh if ln.startswith("MemAvailable"))
+    except (OSError, StopIteration, ValueError):
+        avail_kb = 2 * 1024 * 1024
+    per_vm_mb = max((k.memory_mb for k in kernels), default=512) + 256  # QEMU's own overhead
+    by_memory = max(1, int(avail_kb / 1024 * 0.7 // per_vm_mb))
+    return max(1, min(cpus, by_memory, len(kernels)))
+
+
+class MatrixRunner:
+    def __init__(self, plan: Plan, store: Store, options: RunOptions) -> None:
+        self.plan = plan
+        self.store = store
+        self.options = options
+        self.stop = threading.Event()
+        self.live_vms: set[QemuVM] = set()
+        self.accel = detect_accel()
+        self.messages: list[str] = []
+        self._lock = threading.Lock()
+
+    # --- public ----------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        run = self.store.add(Run(accel=self.accel, tool_version=__version__))
+        assert run.id is not None
+        self.run_id = run.id
+        for artifact in self.plan.artifacts:
+            if artifact.invalid_reason:
+                self.messages.append(f"{artifact.path}: {artifact.invalid_reason}")
+        status = "completed"
+        try:
+            self._run_kernels()
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self.interrupt()
+        finally:
+            if self.stop.is_set() and status == "completed":
+                status = "interrupted"
+        kernels = self.store.kernels(self.run_id)
+        cells = self.store.cells(self.run_id)
+        exit_code = 130 if status == "interrupted" else self.exit_code(kernels, cells)
+        self.store.update_run(self.run_id, status=status, exit_code=exit_code,
+                              finished_at=utcnow())  # fmt: skip
+        return RunSummary(self.run_id, exit_code, status, cells, kernels, self.messages)
+
+    def interrupt(self) -> None:
+        """Stop scheduling and kill every guest now; workers then unwind quickly."""
+        self.stop.set()
+        for vm in list(self.live_vms):
+            vm.stop()
+
+    def exit_code(self, kernels: list[RunKernel], cells: list[Cell]) -> int:
+        required = {k.kernel_id for k in kernels if k.required}
+        if any(k.status == "error" for k in kernels if k.kernel_id in required):
+            return 1
+        if any(a.invalid_reason for a in self.plan.artifacts):
+            return 1
+        req_cells = [c for c in cells if c.kernel_id in required]
+        if any(c.status == "error" for c in req_cells):
+            return 1
+        if any(c.status == "fail" for c in req_cells):
+            return 2
+        return 0
+
+    # --- scheduling ------------------------------------------------------------------------
+
+    def _run_kernels(self) -> None:
+        kernels = self.plan.kernels
+        workers = self.options.concurrency or default_concurrency(kernels)
+        with ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="bpfc") as pool:
+            # The image build overlaps with kernel fetches; each kernel waits only for it.
+            image_future: Future[GuestImage] = pool.submit(self._build_image)
+            gate = threading.Semaphore(workers)
+            futures = [pool.submit(self._kernel_job, spec, image_future, gate) for spec in kernels]
+            try:
+                while not all(f.done() for f in futures):
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                self.interrupt()
+                for f in futures:
+                    f.cancel()
+                raise
+            for f in futures:
+                if f.exception() is not None and not isinstance(f.exception(), KeyboardInterrupt):
+                    raise f.exception()  # type: ignore[misc]
+
+    def _build_image(self) -> GuestImage:
+        self.options.progress("*", "building", f"guest image ({self.plan.guest_suite})")
+        return build_image(self.plan.guest_suite)
+
+    def _kernel_job(
+        self, spec: KernelSpec, image_future: Future[GuestImage], gate: threading.Semaphore
+    ) -> None:
+        progress = self.options.progress
+        row = self.store.add(RunKernel(
+            run_id=self.run_id, kernel_id=spec.id, suite=spec.suite, package=spec.package,
+            cmdline=spec.cmdline, required=spec.required,
+        ))  # fmt: skip
+        try:
+            progress(spec.id, "fetching")
+            kernel = fetch_kernel(spec)
+            self._update_kernel(row, release=kernel.release, package_version=kernel.version,
+                                btf=kernel.config_value("CONFIG_DEBUG_INFO_BTF") == "y")  # fmt: skip
+            image = image_future.result()
+        except BpfcompatError as exc:
+            self._kernel_failed(spec, row, describe_error(exc), self.plan.artifacts)
+            return
+        todo: list[tuple[int, Artifact, str]] = []
+        for index, artifact in enumerate(self.plan.artifacts):
+            key = cache_key(artifact, spec, kernel.version, VALIDATOR_VERSION, image.digest)
+            hit = self.store.cached_result(key) if self.options.use_cache else None
+            if hit is not None:
+                self._record_cell(spec, artifact, hit, kernel, cached=True)
+            else:
+                todo.append((index, artifact, key))
+        if not todo:
+            self._update_kernel(row, status="cached")
+            progress(spec.id, "done", "all cells cached")
+            return
+        with gate:
+            self._validate_all(spec, row, kernel, image, todo)
+
+    def _validate_all(
+        self, spec: KernelSpec, row: RunKernel, kernel: KernelBuild, image: GuestImage,
+        todo: list[tuple[int, Artifact, str]],
+    ) -> None:
+        progress = self.options.progress
+        workdir = self.options.workdir / f"run-{self.run_id}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        session = GuestSession(spec, kernel, image, workdir, self.stop, self.live_vms)
+        try:
+            progress(spec.id, "booting")
+            try:
+                session.boot()
+            except BpfcompatError as exc:
+                if self.stop.is_set():
+                    return
+                progress(spec.id, "booting", f"retry after: {describe_error(exc)}")
+                try:
+                    session.boot()
+                except BpfcompatError as exc2:
+                    self._kernel_failed(spec, row, f"boot failed: {describe_error(exc2)}",
+                                        [a for _, a, _ in todo], boots=session.boots)  # fmt: skip
+                    return
+            self._update_kernel(row, boot_seconds=round(session.boot_seconds[0], 2),
+                                status="ok", boots=session.boots)  # fmt: skip
+            for done, (index, artifact, key) in enumerate(todo, start=1):
+                if self.stop.is_set():
+                    return
+                progress(spec.id, "validating", f"{done}/{len(todo)} {artifact.name}")
+                if self.options.boot_per_artifact and done > 1:
+                    session.boot()
+                try:
+                    outcome = session.validate(artifact, index)
+                except BpfcompatError as exc:
+                    if self.stop.is_set():
+                        return
+                    remaining = [a for _, a, _ in todo[done - 1 :]]
+                    self._kernel_failed(spec, row, f"reboot failed: {describe_error(exc)}",
+                                        remaining, boots=session.boots)  # fmt: skip
+                    return
+                if self.stop.is_set() and outcome.infra_error:
+                    return  # killed by our own interrupt: not a verdict
+                stored = self._store_result(key, artifact, spec, image, outcome)
+                self._record_cell(spec, artifact, stored, kernel, cached=False)
+            self._update_kernel(row, boots=session.boots)
+            progress(spec.id, "done", f"{len(todo)} validated, {session.boots} boot(s)")
+        finally:
+            session.shutdown()
+
+    # --- recording -------------------------------------------------------------------------
+
+    def _update_kernel(self, row: RunKernel, **fields: object) -> None:
+        def _apply(session) -> None:  # type: ignore[no-untyped-def]
+            obj = session.get(RunKernel, row.id)
+            for key, value in fields.items():
+                setattr(obj, key, value)
+            session.add(obj)
+
+        self.store.write(_apply)
+
+    def _kernel_failed(
+        self, spec: KernelSpec, row: RunKernel, message: str, artifacts: list[Artifact],
+        boots: int = 0,
+    ) -> None:
+        self.options.progress(spec.id, "error", message)
+        with self._lock:
+            self.messages.append(f"kernel {spec.id}: {message}")
+        self._update_kernel(row, status="error", error=message, boots=boots)
+        for artifact in artifacts:
+            verdict = Verdict("error", "INFRA_ERROR", "high", "boot", None, message[:500],
+                              "Check the console log and the kernel entry; rerun.")  # fmt: skip
+            self._add_cell(spec, artifact, verdict, None, 0.0, cached=False, notes=[])
+
+    def _store_result(
+        self, key: str, artifact: Artifact, spec: KernelSpec, image: GuestImage,
+        outcome: RawOutcome,
+    ) -> ValidatorResult:
+        return self.store.add(ValidatorResult(
+            cache_key=key, artifact_sha256=artifact.sha256, kernel_id=spec.id,
+            validator_version=VALIDATOR_VERSION, image_digest=image.digest,
+            exit_code=outcome.exit_code, signal=outcome.signal, raw_json=outcome.raw_json,
+            infra_error=outcome.infra_error, crash=outcome.crash,
+            console_tail=outcome.console_tail, seconds=round(outcome.seconds, 3),
+        ))  # fmt: skip
+
+    def _record_cell(
+        self, spec: KernelSpec, artifact: Artifact, stored: ValidatorResult, kernel: KernelBuild,
+        *, cached: bool,
+    ) -> None:
+        verdict = classify(stored, artifact_problem=artifact.invalid_reason, release=kernel.release)
+        result = stored.result() or {}
+        self._add_cell(spec, artifact, verdict, stored, stored.seconds, cached=cached,
+                       notes=notes_for(result), result=result)  # fmt: skip
+
+    def _add_cell(
+        self, spec: KernelSpec, artifact: Artifact, verdict: Verdict,
+        stored: ValidatorResult | None, seconds: float, *, cached: bool, notes: list[str],
+        result: dict | None = None,
+    ) -> None:
+        result = result or {}
+        details = {
+            "variants": [
+                {"group": v.get("group"), "chosen": v.get("chosen"),
+                 "disabled": list(v.get("disabled") or [])}
+                for v in result.get("program_variants") or [] if isinstance(v, dict)
+            ],
+            "map_fixups": [
+                {"name": f.get("name"), "requested": f.get("requested"),
+                 "applied_entries": f.get("applied_entries"), "status": f.get("status")}
+                for f in result.get("map_fixups") or [] if isinstance(f, dict)
+            ],
+        }  # fmt: skip
+        self.store.add(Cell(
+            run_id=self.run_id, artifact=artifact.name, artifact_path=str(artifact.path),
+            artifact_sha256=artifact.sha256,
+            manifest_path=str(artifact.manifest_path) if artifact.manifest_path else None,
+            manifest_hash=artifact.manifest_hash, kernel_id=spec.id, status=verdict.status,
+            code=verdict.code, evidence=verdict.evidence, confidence=verdict.confidence,
+            stage=verdict.stage, program=verdict.program, remediation=verdict.remediation,
+            classifier_version=CLASSIFIER_VERSION, notes_json=json.dumps(notes),
+            details_json=json.dumps(details), seconds=round(seconds, 3), cached=cached,
+            result_id=stored.id if stored else None,
+        ))  # fmt: skip
+
+
+def run_plan(plan: Plan, store: Store, options: RunOptions) -> tuple[MatrixRunner, RunSummary]:
+    runner = MatrixRunner(plan, store, options)
+    return runner, runner.run()
+
+
+ProgressFactory = Callable[[list[str]], Progress]

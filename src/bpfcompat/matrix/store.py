@@ -1,0 +1,241 @@
+"""The SQLite store: runs, their kernels and cells, and the raw validator results.
+
+Raw evidence (validator JSON, console tails) lives in `ValidatorResult`, apart from the
+verdict in `Cell`, so a newer classifier can reclassify stored runs without booting.
+WAL mode, short transactions and a busy timeout let two runs share one file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from bpfcompat.errors import StoreError
+
+DEFAULT_DB = Path(".bpfcompat/bpfcompat.db")
+T = TypeVar("T")
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Run(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: str = Field(default_factory=utcnow)
+    finished_at: str | None = None
+    status: str = "running"  # running | completed | interrupted | failed
+    exit_code: int | None = None
+    accel: str = ""
+    kernels_file: str = ""
+    tool_version: str = ""
+    error: str | None = None
+
+
+class RunKernel(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    kernel_id: str
+    release: str = ""
+    package: str = ""
+    package_version: str = ""
+    suite: str = ""
+    cmdline: str = ""
+    required: bool = True
+    btf: bool | None = None
+    boot_seconds: float | None = None
+    boots: int = 0
+    status: str = "pending"  # pending | ok | cached | error
+    error: str | None = None
+
+
+class ValidatorResult(SQLModel, table=True):
+    """What the guest produced for one (artifact, kernel) — evidence, never a verdict."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    cache_key: str = Field(index=True)
+    artifact_sha256: str
+    kernel_id: str
+    validator_version: str = ""
+    image_digest: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    raw_json: str | None = None
+    infra_error: str | None = None
+    crash: bool = False
+    console_tail: str | None = None
+    seconds: float = 0.0
+    created_at: str = Field(default_factory=utcnow)
+
+    def result(self) -> dict[str, Any] | None:
+        if not self.raw_json:
+            return None
+        try:
+            data = json.loads(self.raw_json)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+
+class Cell(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    artifact: str
+    artifact_path: str
+    artifact_sha256: str
+    manifest_path: str | None = None
+    manifest_hash: str = ""
+    kernel_id: str
+    status: str  # pass | fail | error
+    code: str | None = None
+    evidence: str | None = None
+    confidence: str | None = None
+    stage: str | None = None
+    program: str | None = None
+    remediation: str | None = None
+    classifier_version: str = ""
+    notes_json: str = "[]"
+    details_json: str = "{}"
+    seconds: float = 0.0
+    cached: bool = False
+    result_id: int | None = Field(default=None, foreign_key="validatorresult.id")
+
+    @property
+    def notes(self) -> list[str]:
+        return json.loads(self.notes_json)
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return json.loads(self.details_json)
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create the store's directory: {exc}") from None
+        self.engine = create_engine(
+            f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False}
+        )
+        event.listen(self.engine, "connect", _pragmas)
+        try:
+            SQLModel.metadata.create_all(self.engine)
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA quick_check").fetchall()
+        except (DatabaseError, OperationalError, sqlite3.DatabaseError) as exc:
+            raise StoreError(f"{path}: not a usable bpfcompat store: {_reason(exc)}") from None
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    def write(self, fn: Callable[[Session], T]) -> T:
+        """Run `fn` in one short transaction, retrying while another writer holds the lock."""
+        delay = 0.05
+        for attempt in range(40):
+            try:
+                with self.session() as session:
+                    value = fn(session)
+                    session.commit()
+                    return value
+            except OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 39:
+                    raise StoreError(f"{self.path}: {_reason(exc)}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    def add(self, obj: T) -> T:
+        def _add(session: Session) -> T:
+            session.add(obj)
+            session.flush()
+            session.refresh(obj)
+            return obj
+
+        return self.write(_add)
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        def _update(session: Session) -> None:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise StoreError(f"{self.path}: run {run_id} vanished")
+            for key, value in fields.items():
+                setattr(run, key, value)
+            session.add(run)
+
+        self.write(_update)
+
+    def cached_result(self, cache_key: str) -> ValidatorResult | None:
+        """The newest conclusive result for this key (infra errors are never reused)."""
+        with self.session() as session:
+            stmt = (
+                select(ValidatorResult)
+                .where(ValidatorResult.cache_key == cache_key)
+                .where(ValidatorResult.infra_error.is_(None))  # type: ignore[union-attr]
+                .where(ValidatorResult.crash.is_(False))  # type: ignore[attr-defined]
+                .order_by(ValidatorResult.id.desc())  # type: ignore[union-attr]
+            )
+            return session.exec(stmt).first()
+
+    def run(self, run_id: int | None = None) -> Run:
+        with self.session() as session:
+            if run_id is None:
+                run = session.exec(select(Run).order_by(Run.id.desc())).first()  # type: ignore[union-attr]
+                if run is None:
+                    raise StoreError(f"{self.path}: the store has no runs yet")
+                return run
+            run = session.get(Run, run_id)
+            if run is None:
+                raise StoreError(f"{self.path}: no run with id {run_id}")
+            return run
+
+    def runs(self) -> list[Run]:
+        with self.session() as session:
+            return list(session.exec(select(Run).order_by(Run.id.desc())))  # type: ignore[union-attr]
+
+    def kernels(self, run_id: int) -> list[RunKernel]:
+        with self.session() as session:
+            stmt = select(RunKernel).where(RunKernel.run_id == run_id).order_by(RunKernel.id)  # type: ignore[arg-type]
+            return list(session.exec(stmt))
+
+    def cells(self, run_id: int) -> list[Cell]:
+        with self.session() as session:
+            stmt = select(Cell).where(Cell.run_id == run_id).order_by(Cell.id)  # type: ignore[arg-type]
+            return list(session.exec(stmt))
+
+    def result(self, result_id: int | None) -> ValidatorResult | None:
+        if result_id is None:
+            return None
+        with self.session() as session:
+            return session.get(ValidatorResult, result_id)
+
+    def integrity_ok(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+
+
+def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).splitlines()[0]
