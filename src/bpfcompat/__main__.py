@@ -1,0 +1,5 @@
+"""`python -m bpfcompat` runs the CLI."""
+
+from bpfcompat.cli import main
+
+main()

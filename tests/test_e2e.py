@@ -1,0 +1,179 @@
+"""End-to-end: real Debian kernels booted under QEMU, the real validator and libbpf in
+each guest, a real SQLite store. Every cell of the default matrix is checked against
+its example's expect.yaml."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLES, ROOT, require_tool, run_cli
+from expectations import expected
+
+from bpfcompat.matrix.config import load_kernel_matrix
+
+pytestmark = pytest.mark.vm
+MATRIX = load_kernel_matrix(ROOT / "kernels.yaml")
+
+
+@pytest.fixture(scope="session")
+def default_run(built_examples: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The README's main job: every kernel x every example, one boot per kernel."""
+    require_tool("qemu-system-x86_64")
+    tmp = tmp_path_factory.mktemp("default")
+    db = tmp / "store.db"
+    proc = run_cli("matrix", "run", str(built_examples), "--db", str(db), "--out-dir",
+                   str(tmp / "out"), "--json", str(tmp / "run.json"))  # fmt: skip
+    assert (tmp / "run.json").is_file(), proc.stderr[-3000:]
+    export = json.loads((tmp / "run.json").read_text())
+    return {"proc": proc, "db": db, "tmp": tmp, "export": export}
+
+
+def _cells(export: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(c["artifact"], c["kernel"]): c for c in export["cells"]}
+
+
+def test_default_matrix_is_complete(default_run: dict[str, Any]) -> None:
+    export = default_run["export"]
+    kernel_ids = [k.id for k in MATRIX.kernels]
+    examples = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir() and (p / "expect.yaml").is_file())
+    assert [k["id"] for k in export["kernels"]] == kernel_ids
+    assert sorted(a["name"] for a in export["artifacts"]) == examples
+    assert len(export["cells"]) == len(kernel_ids) * len(examples)
+    assert export["run"]["status"] == "completed"
+    for kernel in export["kernels"]:
+        assert kernel["status"] == "ok", kernel
+        assert kernel["boots"] == 1, f"{kernel['id']} booted {kernel['boots']} times"
+        assert kernel["btf"] is True and kernel["release"]
+    assert (default_run["tmp"] / "out" / "report.html").is_file()
+    assert "report.html" in default_run["proc"].stdout
+
+
+def test_every_cell_matches_its_expectation(default_run: dict[str, Any]) -> None:
+    mismatches = []
+    for (artifact, kernel), cell in sorted(_cells(default_run["export"]).items()):
+        want = expected(artifact, kernel)
+        got = {"status": cell["status"], "code": cell["code"]}
+        if got != {"status": want["status"], "code": want.get("code")}:
+            mismatches.append(f"{artifact} on {kernel}: got {got}, expected {want} "
+                              f"(evidence: {cell['evidence']})")  # fmt: skip
+        for group, chosen in (want.get("variants") or {}).items():
+            chosen_now = {v["group"]: v["chosen"] for v in cell["variants"]}
+            if chosen_now.get(group) != chosen:
+                mismatches.append(f"{artifact} on {kernel}: variant {group} chose "
+                                  f"{chosen_now.get(group)}, expected {chosen}")  # fmt: skip
+        if cell["status"] != "pass":
+            assert cell["evidence"], f"{artifact} on {kernel}: failing cell without evidence"
+    assert not mismatches, "\n".join(mismatches)
+
+
+def test_exit_code_reflects_invalid_inputs(default_run: dict[str, Any]) -> None:
+    # examples/ deliberately holds a text file and a truncated ELF: bad input -> exit 1,
+    # each named on one line, while every other cell is still validated and stored.
+    proc = default_run["proc"]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "invalid-object.bpf.o: not an ELF file" in proc.stderr
+    assert "truncated-elf.bpf.o: truncated ELF" in proc.stderr
+    assert default_run["export"]["run"]["exit_code"] == 1
+
+
+def test_store_holds_every_cell(default_run: dict[str, Any]) -> None:
+    conn = sqlite3.connect(default_run["db"])
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = conn.execute("select artifact, kernel_id, status, code from cell").fetchall()
+    stored = {(a, k): (s, c) for a, k, s, c in rows}
+    exported = {key: (c["status"], c["code"]) for key, c in _cells(default_run["export"]).items()}
+    assert stored == exported
+    raw = conn.execute("select count(*) from validatorresult where raw_json is not null").fetchone()
+    assert raw[0] == len(rows)
+
+
+def test_validator_fields_per_example(default_run: dict[str, Any]) -> None:
+    cells = _cells(default_run["export"])
+    cpus = {k.id: k.cpus for k in MATRIX.kernels}
+    for kernel in cpus:
+        fixups = {f["name"]: f for f in cells[("runtime-sized-maps", kernel)]["map_fixups"]}
+        for name in ("auxiliary_maps", "ringbuf_maps"):
+            assert fixups[name]["status"] == "applied", (kernel, fixups)
+            assert fixups[name]["requested"] == "cpus"
+            assert fixups[name]["applied_entries"] == cpus[kernel], (kernel, fixups[name])
+        notes = " ".join(cells[("runtime-sized-maps", kernel)]["notes"])
+        assert f"applied {cpus[kernel]}" in notes
+    old = cells[("program-variants", "debian-11-5.10")]["variants"]
+    new = cells[("program-variants", "debian-12-6.1")]["variants"]
+    assert old == [{"group": "loop_x", "chosen": "loop_old_x", "disabled": ["loop_x"]}]
+    assert new == [{"group": "loop_x", "chosen": "loop_x", "disabled": ["loop_old_x"]}]
+    assert cells[("functional-execve", "debian-12-6.1")]["status"] == "pass"
+    attach_warn = cells[("unsupported-attach", "debian-13-6.12")]
+    assert attach_warn["status"] == "pass" and any("attach warning" in n for n in attach_warn["notes"])
+
+
+def test_raw_results_carry_contract_fields(default_run: dict[str, Any]) -> None:
+    conn = sqlite3.connect(default_run["db"])
+    row = conn.execute(
+        "select v.raw_json from cell c join validatorresult v on v.id = c.result_id "
+        "where c.artifact = 'functional-execve' and c.kernel_id = 'debian-12-6.1'"
+    ).fetchone()
+    result = json.loads(row[0])
+    assert result["schema_version"] == "validator.v0.4"
+    for key in ("status", "host", "input", "btf", "capabilities", "discovery", "load", "attach",
+                "functional", "logs", "map_fixups", "program_variants"):  # fmt: skip
+        assert key in result, key
+    test = result["functional"]["tests"][0]
+    assert test["status"] == "pass" and "bpfcompat-execve-marker" in test["stdout_tail"]
+    assert result["btf"]["kernel_btf_available"] is True
+    assert result["host"]["release"].startswith("6.1.")
+
+
+def test_rerun_is_served_from_cache(default_run: dict[str, Any]) -> None:
+    tmp = default_run["tmp"]
+    proc = run_cli("matrix", "run", str(EXAMPLES), "--db", str(default_run["db"]), "--out-dir",
+                   str(tmp / "out2"), "--json", str(tmp / "run2.json"))  # fmt: skip
+    export = json.loads((tmp / "run2.json").read_text())
+    assert all(c["cached"] for c in export["cells"]), proc.stderr[-2000:]
+    assert all(k["boots"] == 0 and k["status"] == "cached" for k in export["kernels"])
+    before = {k: (c["status"], c["code"]) for k, c in _cells(default_run["export"]).items()}
+    after = {k: (c["status"], c["code"]) for k, c in _cells(export).items()}
+    assert before == after
+
+
+def test_two_examples_on_one_kernel_exit_zero(built_examples: Path, tmp_path: Path) -> None:
+    """Issue 2's acceptance command, on a fresh store."""
+    out = tmp_path / "out.json"
+    proc = run_cli("matrix", "run", str(built_examples / "simple-pass"),
+                   str(built_examples / "ringbuf"), "--kernel", "debian-12-6.1", "--json",
+                   str(out), "--db", str(tmp_path / "db"), "--out-dir", str(tmp_path / "o"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    export = json.loads(out.read_text())
+    assert [(c["artifact"], c["status"]) for c in export["cells"]] == [
+        ("simple-pass", "pass"), ("ringbuf", "pass")]  # fmt: skip
+    assert export["kernels"][0]["boot_seconds"] > 0
+
+
+def test_guest_panic_costs_one_cell(built_examples: Path, tmp_path: Path) -> None:
+    """A functional test that panics the guest: that cell is KERNEL_CRASH with the console
+    line as evidence, the VM is rebooted and the next artifact passes normally."""
+    src = built_examples / "simple-pass" / "simple-pass.bpf.o"
+    for name in ("a-first", "b-panic", "c-after"):
+        (tmp_path / name).mkdir()
+        shutil.copy(src, tmp_path / name / f"{name}.bpf.o")
+    (tmp_path / "b-panic" / "manifest.yaml").write_text(
+        "functional_tests:\n  - name: panic\n"
+        "    command: \"sh -c 'echo c > /proc/sysrq-trigger'\"\n    timeout: 20s\n"
+    )
+    out = tmp_path / "out.json"
+    proc = run_cli("matrix", "run", str(tmp_path / "a-first"), str(tmp_path / "b-panic"),
+                   str(tmp_path / "c-after"), "--kernel", "debian-12-6.1", "--json", str(out),
+                   "--db", str(tmp_path / "db"), "--out-dir", str(tmp_path / "o"))  # fmt: skip
+    export = json.loads(out.read_text())
+    verdicts = {c["artifact"]: (c["status"], c["code"]) for c in export["cells"]}
+    assert verdicts == {"a-first": ("pass", None), "b-panic": ("fail", "KERNEL_CRASH"),
+                        "c-after": ("pass", None)}, proc.stderr[-2000:]  # fmt: skip
+    crash = next(c for c in export["cells"] if c["artifact"] == "b-panic")
+    assert "sysrq" in crash["evidence"].lower() or "panic" in crash["evidence"].lower()
+    assert export["kernels"][0]["boots"] == 2
+    assert proc.returncode == 2
