@@ -11,33 +11,28 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from bpfcompat.errors import BpfcompatError, GuestCrash, TransportError, VMError
 from bpfcompat.matrix.config import KernelSpec
 from bpfcompat.matrix.plan import Artifact
-from bpfcompat.vm.image import GuestImage
+from bpfcompat.vm.image import GUEST_VALIDATOR_DIR, GuestImage
 from bpfcompat.vm.kernels import KernelBuild
 from bpfcompat.vm.qemu import BootSpec, QemuVM
 from bpfcompat.vm.ssh import GuestTransport, ParamikoTransport, RunKey
 
 GUEST_DIR = "/tmp/bpfc"
 BASE_CMDLINE = "console=ttyS0 panic=-1 oops=panic quiet random.trust_cpu=on"
-# A tiny entry point so the validator module is imported (and its .pyc cached in the
-# guest) rather than compiled afresh for every artifact.
+# A tiny entry point that imports the validator baked (byte-compiled) into the image,
+# instead of compiling it afresh for every artifact; arguments arrive as a JSON list.
 RUNNER = (
     "import json, sys\n"
-    f"sys.path.insert(0, {GUEST_DIR!r})\n"
+    f"sys.path.insert(0, '/{GUEST_VALIDATOR_DIR}')\n"
     "import validator\n"
     "sys.exit(validator.main(json.load(open(sys.argv[1]))))\n"
 )
 EXIT_MARKER = "bpfcompat-exit="
-
-
-def validator_source() -> bytes:
-    return resources.files("bpfcompat.validator").joinpath("validator.py").read_bytes()
 
 
 @dataclass
@@ -72,6 +67,7 @@ class GuestSession:
         self.transport: GuestTransport | None = None
         self.boots = 0
         self.boot_seconds: list[float] = []
+        self.peak_rss_kb = 0
 
     def cmdline(self, key: RunKey) -> str:
         extra = f" {self.spec.cmdline}" if self.spec.cmdline else ""
@@ -99,7 +95,6 @@ class GuestSession:
             vm.ssh_port, key, self.image.host_key, deadline, self.spec.id, alive=vm.check
         )
         self.transport.run(f"mkdir -p {GUEST_DIR}/a", 30)
-        self.transport.put_bytes(validator_source(), f"{GUEST_DIR}/validator.py")
         self.transport.put_bytes(RUNNER.encode(), f"{GUEST_DIR}/run.py")
         seconds = time.monotonic() - vm.started_at
         self.boot_seconds.append(seconds)
@@ -114,6 +109,7 @@ class GuestSession:
             self.transport = None
         if self.vm is not None:
             self.vm.stop()
+            self.peak_rss_kb = max(self.peak_rss_kb, self.vm.last_peak_rss_kb or 0)
             self.registry.discard(self.vm)
             self.vm = None
 

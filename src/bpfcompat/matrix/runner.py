@@ -130,8 +130,9 @@ class MatrixRunner:
     def _run_kernels(self) -> None:
         kernels = self.plan.kernels
         workers = self.options.concurrency or default_concurrency(kernels)
-        with ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="bpfc") as pool:
-            # The image build overlaps with kernel fetches; each kernel waits only for it.
+        # Every kernel gets a thread so fetches overlap with running VMs; the semaphore
+        # bounds how many VMs run at once. The image build overlaps with the fetches.
+        with ThreadPoolExecutor(max_workers=len(kernels) + 1, thread_name_prefix="bpfc") as pool:
             image_future: Future[GuestImage] = pool.submit(self._build_image)
             gate = threading.Semaphore(workers)
             futures = [pool.submit(self._kernel_job, spec, image_future, gate) for spec in kernels]
@@ -230,6 +231,8 @@ class MatrixRunner:
             progress(spec.id, "done", f"{len(todo)} validated, {session.boots} boot(s)")
         finally:
             session.shutdown()
+            if session.peak_rss_kb:
+                self._update_kernel(row, peak_rss_mb=round(session.peak_rss_kb / 1024, 1))
 
     # --- recording -------------------------------------------------------------------------
 

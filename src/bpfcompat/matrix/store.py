@@ -55,6 +55,7 @@ class RunKernel(SQLModel, table=True):
     btf: bool | None = None
     boot_seconds: float | None = None
     boots: int = 0
+    peak_rss_mb: float | None = None
     status: str = "pending"  # pending | ok | cached | error
     error: str | None = None
 
@@ -132,10 +133,23 @@ class Store:
         event.listen(self.engine, "connect", _pragmas)
         try:
             SQLModel.metadata.create_all(self.engine)
+            self._add_missing_columns()
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA quick_check").fetchall()
         except (DatabaseError, OperationalError, sqlite3.DatabaseError) as exc:
             raise StoreError(f"{path}: not a usable bpfcompat store: {_reason(exc)}") from None
+
+    def _add_missing_columns(self) -> None:
+        """Columns added in later versions appear in old stores as NULLs (additive only)."""
+        with self.engine.begin() as conn:
+            for table in SQLModel.metadata.sorted_tables:
+                have = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table.name})")}
+                for column in table.columns:
+                    if column.name not in have:
+                        kind = column.type.compile(self.engine.dialect)
+                        conn.exec_driver_sql(
+                            f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
+                        )
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -75,14 +75,23 @@ class GuestImage:
         return target
 
 
+GUEST_VALIDATOR_DIR = "opt/bpfcompat"
+
+
 def init_script() -> str:
     return resources.files("bpfcompat.vm").joinpath("init.sh").read_text()
+
+
+def validator_source() -> str:
+    """The in-guest validator; baked into the image (and into its digest) so every boot
+    finds it byte-compiled by the guest's own python instead of compiling it per run."""
+    return resources.files("bpfcompat.validator").joinpath("validator.py").read_text()
 
 
 def image_digest(suite: str) -> str:
     h = hashlib.sha256()
     for part in (str(RECIPE_VERSION), suite, ",".join(GUEST_PACKAGES), init_script(),
-                 ",".join(TRIM), ",".join(PY_TRIM)):  # fmt: skip
+                 ",".join(TRIM), ",".join(PY_TRIM), validator_source()):  # fmt: skip
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
@@ -198,8 +207,11 @@ def _customise(tree: Path) -> None:
     if python is None:
         raise ImageError("guest image: no python3.X interpreter after mmdebstrap")
     libdir = f"/usr/lib/{python}"
+    vdir = tree / GUEST_VALIDATOR_DIR
+    vdir.mkdir(parents=True, exist_ok=True)
+    (vdir / "validator.py").write_text(validator_source())
     _run(["chroot", str(tree), f"/usr/bin/{python}", "-m", "compileall", "-q", "-j", "0",
-          libdir], "byte-compiling the guest stdlib")  # fmt: skip
+          libdir, f"/{GUEST_VALIDATOR_DIR}"], "byte-compiling the guest stdlib")  # fmt: skip
     (tree / "etc/dropbear").mkdir(parents=True, exist_ok=True)
 
 

@@ -76,11 +76,12 @@ class QemuVM:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.ready_at = 0.0
+        self.last_peak_rss_kb: int | None = None
 
     def command(self) -> list[str]:
         spec = self.spec
         cpu = ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else [
-            "-accel", "tcg,thread=multi", "-cpu", "max"]  # fmt: skip
+            "-accel", "tcg,thread=multi,tb-size=64", "-cpu", "max"]  # fmt: skip
         cmd = [
             QEMU_BINARY, "-nodefaults", "-no-user-config", "-display", "none",
             "-machine", "pc", *cpu, "-smp", str(spec.cpus), "-m", str(spec.memory_mb),
@@ -169,10 +170,22 @@ class QemuVM:
             + (self.console_tail(3).replace("\n", " | ") or "(empty)")
         )
 
+    def peak_rss_kb(self) -> int | None:
+        """QEMU's high-water resident set (VmHWM), while it still runs."""
+        if self.proc is None:
+            return None
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return None
+        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+        return int(match.group(1)) if match else None
+
     def stop(self) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
+        self.last_peak_rss_kb = self.peak_rss_kb()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
