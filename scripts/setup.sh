@@ -14,6 +14,7 @@ APT_PACKAGES=(
   dpkg-dev             # dpkg-architecture (multiarch include dir)
   debian-archive-keyring
   make xz-utils zstd
+  busybox-static       # bench: the bare-boot floor initramfs
   chromium chromium-driver  # browser tests of the HTML report
 )
 

@@ -157,16 +157,18 @@ class Store:
             yield session
 
     def write(self, fn: Callable[[Session], T]) -> T:
-        """Run `fn` in one short transaction, retrying while another writer holds the lock."""
+        """Run `fn` in one short transaction, retrying while another writer holds the lock
+        (each attempt already waits up to the 30 s busy timeout)."""
         delay = 0.05
-        for attempt in range(40):
+        attempts = 5
+        for attempt in range(attempts):
             try:
                 with self.session() as session:
                     value = fn(session)
                     session.commit()
                     return value
             except OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 39:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == attempts - 1:
                     raise StoreError(f"{self.path}: {_reason(exc)}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)

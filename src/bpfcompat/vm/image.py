@@ -114,6 +114,13 @@ def build_image(suite: str, root: Path | None = None, *, mirror: str | None = No
         return hit
     if shutil.which("mmdebstrap") is None:
         raise ImageError("mmdebstrap not found: run scripts/setup.sh (apt-get install mmdebstrap)")
+    try:
+        return _build(suite, root, mirror)
+    except OSError as exc:
+        raise ImageError(f"guest image {suite}: cannot write the cache: {exc.strerror or exc}") from None
+
+
+def _build(suite: str, root: Path | None, mirror: str | None) -> GuestImage:
     mirror = mirror or discover_mirror()
     entry = image_entry_dir(suite, root)
     entry.parent.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,14 @@ def fetch_kernel(spec: KernelSpec, root: Path | None = None, *, mirror: str | No
     if hit is not None:
         return hit
     root = root or cache_root()
+    try:
+        return _fetch(spec, root, mirror)
+    except OSError as exc:  # disk full, permissions: the atomic dir left nothing behind
+        raise FetchError(f"kernel {spec.id}: cannot write the cache under {root}: "
+                         f"{exc.strerror or exc}") from None  # fmt: skip
+
+
+def _fetch(spec: KernelSpec, root: Path, mirror: str | None) -> KernelBuild:
     workspace = AptWorkspace(root / "apt" / spec.suite, mirror or discover_mirror(), (spec.suite,))
     workspace.prepare()
     entry = kernel_entry_dir(spec, root)

@@ -1,0 +1,164 @@
+"""Benchmark the matrix on this machine; prints figures and a RESULT line (run by hand).
+
+    .venv/bin/python bench/matrix_bench.py [--skip-per-cell] [--kernel ID ...]
+
+Measures, in one run:
+- the bare-boot floor per kernel: the same kernel and QEMU flags, a trivial init
+  (static busybox) that powers off at once;
+- our boot-to-ready per kernel: QEMU start until SSH answers with the runner in place;
+- the marginal seconds per extra small artifact: (T(N copies) - T(1 copy)) / (N - 1) in
+  one boot;
+- the wall time of the default matrix (kernels.yaml x examples/, no cache);
+- the wall time of the same matrix with one cold boot per cell (--boot-per-artifact,
+  the reference tool's approach);
+- the wall time of a cached rerun of the default matrix (the whole CLI process);
+- the peak RSS of a QEMU process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
+from bpfcompat.matrix.guest import BASE_CMDLINE, GuestSession
+from bpfcompat.matrix.plan import Plan, discover_artifacts
+from bpfcompat.matrix.runner import RunOptions, run_plan
+from bpfcompat.matrix.store import Store
+from bpfcompat.vm.cpio import CpioWriter
+from bpfcompat.vm.image import build_image
+from bpfcompat.vm.kernels import fetch_kernel
+from bpfcompat.vm.qemu import BootSpec, QemuVM
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def bare_initrd(path: Path) -> Path:
+    busybox = Path("/bin/busybox")
+    if not busybox.is_file():
+        sys.exit("bench: static busybox missing (apt-get install busybox-static)")
+    with path.open("wb") as fh:
+        writer = CpioWriter(fh)
+        writer.file("bin/busybox", busybox.read_bytes(), 0o755)
+        writer.file("init", b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n", 0o755)
+        writer.chardev("dev/console", 5, 1)
+        writer.close()
+    return path
+
+
+def bare_boot(kernel_spec, tmp: Path, initrd: Path) -> float:  # type: ignore[no-untyped-def]
+    build = fetch_kernel(kernel_spec)
+    spec = BootSpec(build.vmlinuz, initrd, BASE_CMDLINE, kernel_spec.memory_mb, kernel_spec.cpus,
+                    tmp / f"bare-{kernel_spec.id}.log", with_network=False)  # fmt: skip
+    vm = QemuVM(spec)
+    vm.start()
+    assert vm.proc is not None
+    try:
+        vm.proc.wait(timeout=120)
+    finally:
+        vm.stop()
+    return time.monotonic() - vm.started_at
+
+
+def ready_boot(kernel_spec, tmp: Path) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    build = fetch_kernel(kernel_spec)
+    image = build_image(load_kernel_matrix(default_kernels_file()).guest_suite)
+    session = GuestSession(kernel_spec, build, image, tmp, threading.Event(), set())
+    try:
+        seconds = session.boot()
+    finally:
+        session.shutdown()
+    return seconds, session.peak_rss_kb / 1024
+
+
+def matrix_wall(store_path: Path, kernels, artifacts_dir: Path, **opts) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
+    matrix = load_kernel_matrix(default_kernels_file())
+    plan = Plan(kernels, discover_artifacts([artifacts_dir]), matrix.guest_suite)
+    started = time.monotonic()
+    _, summary = run_plan(plan, Store(store_path), RunOptions(**opts))
+    wall = time.monotonic() - started
+    return wall, {"exit": summary.exit_code, "boots": sum(k.boots for k in summary.kernels),
+                  "rss": max((k.peak_rss_mb or 0) for k in summary.kernels)}  # fmt: skip
+
+
+def cli_wall(*args: str) -> float:
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "bpfcompat", *args], capture_output=True, check=False,
+                   env={"CI": "1", **dict(__import__("os").environ)})  # fmt: skip
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kernel", action="append", help="limit to these kernel ids")
+    parser.add_argument("--skip-per-cell", action="store_true", help="skip the slow per-cell run")
+    parser.add_argument("--copies", type=int, default=9, help="artifacts for the marginal cost")
+    args = parser.parse_args()
+    matrix = load_kernel_matrix(default_kernels_file())
+    kernels = matrix.select(args.kernel)
+    tmp = Path(tempfile.mkdtemp(prefix="bpfcompat-bench-"))
+    subprocess.run(["make", "-s", "-C", str(EXAMPLES)], check=True)
+    initrd = bare_initrd(tmp / "bare.cpio")
+
+    print("kernel                      bare_s  ready_s  ratio  rss_mb")
+    ratios, rss = [], []
+    for spec in kernels:
+        bare = statistics.median(bare_boot(spec, tmp, initrd) for _ in range(2))
+        ready, peak = ready_boot(spec, tmp)
+        ratios.append(ready / bare)
+        rss.append(peak)
+        print(f"{spec.id:27} {bare:6.2f}  {ready:7.2f}  {ready / bare:5.2f}  {peak:6.0f}")
+
+    copies = tmp / "copies"
+    marg_kernel = next((k for k in kernels if k.id == "debian-12-6.1"), kernels[0])
+    walls = {}
+    for n in (1, args.copies):
+        d = copies / str(n)
+        d.mkdir(parents=True)
+        for i in range(n):
+            shutil.copy(EXAMPLES / "simple-pass" / "simple-pass.bpf.o", d / f"c{i}.bpf.o")
+        walls[n], _ = matrix_wall(tmp / f"marg{n}.db", [marg_kernel], d, use_cache=False,
+                                  workdir=tmp / "w")  # fmt: skip
+    marginal = (walls[args.copies] - walls[1]) / (args.copies - 1)
+    print(f"marginal per extra artifact on {marg_kernel.id}: {marginal:.2f} s "
+          f"(1 copy {walls[1]:.1f} s, {args.copies} copies {walls[args.copies]:.1f} s)")  # fmt: skip
+
+    db = tmp / "default.db"
+    default_wall, info = matrix_wall(db, kernels, EXAMPLES, use_cache=False, workdir=tmp / "w")
+    rss.append(info["rss"])
+    print(f"default matrix ({len(kernels)} kernels x examples): {default_wall:.1f} s, "
+          f"{info['boots']} boots, exit {info['exit']}")  # fmt: skip
+    kernel_args = [a for k in kernels for a in ("--kernel", k.id)]
+    cached = cli_wall("matrix", "run", str(EXAMPLES), "--db", str(db), "--out-dir",
+                      str(tmp / "cached"), *kernel_args)  # fmt: skip
+    print(f"cached rerun (whole CLI process, report included): {cached:.2f} s")
+    if args.skip_per_cell:
+        speedup = float("nan")
+        print("per-cell run skipped")
+    else:
+        per_cell, info2 = matrix_wall(tmp / "percell.db", kernels, EXAMPLES, use_cache=False,
+                                      workdir=tmp / "w", boot_per_artifact=True)  # fmt: skip
+        speedup = per_cell / default_wall
+        print(f"one boot per cell: {per_cell:.1f} s, {info2['boots']} boots "
+              f"(speedup {speedup:.1f}x)")  # fmt: skip
+    result = {
+        "boot_ratio": round(max(ratios), 2), "marginal_s": round(marginal, 2),
+        "speedup_vs_per_cell": round(speedup, 1), "cached_s": round(cached, 2),
+        "peak_rss_mb": round(max(rss)),
+    }  # fmt: skip
+    (tmp / "result.json").write_text(json.dumps(result))
+    print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
