@@ -57,8 +57,15 @@ def bare_initrd(path: Path) -> Path:
 
 def bare_boot(kernel_spec, tmp: Path, initrd: Path) -> float:  # type: ignore[no-untyped-def]
     build = fetch_kernel(kernel_spec)
-    spec = BootSpec(build.vmlinuz, initrd, BASE_CMDLINE, kernel_spec.memory_mb, kernel_spec.cpus,
-                    tmp / f"bare-{kernel_spec.id}.log", with_network=False)  # fmt: skip
+    spec = BootSpec(
+        build.vmlinuz,
+        initrd,
+        BASE_CMDLINE,
+        kernel_spec.memory_mb,
+        kernel_spec.cpus,
+        tmp / f"bare-{kernel_spec.id}.log",
+        with_network=False,
+    )
     vm = QemuVM(spec)
     vm.start()
     assert vm.proc is not None
@@ -86,14 +93,21 @@ def matrix_wall(store_path: Path, kernels, artifacts_dir: Path, **opts) -> tuple
     started = time.monotonic()
     _, summary = run_plan(plan, Store(store_path), RunOptions(**opts))
     wall = time.monotonic() - started
-    return wall, {"exit": summary.exit_code, "boots": sum(k.boots for k in summary.kernels),
-                  "rss": max((k.peak_rss_mb or 0) for k in summary.kernels)}  # fmt: skip
+    return wall, {
+        "exit": summary.exit_code,
+        "boots": sum(k.boots for k in summary.kernels),
+        "rss": max((k.peak_rss_mb or 0) for k in summary.kernels),
+    }
 
 
 def cli_wall(*args: str) -> float:
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "bpfcompat", *args], capture_output=True, check=False,
-                   env={"CI": "1", **dict(__import__("os").environ)})  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "bpfcompat", *args],
+        capture_output=True,
+        check=False,
+        env={"CI": "1", **dict(__import__("os").environ)},
+    )
     return time.monotonic() - started
 
 
@@ -126,35 +140,57 @@ def main() -> None:
         d.mkdir(parents=True)
         for i in range(n):
             shutil.copy(EXAMPLES / "simple-pass" / "simple-pass.bpf.o", d / f"c{i}.bpf.o")
-        walls[n], _ = matrix_wall(tmp / f"marg{n}.db", [marg_kernel], d, use_cache=False,
-                                  workdir=tmp / "w")  # fmt: skip
+        walls[n], _ = matrix_wall(
+            tmp / f"marg{n}.db", [marg_kernel], d, use_cache=False, workdir=tmp / "w"
+        )
     marginal = (walls[args.copies] - walls[1]) / (args.copies - 1)
-    print(f"marginal per extra artifact on {marg_kernel.id}: {marginal:.2f} s "
-          f"(1 copy {walls[1]:.1f} s, {args.copies} copies {walls[args.copies]:.1f} s)")  # fmt: skip
+    print(
+        f"marginal per extra artifact on {marg_kernel.id}: {marginal:.2f} s "
+        f"(1 copy {walls[1]:.1f} s, {args.copies} copies {walls[args.copies]:.1f} s)"
+    )
 
     db = tmp / "default.db"
     default_wall, info = matrix_wall(db, kernels, EXAMPLES, use_cache=False, workdir=tmp / "w")
     rss.append(info["rss"])
-    print(f"default matrix ({len(kernels)} kernels x examples): {default_wall:.1f} s, "
-          f"{info['boots']} boots, exit {info['exit']}")  # fmt: skip
+    print(
+        f"default matrix ({len(kernels)} kernels x examples): {default_wall:.1f} s, "
+        f"{info['boots']} boots, exit {info['exit']}"
+    )
     kernel_args = [a for k in kernels for a in ("--kernel", k.id)]
-    cached = cli_wall("matrix", "run", str(EXAMPLES), "--db", str(db), "--out-dir",
-                      str(tmp / "cached"), *kernel_args)  # fmt: skip
+    cached = cli_wall(
+        "matrix",
+        "run",
+        str(EXAMPLES),
+        "--db",
+        str(db),
+        "--out-dir",
+        str(tmp / "cached"),
+        *kernel_args,
+    )
     print(f"cached rerun (whole CLI process, report included): {cached:.2f} s")
     if args.skip_per_cell:
         speedup = float("nan")
         print("per-cell run skipped")
     else:
-        per_cell, info2 = matrix_wall(tmp / "percell.db", kernels, EXAMPLES, use_cache=False,
-                                      workdir=tmp / "w", boot_per_artifact=True)  # fmt: skip
+        per_cell, info2 = matrix_wall(
+            tmp / "percell.db",
+            kernels,
+            EXAMPLES,
+            use_cache=False,
+            workdir=tmp / "w",
+            boot_per_artifact=True,
+        )
         speedup = per_cell / default_wall
-        print(f"one boot per cell: {per_cell:.1f} s, {info2['boots']} boots "
-              f"(speedup {speedup:.1f}x)")  # fmt: skip
+        print(
+            f"one boot per cell: {per_cell:.1f} s, {info2['boots']} boots (speedup {speedup:.1f}x)"
+        )
     result = {
-        "boot_ratio": round(max(ratios), 2), "marginal_s": round(marginal, 2),
-        "speedup_vs_per_cell": round(speedup, 1), "cached_s": round(cached, 2),
+        "boot_ratio": round(max(ratios), 2),
+        "marginal_s": round(marginal, 2),
+        "speedup_vs_per_cell": round(speedup, 1),
+        "cached_s": round(cached, 2),
         "peak_rss_mb": round(max(rss)),
-    }  # fmt: skip
+    }
     (tmp / "result.json").write_text(json.dumps(result))
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
     shutil.rmtree(tmp, ignore_errors=True)

@@ -20,7 +20,9 @@ OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "recorded"
 
 def main() -> None:
     store = Store(Path(sys.argv[1]))
-    export = run_export(store, int(sys.argv[2]) if len(sys.argv) > 2 else None, include_results=True)
+    export = run_export(
+        store, int(sys.argv[2]) if len(sys.argv) > 2 else None, include_results=True
+    )
     OUT.mkdir(parents=True, exist_ok=True)
     for kernel in export["kernels"]:
         cells = [

@@ -31,13 +31,19 @@ def built_examples() -> Path:
     return EXAMPLES
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 1800,
-            cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 1800, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     """Run the real console entry point in a subprocess."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env.setdefault("CI", "1")  # plain progress lines
     return subprocess.run(
-        [*BPFCOMPAT, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
-        cwd=cwd, check=False,
-    )  # fmt: skip
+        [*BPFCOMPAT, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cwd,
+        check=False,
+    )

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
 
 from bpfcompat.errors import ConfigError
 from bpfcompat.matrix.config import load_kernel_matrix, load_manifest
+from conftest import ROOT, run_cli
 
 GOOD_KERNEL = """
   - id: k1
@@ -50,7 +50,7 @@ def test_embedded_matrix_loads() -> None:
         ("kernels:" + GOOD_KERNEL + GOOD_KERNEL, "duplicate kernel id 'k1'"),
         ("kernels: []\n", "kernels: List should have at least 1 item"),
         ("kernels:\n  - id: BAD ID\n    suite: x1\n    package: p1\n", "kernels[0] (BAD ID).id:"),
-        ("kernels:" + GOOD_KERNEL + "    cmdline: \"a' b\"\n", "cmdline: may not contain quotes"),
+        ("kernels:" + GOOD_KERNEL + '    cmdline: "a\' b"\n', "cmdline: may not contain quotes"),
         ("kernels: [\n", "malformed YAML at line"),
         ("- just a list\n", "expected a mapping at the top level"),
     ],
@@ -76,20 +76,32 @@ def test_unknown_kernel_id_selection() -> None:
         ("maps:\n  - name: m\n    max_entries: lots\n", "maps[0] (m).max_entries"),
         ("maps:\n  - name: m\n    max_entries: 1099511627776\n", "maps[0] (m).max_entries"),
         ("maps:\n  - name: m\n", "maps[0] (m): needs max_entries or inner_ringbuf_bytes"),
-        ("maps:\n  - name: m\n    max_entries: 1\n    inner_ringbuf_bytes: 5000\n",
-         "power of two"),
-        ("program_variants:\n  - group: g\n    programs:\n      - name: p\n"
-         "        requires_helper: bpf_no_such_helper\n", "unknown helper name"),
-        ("program_variants:\n  - group: g\n    programs:\n      - name: p\n"
-         "        requires_helper: 99999\n", "requires_helper"),
-        ("functional_tests:\n  - name: t\n    command: x\n    timeout: -1s\n",
-         "functional_tests[0] (t).timeout"),
-        ("functional_tests:\n  - name: t\n    command: x\n    expect_exitcode: 0\n",
-         "functional_tests[0] (t).expect_exitcode: Extra inputs"),
+        ("maps:\n  - name: m\n    max_entries: 1\n    inner_ringbuf_bytes: 5000\n", "power of two"),
+        (
+            "program_variants:\n  - group: g\n    programs:\n      - name: p\n"
+            "        requires_helper: bpf_no_such_helper\n",
+            "unknown helper name",
+        ),
+        (
+            "program_variants:\n  - group: g\n    programs:\n      - name: p\n"
+            "        requires_helper: 99999\n",
+            "requires_helper",
+        ),
+        (
+            "functional_tests:\n  - name: t\n    command: x\n    timeout: -1s\n",
+            "functional_tests[0] (t).timeout",
+        ),
+        (
+            "functional_tests:\n  - name: t\n    command: x\n    expect_exitcode: 0\n",
+            "functional_tests[0] (t).expect_exitcode: Extra inputs",
+        ),
         ("probe_companions: []\n", "probe_companions: Extra inputs"),
-        ("programs:\n  - name: p\n    attach: {required: maybe}\n", "programs[0] (p).attach.required"),
+        (
+            "programs:\n  - name: p\n    attach: {required: maybe}\n",
+            "programs[0] (p).attach.required",
+        ),
     ],
-)  # fmt: skip
+)
 def test_manifest_errors(tmp_path: Path, text: str, expected: str) -> None:
     message = error_of(load_manifest, write(tmp_path, "manifest.yaml", text))
     assert expected in message
@@ -112,15 +124,23 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     text = tmp_path / "notes.bpf.o"
     text.write_text("hello")
     cases = [
-        (["matrix", "run", str(tmp_path / "missing.bpf.o"), "--db", str(tmp_path / "db")],
-         "missing.bpf.o: no such file or directory"),
-        (["matrix", "run", str(text), "--kernel", "debian-99", "--db", str(tmp_path / "db")],
-         "unknown kernel id 'debian-99'"),
-        (["kernels", "list", "--kernels", str(write(tmp_path, "k.yaml", "kernels: [\n"))],
-         "malformed YAML"),
-        (["report", "--db", str(tmp_path / "none.db"), "--html", str(tmp_path / "r.html")],
-         "no such store"),
-    ]  # fmt: skip
+        (
+            ["matrix", "run", str(tmp_path / "missing.bpf.o"), "--db", str(tmp_path / "db")],
+            "missing.bpf.o: no such file or directory",
+        ),
+        (
+            ["matrix", "run", str(text), "--kernel", "debian-99", "--db", str(tmp_path / "db")],
+            "unknown kernel id 'debian-99'",
+        ),
+        (
+            ["kernels", "list", "--kernels", str(write(tmp_path, "k.yaml", "kernels: [\n"))],
+            "malformed YAML",
+        ),
+        (
+            ["report", "--db", str(tmp_path / "none.db"), "--html", str(tmp_path / "r.html")],
+            "no such store",
+        ),
+    ]
     for args, expected in cases:
         proc = run_cli(*args)
         assert proc.returncode == 1, (args, proc.stdout, proc.stderr)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES, ROOT, require_tool, run_cli
-from expectations import expected
 
 from bpfcompat.matrix.config import load_kernel_matrix
+from conftest import EXAMPLES, ROOT, require_tool, run_cli
+from expectations import expected
 
 pytestmark = pytest.mark.vm
 MATRIX = load_kernel_matrix(ROOT / "kernels.yaml")
@@ -26,8 +26,17 @@ def default_run(built_examples: Path, tmp_path_factory: pytest.TempPathFactory) 
     require_tool("qemu-system-x86_64")
     tmp = tmp_path_factory.mktemp("default")
     db = tmp / "store.db"
-    proc = run_cli("matrix", "run", str(built_examples), "--db", str(db), "--out-dir",
-                   str(tmp / "out"), "--json", str(tmp / "run.json"))  # fmt: skip
+    proc = run_cli(
+        "matrix",
+        "run",
+        str(built_examples),
+        "--db",
+        str(db),
+        "--out-dir",
+        str(tmp / "out"),
+        "--json",
+        str(tmp / "run.json"),
+    )
     assert (tmp / "run.json").is_file(), proc.stderr[-3000:]
     export = json.loads((tmp / "run.json").read_text())
     return {"proc": proc, "db": db, "tmp": tmp, "export": export}
@@ -40,7 +49,9 @@ def _cells(export: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 def test_default_matrix_is_complete(default_run: dict[str, Any]) -> None:
     export = default_run["export"]
     kernel_ids = [k.id for k in MATRIX.kernels]
-    examples = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir() and (p / "expect.yaml").is_file())
+    examples = sorted(
+        p.name for p in EXAMPLES.iterdir() if p.is_dir() and (p / "expect.yaml").is_file()
+    )
     assert [k["id"] for k in export["kernels"]] == kernel_ids
     assert sorted(a["name"] for a in export["artifacts"]) == examples
     assert len(export["cells"]) == len(kernel_ids) * len(examples)
@@ -59,13 +70,16 @@ def test_every_cell_matches_its_expectation(default_run: dict[str, Any]) -> None
         want = expected(artifact, kernel)
         got = {"status": cell["status"], "code": cell["code"]}
         if got != {"status": want["status"], "code": want.get("code")}:
-            mismatches.append(f"{artifact} on {kernel}: got {got}, expected {want} "
-                              f"(evidence: {cell['evidence']})")  # fmt: skip
+            mismatches.append(
+                f"{artifact} on {kernel}: got {got}, expected {want} (evidence: {cell['evidence']})"
+            )
         for group, chosen in (want.get("variants") or {}).items():
             chosen_now = {v["group"]: v["chosen"] for v in cell["variants"]}
             if chosen_now.get(group) != chosen:
-                mismatches.append(f"{artifact} on {kernel}: variant {group} chose "
-                                  f"{chosen_now.get(group)}, expected {chosen}")  # fmt: skip
+                mismatches.append(
+                    f"{artifact} on {kernel}: variant {group} chose "
+                    f"{chosen_now.get(group)}, expected {chosen}"
+                )
         if cell["status"] != "pass":
             assert cell["evidence"], f"{artifact} on {kernel}: failing cell without evidence"
     assert not mismatches, "\n".join(mismatches)
@@ -109,7 +123,9 @@ def test_validator_fields_per_example(default_run: dict[str, Any]) -> None:
     assert new == [{"group": "loop_x", "chosen": "loop_x", "disabled": ["loop_old_x"]}]
     assert cells[("functional-execve", "debian-12-6.1")]["status"] == "pass"
     attach_warn = cells[("unsupported-attach", "debian-13-6.12")]
-    assert attach_warn["status"] == "pass" and any("attach warning" in n for n in attach_warn["notes"])
+    assert attach_warn["status"] == "pass" and any(
+        "attach warning" in n for n in attach_warn["notes"]
+    )
 
 
 def test_raw_results_carry_contract_fields(default_run: dict[str, Any]) -> None:
@@ -120,8 +136,20 @@ def test_raw_results_carry_contract_fields(default_run: dict[str, Any]) -> None:
     ).fetchone()
     result = json.loads(row[0])
     assert result["schema_version"] == "validator.v0.4"
-    for key in ("status", "host", "input", "btf", "capabilities", "discovery", "load", "attach",
-                "functional", "logs", "map_fixups", "program_variants"):  # fmt: skip
+    for key in (
+        "status",
+        "host",
+        "input",
+        "btf",
+        "capabilities",
+        "discovery",
+        "load",
+        "attach",
+        "functional",
+        "logs",
+        "map_fixups",
+        "program_variants",
+    ):
         assert key in result, key
     test = result["functional"]["tests"][0]
     assert test["status"] == "pass" and "bpfcompat-execve-marker" in test["stdout_tail"]
@@ -131,8 +159,17 @@ def test_raw_results_carry_contract_fields(default_run: dict[str, Any]) -> None:
 
 def test_rerun_is_served_from_cache(default_run: dict[str, Any]) -> None:
     tmp = default_run["tmp"]
-    proc = run_cli("matrix", "run", str(EXAMPLES), "--db", str(default_run["db"]), "--out-dir",
-                   str(tmp / "out2"), "--json", str(tmp / "run2.json"))  # fmt: skip
+    proc = run_cli(
+        "matrix",
+        "run",
+        str(EXAMPLES),
+        "--db",
+        str(default_run["db"]),
+        "--out-dir",
+        str(tmp / "out2"),
+        "--json",
+        str(tmp / "run2.json"),
+    )
     export = json.loads((tmp / "run2.json").read_text())
     assert all(c["cached"] for c in export["cells"]), proc.stderr[-2000:]
     assert all(k["boots"] == 0 and k["status"] == "cached" for k in export["kernels"])
@@ -144,13 +181,26 @@ def test_rerun_is_served_from_cache(default_run: dict[str, Any]) -> None:
 def test_two_examples_on_one_kernel_exit_zero(built_examples: Path, tmp_path: Path) -> None:
     """Issue 2's acceptance command, on a fresh store."""
     out = tmp_path / "out.json"
-    proc = run_cli("matrix", "run", str(built_examples / "simple-pass"),
-                   str(built_examples / "ringbuf"), "--kernel", "debian-12-6.1", "--json",
-                   str(out), "--db", str(tmp_path / "db"), "--out-dir", str(tmp_path / "o"))  # fmt: skip
+    proc = run_cli(
+        "matrix",
+        "run",
+        str(built_examples / "simple-pass"),
+        str(built_examples / "ringbuf"),
+        "--kernel",
+        "debian-12-6.1",
+        "--json",
+        str(out),
+        "--db",
+        str(tmp_path / "db"),
+        "--out-dir",
+        str(tmp_path / "o"),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     export = json.loads(out.read_text())
     assert [(c["artifact"], c["status"]) for c in export["cells"]] == [
-        ("simple-pass", "pass"), ("ringbuf", "pass")]  # fmt: skip
+        ("simple-pass", "pass"),
+        ("ringbuf", "pass"),
+    ]
     assert export["kernels"][0]["boot_seconds"] > 0
 
 
@@ -166,13 +216,28 @@ def test_guest_panic_costs_one_cell(built_examples: Path, tmp_path: Path) -> Non
         "    command: \"sh -c 'echo c > /proc/sysrq-trigger'\"\n    timeout: 20s\n"
     )
     out = tmp_path / "out.json"
-    proc = run_cli("matrix", "run", str(tmp_path / "a-first"), str(tmp_path / "b-panic"),
-                   str(tmp_path / "c-after"), "--kernel", "debian-12-6.1", "--json", str(out),
-                   "--db", str(tmp_path / "db"), "--out-dir", str(tmp_path / "o"))  # fmt: skip
+    proc = run_cli(
+        "matrix",
+        "run",
+        str(tmp_path / "a-first"),
+        str(tmp_path / "b-panic"),
+        str(tmp_path / "c-after"),
+        "--kernel",
+        "debian-12-6.1",
+        "--json",
+        str(out),
+        "--db",
+        str(tmp_path / "db"),
+        "--out-dir",
+        str(tmp_path / "o"),
+    )
     export = json.loads(out.read_text())
     verdicts = {c["artifact"]: (c["status"], c["code"]) for c in export["cells"]}
-    assert verdicts == {"a-first": ("pass", None), "b-panic": ("fail", "KERNEL_CRASH"),
-                        "c-after": ("pass", None)}, proc.stderr[-2000:]  # fmt: skip
+    assert verdicts == {
+        "a-first": ("pass", None),
+        "b-panic": ("fail", "KERNEL_CRASH"),
+        "c-after": ("pass", None),
+    }, proc.stderr[-2000:]
     crash = next(c for c in export["cells"] if c["artifact"] == "b-panic")
     assert "sysrq" in crash["evidence"].lower() or "panic" in crash["evidence"].lower()
     assert export["kernels"][0]["boots"] == 2

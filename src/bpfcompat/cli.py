@@ -22,8 +22,12 @@ from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
 from bpfcompat.matrix.plan import Plan, discover_artifacts, load_artifact
 from bpfcompat.matrix.store import DEFAULT_DB, Store
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="On which kernels does this .bpf.o load, verify and attach — and if not, why?")  # fmt: skip
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="On which kernels does this .bpf.o load, verify and attach — and if not, why?",
+)
 kernels_app = typer.Typer(no_args_is_help=True, help="The kernel matrix: list and fetch kernels.")
 matrix_app = typer.Typer(no_args_is_help=True, help="Run artifacts across kernels.")
 runs_app = typer.Typer(no_args_is_help=True, help="Stored runs.")
@@ -33,10 +37,15 @@ app.add_typer(matrix_app, name="matrix")
 app.add_typer(runs_app, name="runs")
 app.add_typer(image_app, name="image")
 
-KernelsOpt = Annotated[Path | None, typer.Option("--kernels", help="Kernel matrix YAML (default: the embedded kernels.yaml).")]
+KernelsOpt = Annotated[
+    Path | None,
+    typer.Option("--kernels", help="Kernel matrix YAML (default: the embedded kernels.yaml)."),
+]
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite store.")]
 HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")]
-JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the run as bpfcompat.run.v1 JSON.")]
+JsonOpt = Annotated[
+    Path | None, typer.Option("--json", help="Write the run as bpfcompat.run.v1 JSON.")
+]
 MdOpt = Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown summary.")]
 JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML.")]
 
@@ -66,20 +75,25 @@ def kernels_list(kernels: KernelsOpt = None) -> None:
         hit = cached_kernel(spec, deep=False)
         state = f"cached {hit.release}" if hit else "not fetched"
         req = "required" if spec.required else "optional"
-        typer.echo(f"{spec.id:28} {spec.suite:10} {req:9} {spec.package}  [{state}]"
-                   + (f"  cmdline: {spec.cmdline}" if spec.cmdline else ""))  # fmt: skip
+        typer.echo(
+            f"{spec.id:28} {spec.suite:10} {req:9} {spec.package}  [{state}]"
+            + (f"  cmdline: {spec.cmdline}" if spec.cmdline else "")
+        )
 
 
 @kernels_app.command("fetch")
-def kernels_fetch(ids: Annotated[list[str] | None, typer.Argument(help="Kernel ids (default: all).")] = None,
-                  kernels: KernelsOpt = None) -> None:  # fmt: skip
+def kernels_fetch(
+    ids: Annotated[list[str] | None, typer.Argument(help="Kernel ids (default: all).")] = None,
+    kernels: KernelsOpt = None,
+) -> None:
     """Download and extract kernels into the cache (a second fetch does no network work)."""
     from bpfcompat.vm.kernels import fetch_kernel
 
     for spec in _matrix(kernels).select(ids):
         started = time.monotonic()
         build = fetch_kernel(spec)
-        typer.echo(f"{spec.id}: {build.release} ({build.version}) in {time.monotonic() - started:.1f} s -> {build.entry}")
+        took = time.monotonic() - started
+        typer.echo(f"{spec.id}: {build.release} ({build.version}) in {took:.1f} s -> {build.entry}")
 
 
 @image_app.command("build")
@@ -90,8 +104,10 @@ def image_build(kernels: KernelsOpt = None) -> None:
     suite = _matrix(kernels).guest_suite
     started = time.monotonic()
     image = build_image(suite)
-    typer.echo(f"guest image {suite} {image.digest}: {image.rootfs_cpio} "
-               f"({image.rootfs_cpio.stat().st_size // 1024} KiB) in {time.monotonic() - started:.1f} s")  # fmt: skip
+    typer.echo(
+        f"guest image {suite} {image.digest}: {image.rootfs_cpio} "
+        f"({image.rootfs_cpio.stat().st_size // 1024} KiB) in {time.monotonic() - started:.1f} s"
+    )
 
 
 class _Printer:
@@ -131,29 +147,53 @@ class _Printer:
             self.live.stop()
 
 
-def _write_reports(store: Store, run_id: int, html: Path | None, json_path: Path | None,
-                   markdown: Path | None, junit: Path | None) -> list[Path]:  # fmt: skip
+def _write_reports(
+    store: Store,
+    run_id: int,
+    html: Path | None,
+    json_path: Path | None,
+    markdown: Path | None,
+    junit: Path | None,
+) -> list[Path]:
     from bpfcompat.report import write_reports
 
-    return write_reports(store, run_id, html=html, json_path=json_path, markdown=markdown,
-                         junit=junit)  # fmt: skip
+    return write_reports(
+        store, run_id, html=html, json_path=json_path, markdown=markdown, junit=junit
+    )
 
 
 @matrix_app.command("run")
 def matrix_run(
-    artifacts: Annotated[list[Path] | None, typer.Argument(help="Artifacts (.bpf.o) or directories of them (default: examples/).")] = None,
+    artifacts: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Artifacts (.bpf.o) or directories of them (default: examples/)."),
+    ] = None,
     kernels: KernelsOpt = None,
-    kernel: Annotated[list[str] | None, typer.Option("--kernel", help="Only these kernel ids (repeatable).")] = None,
+    kernel: Annotated[
+        list[str] | None, typer.Option("--kernel", help="Only these kernel ids (repeatable).")
+    ] = None,
     db: DbOpt = DEFAULT_DB,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where report.html and logs go.")] = Path(".bpfcompat/out"),
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", help="Where report.html and logs go.")
+    ] = Path(".bpfcompat/out"),
     json_path: JsonOpt = None,
     html: HtmlOpt = None,
     markdown: MdOpt = None,
     junit: JunitOpt = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Validate even where a stored result matches.")] = False,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=0, help="Kernels at once (0: from CPUs and memory).")] = 0,
-    boot_per_artifact: Annotated[bool, typer.Option("--boot-per-artifact", help="Cold-boot for every cell (the slow approach, for benchmarks).")] = False,
-) -> None:  # fmt: skip
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Validate even where a stored result matches.")
+    ] = False,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=0, help="Kernels at once (0: from CPUs and memory).")
+    ] = 0,
+    boot_per_artifact: Annotated[
+        bool,
+        typer.Option(
+            "--boot-per-artifact",
+            help="Cold-boot for every cell (the slow approach, for benchmarks).",
+        ),
+    ] = False,
+) -> None:
     """Validate every artifact on every kernel: each kernel booted once for all artifacts."""
     from bpfcompat.matrix.runner import RunOptions, run_plan
 
@@ -163,8 +203,13 @@ def matrix_run(
     plan = Plan(specs, found, matrix.guest_suite)
     store = Store(db)
     printer = _Printer([s.id for s in specs])
-    options = RunOptions(concurrency=concurrency, use_cache=not no_cache, workdir=out_dir / "work",
-                         boot_per_artifact=boot_per_artifact, progress=printer)  # fmt: skip
+    options = RunOptions(
+        concurrency=concurrency,
+        use_cache=not no_cache,
+        workdir=out_dir / "work",
+        boot_per_artifact=boot_per_artifact,
+        progress=printer,
+    )
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         _, summary = run_plan(plan, store, options)
@@ -205,12 +250,21 @@ def _print_matrix(store: Store, run_id: int) -> None:
 @app.command("validate")
 def validate(
     artifact: Annotated[Path, typer.Argument(help="The .bpf.o to validate.")],
-    kernel: Annotated[str, typer.Option("--kernel", help="'host' for the running kernel, or a kernel id.")] = "host",
-    manifest: Annotated[Path | None, typer.Option("--manifest", help="Manifest YAML (default: manifest.yaml beside the artifact).")] = None,
+    kernel: Annotated[
+        str, typer.Option("--kernel", help="'host' for the running kernel, or a kernel id.")
+    ] = "host",
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest", help="Manifest YAML (default: manifest.yaml beside the artifact)."
+        ),
+    ] = None,
     kernels: KernelsOpt = None,
     db: DbOpt = DEFAULT_DB,
-    out: Annotated[Path | None, typer.Option("--out", help="Write the validator result JSON here.")] = None,
-) -> None:  # fmt: skip
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the validator result JSON here.")
+    ] = None,
+) -> None:
     """Validate one artifact on the host kernel (root) or on one kernel in a VM."""
     loaded = load_artifact(artifact, manifest)
     if kernel != "host":
@@ -222,20 +276,33 @@ def validate(
         for message in summary.messages:
             _say(f"bpfcompat: {message}")
         for cell in summary.cells:
-            typer.echo(f"{cell.artifact} on {cell.kernel_id}: {cell.status}"
-                       + (f" {cell.code}: {cell.evidence}" if cell.code else ""))  # fmt: skip
+            typer.echo(
+                f"{cell.artifact} on {cell.kernel_id}: {cell.status}"
+                + (f" {cell.code}: {cell.evidence}" if cell.code else "")
+            )
             for note in cell.notes:
                 typer.echo(f"  note: {note}")
         raise typer.Exit(summary.exit_code)
     if os.geteuid() != 0:
-        raise ConfigError("validate --kernel host needs root (BPF loading needs CAP_BPF/CAP_SYS_ADMIN)")
+        raise ConfigError(
+            "validate --kernel host needs root (BPF loading needs CAP_BPF/CAP_SYS_ADMIN)"
+        )
     from bpfcompat.matrix.classify import classify_result
 
     validator = Path(__file__).resolve().parent / "validator" / "validator.py"
     with tempfile.TemporaryDirectory(prefix="bpfcompat-validate-") as tmp:
         result_path = out or Path(tmp) / "result.json"
-        args = [sys.executable, str(validator), "--artifact", str(artifact), "--out",
-                str(result_path), "--log-dir", tmp, *loaded.manifest.validator_args()]  # fmt: skip
+        args = [
+            sys.executable,
+            str(validator),
+            "--artifact",
+            str(artifact),
+            "--out",
+            str(result_path),
+            "--log-dir",
+            tmp,
+            *loaded.manifest.validator_args(),
+        ]
         if loaded.manifest.programs or loaded.manifest.metadata:
             mpath = Path(tmp) / "manifest.json"
             mpath.write_text(json.dumps(loaded.manifest.validator_manifest()))
@@ -250,8 +317,10 @@ def validate(
             raise BpfcompatError(f"{artifact}: validator wrote no result (exit {proc.returncode})")
         result = json.loads(result_path.read_text())
     verdict = classify_result(result, os.uname().release)
-    typer.echo(f"{loaded.name} on host {os.uname().release}: {verdict.status}"
-               + (f" {verdict.code}: {verdict.evidence}" if verdict.code else ""))  # fmt: skip
+    typer.echo(
+        f"{loaded.name} on host {os.uname().release}: {verdict.status}"
+        + (f" {verdict.code}: {verdict.evidence}" if verdict.code else "")
+    )
     raise typer.Exit(0 if verdict.status == "pass" else 2)
 
 
@@ -259,16 +328,52 @@ def validate(
 def report(
     db: DbOpt = DEFAULT_DB,
     run: Annotated[int | None, typer.Option("--run", help="Run id (default: the latest).")] = None,
-    html: HtmlOpt = None, json_path: JsonOpt = None, markdown: MdOpt = None, junit: JunitOpt = None,
-) -> None:  # fmt: skip
+    html: HtmlOpt = None,
+    json_path: JsonOpt = None,
+    markdown: MdOpt = None,
+    junit: JunitOpt = None,
+    base: Annotated[
+        int | None, typer.Option("--base", help="Show changes since this run (HTML, Markdown).")
+    ] = None,
+) -> None:
     """Render a stored run."""
+    from bpfcompat.report import write_reports
+
     if not any((html, json_path, markdown, junit)):
         raise ConfigError("report: give at least one of --html, --json, --markdown, --junit")
     store = _existing_store(db)
     run_id = store.run(run).id
     assert run_id is not None
-    for path in _write_reports(store, run_id, html, json_path, markdown, junit):
+    for path in write_reports(
+        store, run_id, html=html, json_path=json_path, markdown=markdown, junit=junit, base_run=base
+    ):
         typer.echo(f"wrote {path}")
+
+
+@app.command("compare")
+def compare(
+    base: Annotated[int, typer.Option("--base", help="The earlier run id.")],
+    head: Annotated[
+        int | None, typer.Option("--head", help="The later run id (default: the latest).")
+    ] = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """List cells that newly fail, were fixed or changed code between two runs.
+
+    Exits 2 when a required cell passed in --base and fails or errors in --head.
+
+    A new code on a cell that already failed is listed but does not gate."""
+    from bpfcompat.report.compare import compare_runs
+
+    store = _existing_store(db)
+    head_id = store.run(head).id
+    assert head_id is not None
+    comparison = compare_runs(store, base, head_id)
+    for line in comparison.lines():
+        typer.echo(line)
+    # SystemExit, not typer.Exit: with standalone_mode=False typer returns an Exit's code
+    # from app() instead of raising it, and main() drops that return value.
+    raise SystemExit(comparison.exit_code)
 
 
 def _existing_store(db: Path) -> Store:
@@ -281,18 +386,26 @@ def _existing_store(db: Path) -> Store:
 def runs_list(db: DbOpt = DEFAULT_DB) -> None:
     """List stored runs, newest first."""
     store = _existing_store(db)
-    for run in store.runs():
+    runs = store.runs()
+    if not runs:
+        _say(f"bpfcompat: {db}: no runs yet")
+    for run in runs:
         cells = store.cells(run.id or 0)
         counts = {s: sum(1 for c in cells if c.status == s) for s in ("pass", "fail", "error")}
-        typer.echo(f"{run.id:5}  {run.started_at}  {run.status:11} exit {run.exit_code}  "
-                   f"pass {counts['pass']} fail {counts['fail']} error {counts['error']}")  # fmt: skip
+        n_kernels = len(store.kernels(run.id or 0))
+        shape = f"{len({c.artifact for c in cells})} artifacts x {n_kernels} kernels"
+        exit_code = "-" if run.exit_code is None else run.exit_code
+        typer.echo(
+            f"{run.id:5}  {run.started_at}  {run.status:11} exit {exit_code:<3}  {shape}  "
+            f"pass {counts['pass']} fail {counts['fail']} error {counts['error']}"
+        )
 
 
 @app.command("reclassify")
 def reclassify(
     db: DbOpt = DEFAULT_DB,
     run: Annotated[int | None, typer.Option("--run", help="Run id (default: the latest).")] = None,
-) -> None:  # fmt: skip
+) -> None:
     """Re-run the classifier over stored raw results; boots nothing."""
     from bpfcompat.matrix.reclassify import reclassify_run
 
@@ -306,29 +419,42 @@ def reclassify(
 
 
 @app.callback(invoke_without_command=True)
-def _root(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False) -> None:
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
     if version:
         typer.echo(f"bpfcompat {__version__}")
         raise typer.Exit(0)
 
 
-def main() -> None:
+def _click_exceptions():  # type: ignore[no-untyped-def]
+    """Click's exception module: bundled inside typer since 0.2x, separate before."""
     try:
-        app(standalone_mode=False)
+        from typer._click import exceptions
+    except ImportError:  # older typer depends on click itself
+        from click import exceptions  # type: ignore[no-redef]
+    return exceptions
+
+
+def main() -> None:
+    """The one error boundary: our errors and usage errors are one line and exit 1."""
+    click_exc = _click_exceptions()
+    try:
+        code = app(standalone_mode=False)
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except BpfcompatError as exc:
         _say(f"bpfcompat: error: {exc}")
-        sys.exit(1)
-    except KeyboardInterrupt:
+        code = 1
+    except (KeyboardInterrupt, typer.Abort):
         _say("bpfcompat: interrupted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+        code = 130
+    except click_exc.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # the help text itself
+        else:
+            ctx = getattr(exc, "ctx", None)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            _say(f"bpfcompat: error: {where}{exc.format_message()}")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

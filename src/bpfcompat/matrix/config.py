@@ -70,9 +70,7 @@ class KernelMatrix(Strict):
         by_id = {k.id: k for k in self.kernels}
         unknown = [i for i in ids if i not in by_id]
         if unknown:
-            raise ConfigError(
-                f"unknown kernel id {unknown[0]!r} (known: {', '.join(by_id)})"
-            )
+            raise ConfigError(f"unknown kernel id {unknown[0]!r} (known: {', '.join(by_id)})")
         return [by_id[i] for i in dict.fromkeys(ids)]
 
 
@@ -231,9 +229,11 @@ def _describe(loc: tuple[int | str, ...], data: Any) -> str:
             label = f"[{item}]"
             if isinstance(node, list) and 0 <= item < len(node):
                 node = node[item]
-                ident = node.get("id") or node.get("name") or node.get("group") if isinstance(
-                    node, dict
-                ) else None
+                ident = (
+                    node.get("id") or node.get("name") or node.get("group")
+                    if isinstance(node, dict)
+                    else None
+                )
                 if isinstance(ident, str):
                     label += f" ({ident})"
             parts.append(label)

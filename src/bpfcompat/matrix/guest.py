@@ -7,6 +7,7 @@ rest of that kernel's artifacts go on. The per-run SSH key exists only in memory
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -53,8 +54,14 @@ class GuestSession:
     """Boots `kernel` on demand and validates artifacts in it."""
 
     def __init__(
-        self, spec: KernelSpec, kernel: KernelBuild, image: GuestImage, workdir: Path,
-        stop: threading.Event, registry: set[QemuVM], artifact_timeout: float = 300.0,
+        self,
+        spec: KernelSpec,
+        kernel: KernelBuild,
+        image: GuestImage,
+        workdir: Path,
+        stop: threading.Event,
+        registry: set[QemuVM],
+        artifact_timeout: float = 300.0,
     ) -> None:
         self.spec = spec
         self.kernel = kernel
@@ -81,11 +88,16 @@ class GuestSession:
         key = RunKey()
         self.boots += 1
         console = self.workdir / f"console-{self.spec.id}-{self.boots}.log"
-        vm = QemuVM(BootSpec(
-            vmlinuz=self.kernel.vmlinuz, initrd=self.image.initrd_for(self.kernel),
-            cmdline=self.cmdline(key), memory_mb=self.spec.memory_mb, cpus=self.spec.cpus,
-            console_log=console,
-        ))  # fmt: skip
+        vm = QemuVM(
+            BootSpec(
+                vmlinuz=self.kernel.vmlinuz,
+                initrd=self.image.initrd_for(self.kernel),
+                cmdline=self.cmdline(key),
+                memory_mb=self.spec.memory_mb,
+                cpus=self.spec.cpus,
+                console_log=console,
+            )
+        )
         self.vm = vm
         self.registry.add(vm)
         vm.start()
@@ -102,10 +114,9 @@ class GuestSession:
 
     def shutdown(self) -> None:
         if self.transport is not None:
-            try:
+            # Closing a dead connection must not mask why it died.
+            with contextlib.suppress(Exception):
                 self.transport.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection must not mask its cause
-                pass
             self.transport = None
         if self.vm is not None:
             self.vm.stop()
@@ -154,12 +165,20 @@ class GuestSession:
         # User-controlled names never reach a shell: files get index-based names and the
         # arguments travel as JSON.
         transport.put_bytes(artifact.data, f"{cell_dir}/artifact.bpf.o")
-        args = ["--artifact", f"{cell_dir}/artifact.bpf.o", "--out", f"{cell_dir}/result.json",
-                "--log-dir", cell_dir, *artifact.manifest.validator_args()]  # fmt: skip
+        args = [
+            "--artifact",
+            f"{cell_dir}/artifact.bpf.o",
+            "--out",
+            f"{cell_dir}/result.json",
+            "--log-dir",
+            cell_dir,
+            *artifact.manifest.validator_args(),
+        ]
         manifest = artifact.manifest
         if manifest.programs or manifest.metadata:
-            transport.put_bytes(json.dumps(manifest.validator_manifest()).encode(),
-                                f"{cell_dir}/manifest.json")  # fmt: skip
+            transport.put_bytes(
+                json.dumps(manifest.validator_manifest()).encode(), f"{cell_dir}/manifest.json"
+            )
             args += ["--manifest", f"{cell_dir}/manifest.json"]
         plan = manifest.functional_plan()
         timeout = self.artifact_timeout
@@ -169,8 +188,8 @@ class GuestSession:
             timeout += sum(t.timeout for t in manifest.functional_tests)
         transport.put_bytes(json.dumps(args).encode(), f"{cell_dir}/args.json")
         res = transport.run(
-            f"python3 {GUEST_DIR}/run.py {cell_dir}/args.json >{cell_dir}/stdout 2>{cell_dir}/stderr;"
-            f" echo {EXIT_MARKER}$?",
+            f"python3 {GUEST_DIR}/run.py {cell_dir}/args.json"
+            f" >{cell_dir}/stdout 2>{cell_dir}/stderr; echo {EXIT_MARKER}$?",
             timeout,
         )
         self.vm.check()
@@ -185,23 +204,29 @@ class GuestSession:
         result = _parse_result(raw)
         if result is None and signal is None:
             stderr_tail = ""
-            try:
+            with contextlib.suppress(FileNotFoundError, TransportError):
                 stderr_tail = transport.get_bytes(f"{cell_dir}/stderr").decode("utf-8", "replace")
-            except (FileNotFoundError, TransportError):
-                pass
             last = (stderr_tail.strip().splitlines() or ["no output"])[-1]
-            return RawOutcome(None, raw, exit_code, None,
-                              f"validator wrote no result (exit {exit_code}): {last[:300]}",
-                              False, None, time.monotonic() - started)  # fmt: skip
-        return RawOutcome(result, raw, exit_code, signal, None, False, None,
-                          time.monotonic() - started)  # fmt: skip
+            return RawOutcome(
+                None,
+                raw,
+                exit_code,
+                None,
+                f"validator wrote no result (exit {exit_code}): {last[:300]}",
+                False,
+                None,
+                time.monotonic() - started,
+            )
+        return RawOutcome(
+            result, raw, exit_code, signal, None, False, None, time.monotonic() - started
+        )
 
 
 def _parse_exit(stdout: str) -> int | None:
     for line in reversed(stdout.splitlines()):
         if line.startswith(EXIT_MARKER):
             try:
-                return int(line[len(EXIT_MARKER):])
+                return int(line[len(EXIT_MARKER) :])
             except ValueError:
                 return None
     return None

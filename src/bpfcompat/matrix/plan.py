@@ -60,10 +60,11 @@ def elf_problem(data: bytes) -> str | None:
     (machine,) = struct.unpack_from(endian + "H", data, 18)
     if machine != EM_BPF:
         return f"ELF for machine {machine}, not BPF ({EM_BPF})"
-    shoff, = struct.unpack_from(endian + "Q", data, 40)
+    (shoff,) = struct.unpack_from(endian + "Q", data, 40)
     shentsize, shnum = struct.unpack_from(endian + "HH", data, 58)
-    if shoff + shentsize * shnum > len(data):
-        return f"truncated ELF: section headers end at {shoff + shentsize * shnum}, file has {len(data)} bytes"
+    end = shoff + shentsize * shnum
+    if end > len(data):
+        return f"truncated ELF: section headers end at {end}, file has {len(data)} bytes"
     return None
 
 
@@ -72,15 +73,20 @@ def _manifest_hash(manifest: Manifest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def load_artifact(path: Path, manifest_path: Path | None = None) -> Artifact:
+def load_artifact(
+    path: Path, manifest_path: Path | None = None, refused: str | None = None
+) -> Artifact:
+    """Read `path` once; `refused` names why it must not be read at all (an invalid cell)."""
     if manifest_path is None and (path.parent / MANIFEST_NAME).is_file():
         manifest_path = path.parent / MANIFEST_NAME
     manifest = load_manifest(manifest_path) if manifest_path else Manifest()
     try:
-        size = path.stat().st_size
+        size = 0 if refused else path.stat().st_size
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot read artifact: {exc.strerror}") from None
-    if size > MAX_ARTIFACT_BYTES:
+    if refused:
+        data, problem = b"", refused
+    elif size > MAX_ARTIFACT_BYTES:
         data = b""
         problem = f"artifact is {size} bytes, over the {MAX_ARTIFACT_BYTES} byte limit"
     else:
@@ -101,23 +107,36 @@ def load_artifact(path: Path, manifest_path: Path | None = None) -> Artifact:
     )
 
 
+def escaping_symlink(path: Path, root: Path) -> str | None:
+    """Why `path`, found below the input directory `root`, must not be read: it resolves
+    (through a symlink) to somewhere outside `root`. A directory given to `matrix run`
+    is a boundary; following links out of it would let a checked-in link feed any file
+    the user can read (keys, /proc) to the guest and the reports."""
+    target = path.resolve()
+    if target.is_relative_to(root.resolve()):
+        return None
+    return f"symlink to {target}, outside the input directory {root}: refused, not read"
+
+
 def discover_artifacts(inputs: list[Path], manifest: Path | None = None) -> list[Artifact]:
-    """Files as given; directories expand to every *.bpf.o below them, sorted."""
-    paths: list[Path] = []
+    """Files as given; directories expand to every *.bpf.o below them, sorted. Files
+    below a directory that resolve outside it are refused (an INVALID_ARTIFACT cell)."""
+    paths: dict[Path, str | None] = {}
     for item in inputs:
         if item.is_dir():
             found = sorted(p for p in item.rglob(f"*{ARTIFACT_SUFFIX}") if p.is_file())
             if not found:
                 raise ArtifactError(f"{item}: directory holds no *{ARTIFACT_SUFFIX} files")
-            paths += found
+            for p in found:
+                paths.setdefault(p, escaping_symlink(p, item))
         elif item.exists():
-            paths.append(item)
+            paths.setdefault(item, None)
         else:
             raise ArtifactError(f"{item}: no such file or directory")
     artifacts: list[Artifact] = []
     seen: dict[str, Path] = {}
-    for path in dict.fromkeys(paths):
-        artifact = load_artifact(path, manifest)
+    for path, refused in paths.items():
+        artifact = load_artifact(path, manifest, refused)
         if artifact.name in seen:
             raise ConfigError(
                 f"{path}: artifact name {artifact.name!r} is also used by {seen[artifact.name]}"
@@ -132,9 +151,17 @@ def kernel_key(spec: KernelSpec, package_version: str) -> str:
 
 
 def cache_key(
-    artifact: Artifact, spec: KernelSpec, package_version: str, validator_version: str,
+    artifact: Artifact,
+    spec: KernelSpec,
+    package_version: str,
+    validator_version: str,
     image_digest: str,
 ) -> str:
-    parts = [artifact.sha256, artifact.manifest_hash, kernel_key(spec, package_version),
-             validator_version, image_digest]  # fmt: skip
+    parts = [
+        artifact.sha256,
+        artifact.manifest_hash,
+        kernel_key(spec, package_version),
+        validator_version,
+        image_digest,
+    ]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()

@@ -32,19 +32,25 @@ def reclassify_run(store: Store, run_id: int) -> list[str]:
                     problem = elf_problem(fh.read(1 << 26))
             except OSError:
                 problem = None
-            verdict = classify(stored, artifact_problem=problem,
-                               release=releases.get(cell.kernel_id, ""))  # fmt: skip
+            verdict = classify(
+                stored, artifact_problem=problem, release=releases.get(cell.kernel_id, "")
+            )
             before = (cell.status, cell.code)
             cell.status, cell.code, cell.evidence = verdict.status, verdict.code, verdict.evidence
             cell.confidence, cell.stage, cell.program = (
-                verdict.confidence, verdict.stage, verdict.program)
+                verdict.confidence,
+                verdict.stage,
+                verdict.program,
+            )
             cell.remediation = verdict.remediation
             cell.classifier_version = CLASSIFIER_VERSION
             cell.notes_json = json.dumps(notes_for(stored.result() or {}))
             session.add(cell)
             if before != (cell.status, cell.code):
-                changed.append(f"{cell.artifact} on {cell.kernel_id}: {before[0]} {before[1]} "
-                               f"-> {cell.status} {cell.code}")  # fmt: skip
+                changed.append(
+                    f"{cell.artifact} on {cell.kernel_id}: {before[0]} {before[1]} "
+                    f"-> {cell.status} {cell.code}"
+                )
 
     store.write(_apply)
     return changed

@@ -102,8 +102,7 @@ class MatrixRunner:
         kernels = self.store.kernels(self.run_id)
         cells = self.store.cells(self.run_id)
         exit_code = 130 if status == "interrupted" else self.exit_code(kernels, cells)
-        self.store.update_run(self.run_id, status=status, exit_code=exit_code,
-                              finished_at=utcnow())  # fmt: skip
+        self.store.update_run(self.run_id, status=status, exit_code=exit_code, finished_at=utcnow())
         return RunSummary(self.run_id, exit_code, status, cells, kernels, self.messages)
 
     def interrupt(self) -> None:
@@ -156,15 +155,25 @@ class MatrixRunner:
         self, spec: KernelSpec, image_future: Future[GuestImage], gate: threading.Semaphore
     ) -> None:
         progress = self.options.progress
-        row = self.store.add(RunKernel(
-            run_id=self.run_id, kernel_id=spec.id, suite=spec.suite, package=spec.package,
-            cmdline=spec.cmdline, required=spec.required,
-        ))  # fmt: skip
+        row = self.store.add(
+            RunKernel(
+                run_id=self.run_id,
+                kernel_id=spec.id,
+                suite=spec.suite,
+                package=spec.package,
+                cmdline=spec.cmdline,
+                required=spec.required,
+            )
+        )
         try:
             progress(spec.id, "fetching")
             kernel = fetch_kernel(spec)
-            self._update_kernel(row, release=kernel.release, package_version=kernel.version,
-                                btf=kernel.config_value("CONFIG_DEBUG_INFO_BTF") == "y")  # fmt: skip
+            self._update_kernel(
+                row,
+                release=kernel.release,
+                package_version=kernel.version,
+                btf=kernel.config_value("CONFIG_DEBUG_INFO_BTF") == "y",
+            )
             image = image_future.result()
         except BpfcompatError as exc:
             self._kernel_failed(spec, row, describe_error(exc), self.plan.artifacts)
@@ -185,7 +194,11 @@ class MatrixRunner:
             self._validate_all(spec, row, kernel, image, todo)
 
     def _validate_all(
-        self, spec: KernelSpec, row: RunKernel, kernel: KernelBuild, image: GuestImage,
+        self,
+        spec: KernelSpec,
+        row: RunKernel,
+        kernel: KernelBuild,
+        image: GuestImage,
         todo: list[tuple[int, Artifact, str]],
     ) -> None:
         progress = self.options.progress
@@ -203,11 +216,20 @@ class MatrixRunner:
                 try:
                     session.boot()
                 except BpfcompatError as exc2:
-                    self._kernel_failed(spec, row, f"boot failed: {describe_error(exc2)}",
-                                        [a for _, a, _ in todo], boots=session.boots)  # fmt: skip
+                    self._kernel_failed(
+                        spec,
+                        row,
+                        f"boot failed: {describe_error(exc2)}",
+                        [a for _, a, _ in todo],
+                        boots=session.boots,
+                    )
                     return
-            self._update_kernel(row, boot_seconds=round(session.boot_seconds[0], 2),
-                                status="ok", boots=session.boots)  # fmt: skip
+            self._update_kernel(
+                row,
+                boot_seconds=round(session.boot_seconds[0], 2),
+                status="ok",
+                boots=session.boots,
+            )
             for done, (index, artifact, key) in enumerate(todo, start=1):
                 if self.stop.is_set():
                     return
@@ -220,8 +242,13 @@ class MatrixRunner:
                     if self.stop.is_set():
                         return
                     remaining = [a for _, a, _ in todo[done - 1 :]]
-                    self._kernel_failed(spec, row, f"reboot failed: {describe_error(exc)}",
-                                        remaining, boots=session.boots)  # fmt: skip
+                    self._kernel_failed(
+                        spec,
+                        row,
+                        f"reboot failed: {describe_error(exc)}",
+                        remaining,
+                        boots=session.boots,
+                    )
                     return
                 if self.stop.is_set() and outcome.infra_error:
                     return  # killed by our own interrupt: not a verdict
@@ -246,7 +273,11 @@ class MatrixRunner:
         self.store.write(_apply)
 
     def _kernel_failed(
-        self, spec: KernelSpec, row: RunKernel, message: str, artifacts: list[Artifact],
+        self,
+        spec: KernelSpec,
+        row: RunKernel,
+        message: str,
+        artifacts: list[Artifact],
         boots: int = 0,
     ) -> None:
         self.options.progress(spec.id, "error", message)
@@ -254,60 +285,122 @@ class MatrixRunner:
             self.messages.append(f"kernel {spec.id}: {message}")
         self._update_kernel(row, status="error", error=message, boots=boots)
         for artifact in artifacts:
-            verdict = Verdict("error", "INFRA_ERROR", "high", "boot", None, message[:500],
-                              "Check the console log and the kernel entry; rerun.")  # fmt: skip
+            verdict = Verdict(
+                "error",
+                "INFRA_ERROR",
+                "high",
+                "boot",
+                None,
+                message[:500],
+                "Check the console log and the kernel entry; rerun.",
+            )
             self._add_cell(spec, artifact, verdict, None, 0.0, cached=False, notes=[])
 
     def _store_result(
-        self, key: str, artifact: Artifact, spec: KernelSpec, image: GuestImage,
+        self,
+        key: str,
+        artifact: Artifact,
+        spec: KernelSpec,
+        image: GuestImage,
         outcome: RawOutcome,
     ) -> ValidatorResult:
-        return self.store.add(ValidatorResult(
-            cache_key=key, artifact_sha256=artifact.sha256, kernel_id=spec.id,
-            validator_version=VALIDATOR_VERSION, image_digest=image.digest,
-            exit_code=outcome.exit_code, signal=outcome.signal, raw_json=outcome.raw_json,
-            infra_error=outcome.infra_error, crash=outcome.crash,
-            console_tail=outcome.console_tail, seconds=round(outcome.seconds, 3),
-        ))  # fmt: skip
+        return self.store.add(
+            ValidatorResult(
+                cache_key=key,
+                artifact_sha256=artifact.sha256,
+                kernel_id=spec.id,
+                validator_version=VALIDATOR_VERSION,
+                image_digest=image.digest,
+                exit_code=outcome.exit_code,
+                signal=outcome.signal,
+                raw_json=outcome.raw_json,
+                infra_error=outcome.infra_error,
+                crash=outcome.crash,
+                console_tail=outcome.console_tail,
+                seconds=round(outcome.seconds, 3),
+            )
+        )
 
     def _record_cell(
-        self, spec: KernelSpec, artifact: Artifact, stored: ValidatorResult, kernel: KernelBuild,
-        *, cached: bool,
+        self,
+        spec: KernelSpec,
+        artifact: Artifact,
+        stored: ValidatorResult,
+        kernel: KernelBuild,
+        *,
+        cached: bool,
     ) -> None:
         verdict = classify(stored, artifact_problem=artifact.invalid_reason, release=kernel.release)
         result = stored.result() or {}
-        self._add_cell(spec, artifact, verdict, stored, stored.seconds, cached=cached,
-                       notes=notes_for(result), result=result)  # fmt: skip
+        self._add_cell(
+            spec,
+            artifact,
+            verdict,
+            stored,
+            stored.seconds,
+            cached=cached,
+            notes=notes_for(result),
+            result=result,
+        )
 
     def _add_cell(
-        self, spec: KernelSpec, artifact: Artifact, verdict: Verdict,
-        stored: ValidatorResult | None, seconds: float, *, cached: bool, notes: list[str],
+        self,
+        spec: KernelSpec,
+        artifact: Artifact,
+        verdict: Verdict,
+        stored: ValidatorResult | None,
+        seconds: float,
+        *,
+        cached: bool,
+        notes: list[str],
         result: dict | None = None,
     ) -> None:
         result = result or {}
         details = {
             "variants": [
-                {"group": v.get("group"), "chosen": v.get("chosen"),
-                 "disabled": list(v.get("disabled") or [])}
-                for v in result.get("program_variants") or [] if isinstance(v, dict)
+                {
+                    "group": v.get("group"),
+                    "chosen": v.get("chosen"),
+                    "disabled": list(v.get("disabled") or []),
+                }
+                for v in result.get("program_variants") or []
+                if isinstance(v, dict)
             ],
             "map_fixups": [
-                {"name": f.get("name"), "requested": f.get("requested"),
-                 "applied_entries": f.get("applied_entries"), "status": f.get("status")}
-                for f in result.get("map_fixups") or [] if isinstance(f, dict)
+                {
+                    "name": f.get("name"),
+                    "requested": f.get("requested"),
+                    "applied_entries": f.get("applied_entries"),
+                    "status": f.get("status"),
+                }
+                for f in result.get("map_fixups") or []
+                if isinstance(f, dict)
             ],
-        }  # fmt: skip
-        self.store.add(Cell(
-            run_id=self.run_id, artifact=artifact.name, artifact_path=str(artifact.path),
-            artifact_sha256=artifact.sha256,
-            manifest_path=str(artifact.manifest_path) if artifact.manifest_path else None,
-            manifest_hash=artifact.manifest_hash, kernel_id=spec.id, status=verdict.status,
-            code=verdict.code, evidence=verdict.evidence, confidence=verdict.confidence,
-            stage=verdict.stage, program=verdict.program, remediation=verdict.remediation,
-            classifier_version=CLASSIFIER_VERSION, notes_json=json.dumps(notes),
-            details_json=json.dumps(details), seconds=round(seconds, 3), cached=cached,
-            result_id=stored.id if stored else None,
-        ))  # fmt: skip
+        }
+        self.store.add(
+            Cell(
+                run_id=self.run_id,
+                artifact=artifact.name,
+                artifact_path=str(artifact.path),
+                artifact_sha256=artifact.sha256,
+                manifest_path=str(artifact.manifest_path) if artifact.manifest_path else None,
+                manifest_hash=artifact.manifest_hash,
+                kernel_id=spec.id,
+                status=verdict.status,
+                code=verdict.code,
+                evidence=verdict.evidence,
+                confidence=verdict.confidence,
+                stage=verdict.stage,
+                program=verdict.program,
+                remediation=verdict.remediation,
+                classifier_version=CLASSIFIER_VERSION,
+                notes_json=json.dumps(notes),
+                details_json=json.dumps(details),
+                seconds=round(seconds, 3),
+                cached=cached,
+                result_id=stored.id if stored else None,
+            )
+        )
 
 
 def run_plan(plan: Plan, store: Store, options: RunOptions) -> tuple[MatrixRunner, RunSummary]:

@@ -168,7 +168,7 @@ class Store:
                     session.commit()
                     return value
             except OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == attempts - 1:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == attempts - 1:
                     raise StoreError(f"{self.path}: {_reason(exc)}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)

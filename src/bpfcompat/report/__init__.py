@@ -1,4 +1,4 @@
-"""Report writers; all read the same run export."""
+"""Report writers; all read the same run export (`bpfcompat.run.v1`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 from bpfcompat.matrix.store import Store
 from bpfcompat.report.export import run_export
-from bpfcompat.report.html import render_html
 
 
 def _write(path: Path, text: str) -> Path:
@@ -21,21 +20,35 @@ def _write(path: Path, text: str) -> Path:
 
 
 def write_reports(
-    store: Store, run_id: int, *, html: Path | None = None, json_path: Path | None = None,
-    markdown: Path | None = None, junit: Path | None = None,
+    store: Store,
+    run_id: int,
+    *,
+    html: Path | None = None,
+    json_path: Path | None = None,
+    markdown: Path | None = None,
+    junit: Path | None = None,
+    base_run: int | None = None,
 ) -> list[Path]:
+    """Write the requested formats; `base_run` adds the changes since that run to the
+    HTML and Markdown reports (the JSON export and JUnit stay one run's own view)."""
+    from bpfcompat.report.compare import compare_runs
+
+    comparison = compare_runs(store, base_run, run_id) if base_run is not None else None
     written: list[Path] = []
     if json_path:
         written.append(_write(json_path, json.dumps(run_export(store, run_id), indent=2) + "\n"))
     if html:
-        written.append(_write(html, render_html(run_export(store, run_id, include_results=True))))
+        from bpfcompat.report.html import render_html
+
+        export = run_export(store, run_id, include_results=True)
+        written.append(_write(html, render_html(export, comparison)))
     if markdown or junit:
-        from bpfcompat.report.markdown import render_markdown
         from bpfcompat.report.junit import render_junit
+        from bpfcompat.report.markdown import render_markdown
 
         export = run_export(store, run_id)
         if markdown:
-            written.append(_write(markdown, render_markdown(export)))
+            written.append(_write(markdown, render_markdown(export, comparison)))
         if junit:
             written.append(_write(junit, render_junit(export)))
     return written

@@ -12,7 +12,9 @@ from bpfcompat.matrix.store import Store
 SCHEMA = "bpfcompat.run.v1"
 
 
-def run_export(store: Store, run_id: int | None = None, *, include_results: bool = False) -> dict[str, Any]:
+def run_export(
+    store: Store, run_id: int | None = None, *, include_results: bool = False
+) -> dict[str, Any]:
     """The stored run as plain data; `include_results` adds each cell's raw validator JSON."""
     run = store.run(run_id)
     assert run.id is not None
@@ -20,21 +22,35 @@ def run_export(store: Store, run_id: int | None = None, *, include_results: bool
     cells = store.cells(run.id)
     artifacts: dict[str, dict[str, Any]] = {}
     for cell in cells:
-        artifacts.setdefault(cell.artifact, {
-            "name": cell.artifact, "path": cell.artifact_path, "sha256": cell.artifact_sha256,
-            "manifest": cell.manifest_path,
-        })  # fmt: skip
+        artifacts.setdefault(
+            cell.artifact,
+            {
+                "name": cell.artifact,
+                "path": cell.artifact_path,
+                "sha256": cell.artifact_sha256,
+                "manifest": cell.manifest_path,
+            },
+        )
     out_cells = []
     for cell in cells:
         details = cell.details
         entry: dict[str, Any] = {
-            "artifact": cell.artifact, "kernel": cell.kernel_id, "status": cell.status,
-            "code": cell.code, "evidence": cell.evidence, "notes": cell.notes,
-            "seconds": cell.seconds, "cached": cell.cached, "confidence": cell.confidence,
-            "stage": cell.stage, "program": cell.program, "remediation": cell.remediation,
+            "artifact": cell.artifact,
+            "kernel": cell.kernel_id,
+            "status": cell.status,
+            "code": cell.code,
+            "evidence": cell.evidence,
+            "notes": cell.notes,
+            "seconds": cell.seconds,
+            "cached": cell.cached,
+            "confidence": cell.confidence,
+            "stage": cell.stage,
+            "program": cell.program,
+            "remediation": cell.remediation,
             "classifier_version": cell.classifier_version,
-            "variants": details.get("variants", []), "map_fixups": details.get("map_fixups", []),
-        }  # fmt: skip
+            "variants": details.get("variants", []),
+            "map_fixups": details.get("map_fixups", []),
+        }
         if include_results:
             stored = store.result(cell.result_id)
             entry["result"] = stored.result() if stored else None
@@ -46,17 +62,33 @@ def run_export(store: Store, run_id: int | None = None, *, include_results: bool
     return {
         "schema": SCHEMA,
         "run": {
-            "id": run.id, "started_at": run.started_at, "finished_at": run.finished_at,
-            "status": run.status, "exit_code": run.exit_code, "accel": run.accel,
+            "id": run.id,
+            "started_at": run.started_at,
+            "finished_at": run.finished_at,
+            "status": run.status,
+            "exit_code": run.exit_code,
+            "accel": run.accel,
             "tool_version": run.tool_version,
+            "error": run.error,
         },
         "kernels": [
-            {"id": k.kernel_id, "release": k.release, "required": k.required, "btf": k.btf,
-             "boot_seconds": k.boot_seconds, "package": k.package,
-             "package_version": k.package_version, "suite": k.suite, "cmdline": k.cmdline,
-             "status": k.status, "error": k.error, "boots": k.boots}
+            {
+                "id": k.kernel_id,
+                "release": k.release,
+                "required": k.required,
+                "btf": k.btf,
+                "boot_seconds": k.boot_seconds,
+                "package": k.package,
+                "package_version": k.package_version,
+                "suite": k.suite,
+                "cmdline": k.cmdline,
+                "status": k.status,
+                "error": k.error,
+                "boots": k.boots,
+                "peak_rss_mb": k.peak_rss_mb,
+            }
             for k in kernels
-        ],  # fmt: skip
+        ],
         "artifacts": list(artifacts.values()),
         "cells": out_cells,
     }

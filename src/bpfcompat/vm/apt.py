@@ -61,9 +61,7 @@ def _looks_like_debian_archive(uri: str, suites: list[str]) -> bool:
     return uri.rstrip("/").endswith("/debian")
 
 
-def discover_mirror(
-    sources: Path = APT_SOURCES, sources_dir: Path = APT_SOURCES_DIR
-) -> str:
+def discover_mirror(sources: Path = APT_SOURCES, sources_dir: Path = APT_SOURCES_DIR) -> str:
     """The Debian archive URI this host's apt uses (or the explicit setting)."""
     explicit = os.environ.get(MIRROR_ENV, "").strip()
     if explicit:
@@ -101,15 +99,23 @@ class AptWorkspace:
 
     def _options(self) -> list[str]:
         return [
-            "-o", f"Dir::Etc::SourceList={self.sources_list}",
-            "-o", "Dir::Etc::SourceParts=/dev/null",
-            "-o", f"Dir::State::Lists={self.root / 'lists'}",
-            "-o", f"Dir::Cache={self.root / 'cache'}",
-            "-o", "Dir::State::status=/dev/null",
-            "-o", "APT::Sandbox::User=root",
-            "-o", "Acquire::Retries=3",
-            "-o", "Debug::NoLocking=true",
-        ]  # fmt: skip
+            "-o",
+            f"Dir::Etc::SourceList={self.sources_list}",
+            "-o",
+            "Dir::Etc::SourceParts=/dev/null",
+            "-o",
+            f"Dir::State::Lists={self.root / 'lists'}",
+            "-o",
+            f"Dir::Cache={self.root / 'cache'}",
+            "-o",
+            "Dir::State::status=/dev/null",
+            "-o",
+            "APT::Sandbox::User=root",
+            "-o",
+            "Acquire::Retries=3",
+            "-o",
+            "Debug::NoLocking=true",
+        ]
 
     def prepare(self) -> None:
         for sub in ("lists/partial", "cache/archives/partial"):

@@ -24,8 +24,20 @@ class CpioWriter:
     def _header(self, name: str, mode: int, size: int, rdev: tuple[int, int] = (0, 0)) -> None:
         encoded = name.encode() + b"\0"
         fields = [
-            self._ino, mode, 0, 0, 1, 0, size, 0, 0, rdev[0], rdev[1], len(encoded), 0,
-        ]  # fmt: skip
+            self._ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            size,
+            0,
+            0,
+            rdev[0],
+            rdev[1],
+            len(encoded),
+            0,
+        ]
         self._ino += 1
         self._fh.write(b"070701" + b"".join(b"%08X" % f for f in fields) + encoded)
         self._pad()

@@ -18,27 +18,66 @@ from pathlib import Path
 
 from bpfcompat.errors import ImageError
 from bpfcompat.vm.apt import KEYRING, discover_mirror
-from bpfcompat.vm.cache import atomic_dir, cache_root, read_verified_manifest, write_manifest
+from bpfcompat.vm.cache import (
+    atomic_dir,
+    cache_root,
+    entry_lock,
+    read_verified_manifest,
+    write_manifest,
+)
 from bpfcompat.vm.cpio import CpioWriter
 from bpfcompat.vm.kernels import KernelBuild
 
 RECIPE_VERSION = 3
 GUEST_PACKAGES = (
-    "libc6", "busybox", "python3-minimal", "libpython3-stdlib", "libbpf1", "bpftool",
-    "dropbear-bin", "openssh-sftp-server",
-)  # fmt: skip
+    "libc6",
+    "busybox",
+    "python3-minimal",
+    "libpython3-stdlib",
+    "libbpf1",
+    "bpftool",
+    "dropbear-bin",
+    "openssh-sftp-server",
+)
 # Parts of the extracted tree no validator run needs; dropping them shrinks what every
 # boot copies into guest memory.
 TRIM = (
-    "usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info", "usr/share/lintian",
-    "usr/share/zoneinfo", "usr/share/i18n", "usr/share/perl5", "usr/share/bash-completion",
-    "usr/share/common-licenses", "usr/share/debconf", "usr/share/pam", "usr/share/pam-configs",
-    "var/cache", "var/lib/apt", "var/lib/dpkg", "var/log", "usr/lib/x86_64-linux-gnu/gconv",
-    "usr/lib/x86_64-linux-gnu/perl-base", "usr/lib/x86_64-linux-gnu/perl",
-    "usr/bin/perl", "usr/bin/perl5.40.1", "usr/share/python3",
-)  # fmt: skip
-PY_TRIM = ("test", "ensurepip", "idlelib", "pydoc_data", "tkinter", "turtledemo", "lib2to3",
-           "venv", "__phello__", "config-3")  # fmt: skip
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/locale",
+    "usr/share/info",
+    "usr/share/lintian",
+    "usr/share/zoneinfo",
+    "usr/share/i18n",
+    "usr/share/perl5",
+    "usr/share/bash-completion",
+    "usr/share/common-licenses",
+    "usr/share/debconf",
+    "usr/share/pam",
+    "usr/share/pam-configs",
+    "var/cache",
+    "var/lib/apt",
+    "var/lib/dpkg",
+    "var/log",
+    "usr/lib/x86_64-linux-gnu/gconv",
+    "usr/lib/x86_64-linux-gnu/perl-base",
+    "usr/lib/x86_64-linux-gnu/perl",
+    "usr/bin/perl",
+    "usr/bin/perl5.40.1",
+    "usr/share/python3",
+)
+PY_TRIM = (
+    "test",
+    "ensurepip",
+    "idlelib",
+    "pydoc_data",
+    "tkinter",
+    "turtledemo",
+    "lib2to3",
+    "venv",
+    "__phello__",
+    "config-3",
+)
 
 
 @dataclass(frozen=True)
@@ -90,8 +129,15 @@ def validator_source() -> str:
 
 def image_digest(suite: str) -> str:
     h = hashlib.sha256()
-    for part in (str(RECIPE_VERSION), suite, ",".join(GUEST_PACKAGES), init_script(),
-                 ",".join(TRIM), ",".join(PY_TRIM), validator_source()):  # fmt: skip
+    for part in (
+        str(RECIPE_VERSION),
+        suite,
+        ",".join(GUEST_PACKAGES),
+        init_script(),
+        ",".join(TRIM),
+        ",".join(PY_TRIM),
+        validator_source(),
+    ):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
@@ -115,9 +161,13 @@ def build_image(suite: str, root: Path | None = None, *, mirror: str | None = No
     if shutil.which("mmdebstrap") is None:
         raise ImageError("mmdebstrap not found: run scripts/setup.sh (apt-get install mmdebstrap)")
     try:
-        return _build(suite, root, mirror)
+        with entry_lock(image_entry_dir(suite, root)):
+            hit = cached_image(suite, root, deep=True)
+            return hit if hit is not None else _build(suite, root, mirror)
     except OSError as exc:
-        raise ImageError(f"guest image {suite}: cannot write the cache: {exc.strerror or exc}") from None
+        raise ImageError(
+            f"guest image {suite}: cannot write the cache: {exc.strerror or exc}"
+        ) from None
 
 
 def _build(suite: str, root: Path | None, mirror: str | None) -> GuestImage:
@@ -139,8 +189,11 @@ def _build(suite: str, root: Path | None, mirror: str | None) -> GuestImage:
                 writer.chardev("dev/console", 5, 1)
                 writer.chardev("dev/null", 1, 3, 0o666)
                 writer.close()
-            write_manifest(tmp, {"suite": suite, "mirror_suite": suite, "recipe": RECIPE_VERSION},
-                           ["rootfs.cpio", "hostkey.pub"])  # fmt: skip
+            write_manifest(
+                tmp,
+                {"suite": suite, "mirror_suite": suite, "recipe": RECIPE_VERSION},
+                ["rootfs.cpio", "hostkey.pub"],
+            )
     built = cached_image(suite, root, deep=True)
     if built is None:
         raise ImageError(f"guest image {entry}: failed verification right after the build")
@@ -163,17 +216,30 @@ def _run(cmd: list[str], what: str, timeout: float = 900) -> str:
 def _mmdebstrap(suite: str, tree: Path, sources: Path) -> None:
     mode = "root" if os.geteuid() == 0 else "unshare"
     _run(
-        ["mmdebstrap", "--variant=extract", f"--mode={mode}", "--format=directory",
-         "--quiet", f"--include={','.join(GUEST_PACKAGES)}", suite, str(tree), str(sources)],
+        [
+            "mmdebstrap",
+            "--variant=extract",
+            f"--mode={mode}",
+            "--format=directory",
+            "--quiet",
+            f"--include={','.join(GUEST_PACKAGES)}",
+            suite,
+            str(tree),
+            str(sources),
+        ],
         f"mmdebstrap {suite}",
-    )  # fmt: skip
+    )
 
 
 def _customise(tree: Path) -> None:
     # The extract variant unpacks but runs no maintainer scripts: make the merged-/usr
     # links, users and applet links ourselves.
-    for name, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"),
-                         ("lib64", "usr/lib64")):  # fmt: skip
+    for name, target in (
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ):
         link = tree / name
         if not link.exists() and not link.is_symlink():
             link.symlink_to(target)
@@ -194,7 +260,11 @@ def _customise(tree: Path) -> None:
     applets = _run(["chroot", str(tree), "/usr/bin/busybox", "--list"], "busybox --list")
     for applet in applets.split():
         link = tree / "usr/bin" / applet
-        if not link.exists() and not link.is_symlink() and not (tree / "usr/sbin" / applet).exists():
+        if (
+            not link.exists()
+            and not link.is_symlink()
+            and not (tree / "usr/sbin" / applet).exists()
+        ):
             link.symlink_to("busybox")
     etc = tree / "etc"
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
@@ -209,16 +279,35 @@ def _customise(tree: Path) -> None:
     init.write_text(init_script())
     init.chmod(0o755)
     # Byte-compile with the guest's own interpreter so the .pyc magic matches it.
-    python = next((p.name for p in sorted((tree / "usr/bin").glob("python3.*"))
-                   if p.name[7:].replace(".", "").isdigit()), None)  # fmt: skip
+    python = next(
+        (
+            p.name
+            for p in sorted((tree / "usr/bin").glob("python3.*"))
+            if p.name[7:].replace(".", "").isdigit()
+        ),
+        None,
+    )
     if python is None:
         raise ImageError("guest image: no python3.X interpreter after mmdebstrap")
     libdir = f"/usr/lib/{python}"
     vdir = tree / GUEST_VALIDATOR_DIR
     vdir.mkdir(parents=True, exist_ok=True)
     (vdir / "validator.py").write_text(validator_source())
-    _run(["chroot", str(tree), f"/usr/bin/{python}", "-m", "compileall", "-q", "-j", "0",
-          libdir, f"/{GUEST_VALIDATOR_DIR}"], "byte-compiling the guest stdlib")  # fmt: skip
+    _run(
+        [
+            "chroot",
+            str(tree),
+            f"/usr/bin/{python}",
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            libdir,
+            f"/{GUEST_VALIDATOR_DIR}",
+        ],
+        "byte-compiling the guest stdlib",
+    )
     (tree / "etc/dropbear").mkdir(parents=True, exist_ok=True)
 
 

@@ -18,7 +18,13 @@ from pathlib import Path
 from bpfcompat.errors import FetchError
 from bpfcompat.matrix.config import KernelSpec
 from bpfcompat.vm.apt import AptWorkspace, discover_mirror, linux_dependencies
-from bpfcompat.vm.cache import atomic_dir, cache_root, read_verified_manifest, write_manifest
+from bpfcompat.vm.cache import (
+    atomic_dir,
+    cache_root,
+    entry_lock,
+    read_verified_manifest,
+    write_manifest,
+)
 from bpfcompat.vm.cpio import CpioWriter
 
 # The guest talks SSH over virtio-net; on some releases virtio_pci is a module too.
@@ -60,7 +66,9 @@ def kernel_entry_dir(spec: KernelSpec, root: Path | None = None) -> Path:
     return (root or cache_root()) / "kernels" / f"{spec.suite}_{spec.package}"
 
 
-def cached_kernel(spec: KernelSpec, root: Path | None = None, *, deep: bool = True) -> KernelBuild | None:
+def cached_kernel(
+    spec: KernelSpec, root: Path | None = None, *, deep: bool = True
+) -> KernelBuild | None:
     entry = kernel_entry_dir(spec, root)
     meta = read_verified_manifest(entry, deep=deep)
     if meta is None or meta.get("layout") != CACHE_LAYOUT:
@@ -68,26 +76,33 @@ def cached_kernel(spec: KernelSpec, root: Path | None = None, *, deep: bool = Tr
     return KernelBuild(meta["package"], meta["version"], meta["release"], entry)
 
 
-def fetch_kernel(spec: KernelSpec, root: Path | None = None, *, mirror: str | None = None) -> KernelBuild:
+def fetch_kernel(
+    spec: KernelSpec, root: Path | None = None, *, mirror: str | None = None
+) -> KernelBuild:
     """Return the cached kernel, or download and extract it (atomically)."""
     hit = cached_kernel(spec, root)
     if hit is not None:
         return hit
     root = root or cache_root()
     try:
-        return _fetch(spec, root, mirror)
+        with entry_lock(kernel_entry_dir(spec, root)):
+            # Another thread or process may have fetched it while we waited.
+            hit = cached_kernel(spec, root)
+            return hit if hit is not None else _fetch(spec, root, mirror)
     except OSError as exc:  # disk full, permissions: the atomic dir left nothing behind
-        raise FetchError(f"kernel {spec.id}: cannot write the cache under {root}: "
-                         f"{exc.strerror or exc}") from None  # fmt: skip
+        raise FetchError(
+            f"kernel {spec.id}: cannot write the cache under {root}: {exc.strerror or exc}"
+        ) from None
 
 
 def _fetch(spec: KernelSpec, root: Path, mirror: str | None) -> KernelBuild:
     workspace = AptWorkspace(root / "apt" / spec.suite, mirror or discover_mirror(), (spec.suite,))
-    workspace.prepare()
     entry = kernel_entry_dir(spec, root)
     with tempfile.TemporaryDirectory(prefix="bpfcompat-fetch-", dir=root) as scratch_name:
         scratch = Path(scratch_name)
-        debs, version = _download_with_deps(workspace, spec.package, scratch / "debs")
+        with entry_lock(workspace.root):  # one apt at a time per private lists dir
+            workspace.prepare()
+            debs, version = _download_with_deps(workspace, spec.package, scratch / "debs")
         tree = scratch / "tree"
         for deb in debs:
             _extract_deb(deb, tree)
@@ -95,10 +110,15 @@ def _fetch(spec: KernelSpec, root: Path, mirror: str | None) -> KernelBuild:
             release = _assemble(tree, tmp, spec.package)
             write_manifest(
                 tmp,
-                {"layout": CACHE_LAYOUT, "package": spec.package, "version": version,
-                 "release": release, "suite": spec.suite},
+                {
+                    "layout": CACHE_LAYOUT,
+                    "package": spec.package,
+                    "version": version,
+                    "release": release,
+                    "suite": spec.suite,
+                },
                 ["vmlinuz", "config", "modules.cpio"],
-            )  # fmt: skip
+            )
     built = cached_kernel(spec, root)
     if built is None:
         raise FetchError(f"kernel {spec.id}: cache entry {entry} failed verification after fetch")
@@ -146,8 +166,11 @@ def _find_vmlinuz(tree: Path) -> tuple[Path, str]:
 
 
 def _find_config(tree: Path, release: str) -> Path | None:
-    for pattern in (f"boot/config-{release}", f"usr/lib/modules/{release}/config",
-                    f"lib/modules/{release}/config"):  # fmt: skip
+    for pattern in (
+        f"boot/config-{release}",
+        f"usr/lib/modules/{release}/config",
+        f"lib/modules/{release}/config",
+    ):
         path = tree / pattern
         if path.is_file():
             return path

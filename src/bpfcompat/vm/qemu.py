@@ -80,24 +80,47 @@ class QemuVM:
 
     def command(self) -> list[str]:
         spec = self.spec
-        cpu = ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else [
-            "-accel", "tcg,thread=multi,tb-size=64", "-cpu", "max"]  # fmt: skip
+        cpu = (
+            ["-accel", "kvm", "-cpu", "host"]
+            if spec.accel == "kvm"
+            else ["-accel", "tcg,thread=multi,tb-size=64", "-cpu", "max"]
+        )
         cmd = [
-            QEMU_BINARY, "-nodefaults", "-no-user-config", "-display", "none",
-            "-machine", "pc", *cpu, "-smp", str(spec.cpus), "-m", str(spec.memory_mb),
-            "-kernel", str(spec.vmlinuz), "-initrd", str(spec.initrd),
-            "-append", spec.cmdline,
-            "-chardev", f"file,id=con0,path={spec.console_log}", "-serial", "chardev:con0",
-            "-no-reboot", "-monitor", "none",
-        ]  # fmt: skip
+            QEMU_BINARY,
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-machine",
+            "pc",
+            *cpu,
+            "-smp",
+            str(spec.cpus),
+            "-m",
+            str(spec.memory_mb),
+            "-kernel",
+            str(spec.vmlinuz),
+            "-initrd",
+            str(spec.initrd),
+            "-append",
+            spec.cmdline,
+            "-chardev",
+            f"file,id=con0,path={spec.console_log}",
+            "-serial",
+            "chardev:con0",
+            "-no-reboot",
+            "-monitor",
+            "none",
+        ]
         if spec.with_network:
             # restrict=on: the guest reaches nothing, not even the host; only the
             # forward (bound to loopback) lets the host in.
             cmd += [
                 "-netdev",
                 f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
-                "-device", "virtio-net-pci,netdev=n0",
-            ]  # fmt: skip
+                "-device",
+                "virtio-net-pci,netdev=n0",
+            ]
         return cmd
 
     def start(self) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import stat
 import time
 from dataclasses import dataclass
@@ -66,7 +65,9 @@ class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
     def __init__(self, expected: str) -> None:
         self.expected = expected.split()[1] if " " in expected else expected
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
         if key.get_base64() != self.expected:
             raise TransportError(f"guest host key mismatch for {hostname}: not the image's key")
 
@@ -81,7 +82,12 @@ class ParamikoTransport:
 
     @classmethod
     def connect(
-        cls, port: int, key: RunKey, host_key: str, deadline: float, where: str,
+        cls,
+        port: int,
+        key: RunKey,
+        host_key: str,
+        deadline: float,
+        where: str,
         alive: object = None,
     ) -> ParamikoTransport:
         """Retry until the guest answers or the deadline passes."""
@@ -93,10 +99,16 @@ class ParamikoTransport:
             client.set_missing_host_key_policy(_PinnedHostKey(host_key))
             try:
                 client.connect(
-                    "127.0.0.1", port=port, username="root", pkey=key.key,
-                    allow_agent=False, look_for_keys=False, timeout=10, banner_timeout=30,
+                    "127.0.0.1",
+                    port=port,
+                    username="root",
+                    pkey=key.key,
+                    allow_agent=False,
+                    look_for_keys=False,
+                    timeout=10,
+                    banner_timeout=30,
                     auth_timeout=30,
-                )  # fmt: skip
+                )
                 transport = client.get_transport()
                 if transport is not None:
                     transport.set_keepalive(5)
@@ -141,8 +153,9 @@ class ParamikoTransport:
                     break
                 elif time.monotonic() > deadline:
                     chan.close()
-                    return CommandResult(-1, out.decode(errors="replace"),
-                                         err.decode(errors="replace"), True)  # fmt: skip
+                    return CommandResult(
+                        -1, out.decode(errors="replace"), err.decode(errors="replace"), True
+                    )
                 elif not transport.is_active():
                     raise TransportError(f"{self.where}: SSH connection dropped")
                 else:
@@ -152,7 +165,7 @@ class ParamikoTransport:
             return CommandResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
         except TransportError:
             raise
-        except (paramiko.SSHException, OSError, EOFError, socket.timeout) as exc:
+        except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"{self.where}: command failed over SSH: {exc}") from None
 
     def put(self, local: Path, remote: str) -> None:
@@ -185,4 +198,3 @@ class ParamikoTransport:
                 self._sftp.close()
         finally:
             self._client.close()
-
