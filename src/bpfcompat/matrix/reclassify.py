@@ -43,6 +43,7 @@ def reclassify_run(store: Store, run_id: int) -> list[str]:
                 verdict.program,
             )
             cell.remediation = verdict.remediation
+            cell.rule, cell.detail = verdict.rule, verdict.detail
             cell.classifier_version = CLASSIFIER_VERSION
             cell.notes_json = json.dumps(notes_for(stored.result() or {}))
             session.add(cell)

@@ -393,6 +393,8 @@ class MatrixRunner:
                 stage=verdict.stage,
                 program=verdict.program,
                 remediation=verdict.remediation,
+                rule=verdict.rule,
+                detail=verdict.detail,
                 classifier_version=CLASSIFIER_VERSION,
                 notes_json=json.dumps(notes),
                 details_json=json.dumps(details),

@@ -47,6 +47,8 @@ def run_export(
             "stage": cell.stage,
             "program": cell.program,
             "remediation": cell.remediation,
+            "rule": cell.rule,
+            "detail": cell.detail,
             "classifier_version": cell.classifier_version,
             "variants": details.get("variants", []),
             "map_fixups": details.get("map_fixups", []),
