@@ -17,6 +17,7 @@ logs (or the host's ELF pre-check for objects that never reached libbpf).
 from __future__ import annotations
 
 import errno as E
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -71,8 +72,10 @@ LOCKED_DOWN = frozenset({"integrity", "confidentiality"})
 _SPEC = re.compile(r"%(?:%|(?:l|ll|z|h)?[dui]|(?:l|ll|z)?x|s)")
 
 
+@functools.cache
 def _fmt_regex(fmt: str) -> re.Pattern[str]:
-    """A regex for a printf format string: the same text, conversions as wildcards."""
+    """A regex for a printf format string: the same text, conversions as wildcards
+    (built once per format: classification runs for every cell of every run)."""
     out, pos = [], 0
     for m in _SPEC.finditer(fmt):
         out.append(re.escape(fmt[pos : m.start()]))

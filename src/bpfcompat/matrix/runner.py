@@ -330,6 +330,26 @@ class MatrixRunner:
         *,
         cached: bool,
     ) -> None:
+        if cached:
+            # The same evidence judged by the same classifier: reuse that verdict rather
+            # than parse and classify again (keeps a fully cached rerun near-instant).
+            prior = self.store.prior_cell(stored.id, CLASSIFIER_VERSION)
+            if prior is not None:
+                fields = prior.model_dump(
+                    exclude={"id", "run_id", "artifact", "artifact_path", "manifest_path", "cached"}
+                )
+                manifest = str(artifact.manifest_path) if artifact.manifest_path else None
+                self.store.add(
+                    Cell(
+                        **fields,
+                        run_id=self.run_id,
+                        artifact=artifact.name,
+                        artifact_path=str(artifact.path),
+                        manifest_path=manifest,
+                        cached=True,
+                    )
+                )
+                return
         verdict = classify(stored, artifact_problem=artifact.invalid_reason, release=kernel.release)
         result = stored.result() or {}
         self._add_cell(

@@ -208,6 +208,19 @@ class Store:
             )
             return session.exec(stmt).first()
 
+    def prior_cell(self, result_id: int | None, classifier_version: str) -> Cell | None:
+        """The newest cell judged from this result by this classifier version."""
+        if result_id is None:
+            return None
+        with self.session() as session:
+            stmt = (
+                select(Cell)
+                .where(Cell.result_id == result_id)
+                .where(Cell.classifier_version == classifier_version)
+                .order_by(Cell.id.desc())  # type: ignore[union-attr]
+            )
+            return session.exec(stmt).first()
+
     def run(self, run_id: int | None = None) -> Run:
         with self.session() as session:
             if run_id is None:
