@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from sqlmodel import Session
 
-from bpfcompat.matrix.classify import CLASSIFIER_VERSION, Verdict, classify, notes_for
+from bpfcompat.matrix.classify import Verdict, cell_fields, classify
 from bpfcompat.matrix.store import Cell, Run, RunKernel, Store, ValidatorResult
 
 T = TypeVar("T")
@@ -136,25 +136,6 @@ def add_recorded_run(
                     )
                 )
                 verdict = _classify(row, result, c["release"], cache=edit is None)
-                details = {
-                    "variants": [
-                        {
-                            "group": v.get("group"),
-                            "chosen": v.get("chosen"),
-                            "disabled": list(v.get("disabled") or []),
-                        }
-                        for v in (result or {}).get("program_variants") or []
-                    ],
-                    "map_fixups": [
-                        {
-                            "name": f.get("name"),
-                            "requested": f.get("requested"),
-                            "applied_entries": f.get("applied_entries"),
-                            "status": f.get("status"),
-                        }
-                        for f in (result or {}).get("map_fixups") or []
-                    ],
-                }
                 name = (rename or {}).get(c["artifact"], c["artifact"])
                 cells.append(
                     add(
@@ -164,19 +145,10 @@ def add_recorded_run(
                             artifact_path=f"examples/{name}/{name}.bpf.o",
                             artifact_sha256="",
                             kernel_id=kernel_id,
-                            status=verdict.status,
-                            code=verdict.code,
-                            evidence=verdict.evidence,
-                            confidence=verdict.confidence,
-                            stage=verdict.stage,
-                            program=verdict.program,
-                            remediation=verdict.remediation,
-                            classifier_version=CLASSIFIER_VERSION,
-                            notes_json=json.dumps(notes_for(result or {})),
-                            details_json=json.dumps(details),
                             seconds=row.seconds,
                             cached=False,
                             result_id=row.id,
+                            **cell_fields(verdict, result),
                         )
                     )
                 )

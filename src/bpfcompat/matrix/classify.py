@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno as E
 import functools
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -1221,3 +1222,37 @@ def rule_table() -> list[dict[str, str]]:
             "matches": "; ".join(f"`{m.fmt}` ({m.source})" for m in r.msgs),
         })  # fmt: skip
     return rows
+
+
+def cell_fields(verdict: Verdict, result: dict[str, Any] | None) -> dict[str, Any]:
+    """The judged part of a stored cell: the verdict, its notes, and the variant and
+    map-fixup summaries reports show (one mapping for the runner and reclassify alike)."""
+    result = result if isinstance(result, dict) else {}
+    details = {
+        "variants": [
+            {"group": v.get("group"), "chosen": v.get("chosen"),
+             "disabled": list(v.get("disabled") or [])}
+            for v in result.get("program_variants") or []
+            if isinstance(v, dict)
+        ],
+        "map_fixups": [
+            {"name": f.get("name"), "requested": f.get("requested"),
+             "applied_entries": f.get("applied_entries"), "status": f.get("status")}
+            for f in result.get("map_fixups") or []
+            if isinstance(f, dict)
+        ],
+    }  # fmt: skip
+    return {
+        "status": verdict.status,
+        "code": verdict.code,
+        "evidence": verdict.evidence,
+        "confidence": verdict.confidence,
+        "stage": verdict.stage,
+        "program": verdict.program,
+        "remediation": verdict.remediation,
+        "rule": verdict.rule,
+        "detail": verdict.detail,
+        "classifier_version": CLASSIFIER_VERSION,
+        "notes_json": json.dumps(notes_for(result)),
+        "details_json": json.dumps(details),
+    }

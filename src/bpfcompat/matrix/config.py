@@ -252,7 +252,13 @@ def format_validation_error(source: str, exc: ValidationError, data: Any) -> str
     msg = err["msg"].removeprefix("Value error, ")
     more = len(exc.errors()) - 1
     tail = f" (+{more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{source}: {_describe(loc, data)}: {msg}{tail}"
+    # Keys and ids come from the file: a newline in one must not break the one-line rule.
+    return f"{source}: {_one_line(_describe(loc, data))}: {_one_line(msg)}{tail}"
+
+
+def _one_line(text: str) -> str:
+    """`text` with control characters escaped (\\n, \\x1b) so it stays on one line."""
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
 
 
 def load_yaml(path: Path) -> Any:
@@ -269,6 +275,8 @@ def load_yaml(path: Path) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except RecursionError:  # PyYAML composes recursively: [[[[... thousands deep
+        raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
 
 
 def _validate(model: type[M], path: Path, data: Any) -> M:

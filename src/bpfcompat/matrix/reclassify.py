@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from sqlmodel import Session, select
 
-from bpfcompat.matrix.classify import CLASSIFIER_VERSION, classify, notes_for
+from bpfcompat.matrix.classify import cell_fields, classify
 from bpfcompat.matrix.plan import elf_problem
 from bpfcompat.matrix.store import Cell, RunKernel, Store, ValidatorResult
 
@@ -36,16 +34,8 @@ def reclassify_run(store: Store, run_id: int) -> list[str]:
                 stored, artifact_problem=problem, release=releases.get(cell.kernel_id, "")
             )
             before = (cell.status, cell.code)
-            cell.status, cell.code, cell.evidence = verdict.status, verdict.code, verdict.evidence
-            cell.confidence, cell.stage, cell.program = (
-                verdict.confidence,
-                verdict.stage,
-                verdict.program,
-            )
-            cell.remediation = verdict.remediation
-            cell.rule, cell.detail = verdict.rule, verdict.detail
-            cell.classifier_version = CLASSIFIER_VERSION
-            cell.notes_json = json.dumps(notes_for(stored.result() or {}))
+            for key, value in cell_fields(verdict, stored.result()).items():
+                setattr(cell, key, value)
             session.add(cell)
             if before != (cell.status, cell.code):
                 changed.append(

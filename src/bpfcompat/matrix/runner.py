@@ -7,7 +7,6 @@ Ctrl-C / SIGTERM set a stop flag and kill every live VM; finished cells stay sto
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -19,7 +18,7 @@ from typing import Protocol
 
 from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError
-from bpfcompat.matrix.classify import CLASSIFIER_VERSION, Verdict, classify, notes_for
+from bpfcompat.matrix.classify import CLASSIFIER_VERSION, Verdict, cell_fields, classify
 from bpfcompat.matrix.config import KernelSpec
 from bpfcompat.matrix.guest import GuestSession, RawOutcome, describe_error
 from bpfcompat.matrix.plan import Artifact, Plan, cache_key
@@ -294,7 +293,7 @@ class MatrixRunner:
                 message[:500],
                 "Check the console log and the kernel entry; rerun.",
             )
-            self._add_cell(spec, artifact, verdict, None, 0.0, cached=False, notes=[])
+            self._add_cell(spec, artifact, verdict, None, 0.0, cached=False)
 
     def _store_result(
         self,
@@ -351,16 +350,8 @@ class MatrixRunner:
                 )
                 return
         verdict = classify(stored, artifact_problem=artifact.invalid_reason, release=kernel.release)
-        result = stored.result() or {}
         self._add_cell(
-            spec,
-            artifact,
-            verdict,
-            stored,
-            stored.seconds,
-            cached=cached,
-            notes=notes_for(result),
-            result=result,
+            spec, artifact, verdict, stored, stored.seconds, cached=cached, result=stored.result()
         )
 
     def _add_cell(
@@ -372,31 +363,8 @@ class MatrixRunner:
         seconds: float,
         *,
         cached: bool,
-        notes: list[str],
         result: dict | None = None,
     ) -> None:
-        result = result or {}
-        details = {
-            "variants": [
-                {
-                    "group": v.get("group"),
-                    "chosen": v.get("chosen"),
-                    "disabled": list(v.get("disabled") or []),
-                }
-                for v in result.get("program_variants") or []
-                if isinstance(v, dict)
-            ],
-            "map_fixups": [
-                {
-                    "name": f.get("name"),
-                    "requested": f.get("requested"),
-                    "applied_entries": f.get("applied_entries"),
-                    "status": f.get("status"),
-                }
-                for f in result.get("map_fixups") or []
-                if isinstance(f, dict)
-            ],
-        }
         self.store.add(
             Cell(
                 run_id=self.run_id,
@@ -406,21 +374,10 @@ class MatrixRunner:
                 manifest_path=str(artifact.manifest_path) if artifact.manifest_path else None,
                 manifest_hash=artifact.manifest_hash,
                 kernel_id=spec.id,
-                status=verdict.status,
-                code=verdict.code,
-                evidence=verdict.evidence,
-                confidence=verdict.confidence,
-                stage=verdict.stage,
-                program=verdict.program,
-                remediation=verdict.remediation,
-                rule=verdict.rule,
-                detail=verdict.detail,
-                classifier_version=CLASSIFIER_VERSION,
-                notes_json=json.dumps(notes),
-                details_json=json.dumps(details),
                 seconds=round(seconds, 3),
                 cached=cached,
                 result_id=stored.id if stored else None,
+                **cell_fields(verdict, result),
             )
         )
 
