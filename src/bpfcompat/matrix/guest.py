@@ -61,7 +61,7 @@ class GuestSession:
         workdir: Path,
         stop: threading.Event,
         registry: set[QemuVM],
-        artifact_timeout: float = 300.0,
+        artifact_timeout: float = 90.0,
     ) -> None:
         self.spec = spec
         self.kernel = kernel
