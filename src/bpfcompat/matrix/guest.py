@@ -1,8 +1,10 @@
 """One booted kernel, validating artifacts one process each, rebooted when it dies.
 
-Each artifact runs in its own validator process so a libbpf crash costs one cell; a
-guest that panics, hangs or drops SSH costs one cell too: the VM is rebooted and the
-rest of that kernel's artifacts go on. The per-run SSH key exists only in memory.
+All artifacts of a kernel are staged at once and run by one guest-side driver that has
+imported the validator once and forks a fresh process per artifact: start-up is paid
+once per boot, while a libbpf crash (a signal) still costs only that artifact. A guest
+that panics, hangs or drops SSH costs the artifact in progress: the VM is rebooted and
+the rest go on. The per-run SSH key exists only in memory.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +28,43 @@ from bpfcompat.vm.ssh import GuestTransport, ParamikoTransport, RunKey
 
 GUEST_DIR = "/tmp/bpfc"
 BASE_CMDLINE = "console=ttyS0 panic=-1 oops=panic quiet random.trust_cpu=on"
-# A tiny entry point that imports the validator baked (byte-compiled) into the image,
-# instead of compiling it afresh for every artifact; arguments arrive as a JSON list.
-RUNNER = (
-    "import json, sys\n"
-    f"sys.path.insert(0, '/{GUEST_VALIDATOR_DIR}')\n"
-    "import validator\n"
-    "sys.exit(validator.main(json.load(open(sys.argv[1]))))\n"
-)
-EXIT_MARKER = "bpfcompat-exit="
+# The guest-side driver: imports the validator baked (byte-compiled) into the image once,
+# then forks one child per job. Each child's stdout/stderr go to files in its job dir;
+# the driver's stdout carries only "start I" / "done I RC SECONDS" lines. A job over its
+# timeout is killed (SIGKILL, so RC 137). Arguments travel as JSON, never through a shell.
+DRIVER = f"""\
+import json, os, signal, sys, time
+sys.path.insert(0, '/{GUEST_VALIDATOR_DIR}')
+import validator
+
+def run(job):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for fd, name in ((1, 'stdout'), (2, 'stderr')):
+                out = os.open(os.path.join(job['dir'], name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(out, fd)
+            code = validator.main(job['args'])
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+    signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
+    signal.alarm(max(1, int(job['timeout'])))
+    _, status = os.waitpid(pid, 0)
+    signal.alarm(0)
+    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+for job in json.load(open(sys.argv[1])):
+    print('start', job['index'], flush=True)
+    started = time.monotonic()
+    code = run(job)
+    print('done', job['index'], code, round(time.monotonic() - started, 3), flush=True)
+"""
+KILLED = 128 + 9
 
 
 @dataclass
@@ -107,7 +138,7 @@ class GuestSession:
             vm.ssh_port, key, self.image.host_key, deadline, self.spec.id, alive=vm.check
         )
         self.transport.run(f"mkdir -p {GUEST_DIR}/a", 30)
-        self.transport.put_bytes(RUNNER.encode(), f"{GUEST_DIR}/run.py")
+        self.transport.put_bytes(DRIVER.encode(), f"{GUEST_DIR}/driver.py")
         seconds = time.monotonic() - vm.started_at
         self.boot_seconds.append(seconds)
         return seconds
@@ -129,39 +160,34 @@ class GuestSession:
         if self.transport is None or self.vm is None or not self.vm.alive():
             self.boot()
 
-    def validate(self, artifact: Artifact, index: int) -> RawOutcome:
-        """Validate once; on infrastructure failure reboot and retry once."""
-        self.ensure_booted()
-        outcome = self._attempt(artifact, index)
-        if outcome.infra_error is not None and not outcome.crash and not self.stop.is_set():
+    def validate_many(
+        self,
+        jobs: list[tuple[int, Artifact]],
+        on_start: Callable[[int], None] = lambda index: None,
+        *,
+        boot_per_artifact: bool = False,
+    ) -> Iterator[tuple[int, RawOutcome]]:
+        """Yield (index, outcome) as artifacts finish. An infrastructure failure (not a
+        crash) is retried once after a reboot; a failing boot raises BpfcompatError."""
+        pending = list(jobs)
+        retried: set[int] = set()
+        while pending and not self.stop.is_set():
             self.ensure_booted()
-            outcome = self._attempt(artifact, index)
-        return outcome
+            batch = pending[:1] if boot_per_artifact else pending
+            for index, outcome in self._run_batch(batch, on_start):
+                retry = outcome.infra_error and not outcome.crash and index not in retried
+                if retry and not self.stop.is_set():
+                    retried.add(index)  # stays pending: runs first after the reboot
+                    break
+                pending = [job for job in pending if job[0] != index]
+                yield index, outcome
+            if boot_per_artifact:
+                self.shutdown()
 
-    def _attempt(self, artifact: Artifact, index: int) -> RawOutcome:
-        started = time.monotonic()
-        try:
-            return self._run_validator(artifact, index, started)
-        except GuestCrash as exc:
-            self.shutdown()
-            return self._failed(str(exc), started, crash=True, tail=exc.console_tail)
-        except (TransportError, VMError) as exc:
-            vm = self.vm
-            crash_line = vm.crash_line() if vm else None
-            tail = vm.console_tail() if vm else None
-            self.shutdown()
-            if crash_line:
-                return self._failed(f"guest crashed: {crash_line}", started, crash=True, tail=tail)
-            return self._failed(str(exc), started, crash=False, tail=tail)
-
-    def _failed(self, message: str, started: float, *, crash: bool, tail: str | None) -> RawOutcome:
-        return RawOutcome(None, None, None, None, message, crash, tail, time.monotonic() - started)
-
-    def _run_validator(self, artifact: Artifact, index: int, started: float) -> RawOutcome:
+    def _stage(self, artifact: Artifact, cell_dir: str) -> tuple[list[str], float]:
+        """Upload one artifact's inputs; return its validator arguments and timeout."""
         transport = self.transport
-        assert transport is not None and self.vm is not None
-        cell_dir = f"{GUEST_DIR}/a/{index}"
-        transport.run(f"mkdir -p {cell_dir}", 30)
+        assert transport is not None
         # User-controlled names never reach a shell: files get index-based names and the
         # arguments travel as JSON.
         transport.put_bytes(artifact.data, f"{cell_dir}/artifact.bpf.o")
@@ -180,23 +206,94 @@ class GuestSession:
                 json.dumps(manifest.validator_manifest()).encode(), f"{cell_dir}/manifest.json"
             )
             args += ["--manifest", f"{cell_dir}/manifest.json"]
-        plan = manifest.functional_plan()
         timeout = self.artifact_timeout
+        plan = manifest.functional_plan()
         if plan is not None:
             transport.put_bytes(json.dumps(plan).encode(), f"{cell_dir}/plan.json")
             args += ["--functional-plan", f"{cell_dir}/plan.json"]
             timeout += sum(t.timeout for t in manifest.functional_tests)
-        transport.put_bytes(json.dumps(args).encode(), f"{cell_dir}/args.json")
-        res = transport.run(
-            f"python3 {GUEST_DIR}/run.py {cell_dir}/args.json"
-            f" >{cell_dir}/stdout 2>{cell_dir}/stderr; echo {EXIT_MARKER}$?",
-            timeout,
-        )
-        self.vm.check()
-        if res.timed_out:
-            raise VMError(f"validator did not finish within {timeout:.0f} s")
-        exit_code = _parse_exit(res.stdout)
-        signal = exit_code - 128 if exit_code is not None and exit_code > 128 else None
+        return args, timeout
+
+    def _run_batch(
+        self, batch: list[tuple[int, Artifact]], on_start: Callable[[int], None]
+    ) -> Iterator[tuple[int, RawOutcome]]:
+        """Run a batch in the current boot; stop (VM shut down) at the first failure."""
+        current: int | None = None
+        started = time.monotonic()
+        remaining = [index for index, _ in batch]
+        try:
+            transport, vm = self.transport, self.vm
+            assert transport is not None and vm is not None
+            dirs = " ".join(f"{GUEST_DIR}/a/{index}" for index, _ in batch)  # ints only
+            transport.run(f"mkdir -p {dirs}", 30)
+            jobs, idle = [], 30.0
+            for index, artifact in batch:
+                cell_dir = f"{GUEST_DIR}/a/{index}"
+                args, timeout = self._stage(artifact, cell_dir)
+                jobs.append({"index": index, "dir": cell_dir, "args": args, "timeout": timeout})
+                idle = max(idle, timeout + 30)
+            transport.put_bytes(json.dumps(jobs).encode(), f"{GUEST_DIR}/jobs.json")
+            for line in transport.stream(
+                f"python3 {GUEST_DIR}/driver.py {GUEST_DIR}/jobs.json 2>{GUEST_DIR}/driver.err",
+                idle,
+            ):
+                vm.check()
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == "start" and parts[1].isdigit():
+                    current, started = int(parts[1]), time.monotonic()
+                    on_start(current)
+                elif len(parts) == 4 and parts[0] == "done" and parts[1].isdigit():
+                    index, code = int(parts[1]), int(parts[2])
+                    current = None
+                    if index in remaining:
+                        remaining.remove(index)
+                    outcome = self._collect(index, code, time.monotonic() - started)
+                    if outcome.infra_error is not None:
+                        self.shutdown()  # a hung validator: start clean for the rest
+                        yield index, outcome
+                        return
+                    yield index, outcome
+            vm.check()
+            if remaining:
+                raise TransportError(f"guest driver stopped with {len(remaining)} job(s) left")
+        except GuestCrash as exc:
+            self.shutdown()
+            current = current if current is not None else (remaining or [None])[0]
+            if current is not None:
+                yield current, self._failed(str(exc), started, crash=True, tail=exc.console_tail)
+        except (TransportError, VMError) as exc:
+            vm = self.vm
+            crash_line = vm.crash_line() if vm else None
+            tail = vm.console_tail() if vm else None
+            self.shutdown()
+            if current is None and remaining:
+                current = remaining[0]  # failed between jobs: charge the next one
+            if current is not None:
+                if crash_line:
+                    message, crash = f"guest crashed: {crash_line}", True
+                else:
+                    message, crash = str(exc), False
+                yield current, self._failed(message, started, crash=crash, tail=tail)
+
+    def _failed(self, message: str, started: float, *, crash: bool, tail: str | None) -> RawOutcome:
+        return RawOutcome(None, None, None, None, message, crash, tail, time.monotonic() - started)
+
+    def _collect(self, index: int, exit_code: int, seconds: float) -> RawOutcome:
+        transport = self.transport
+        assert transport is not None
+        cell_dir = f"{GUEST_DIR}/a/{index}"
+        signal = exit_code - 128 if exit_code > 128 else None
+        if exit_code == KILLED:
+            return RawOutcome(
+                None,
+                None,
+                exit_code,
+                None,
+                "validator did not finish within its timeout (killed)",
+                False,
+                None,
+                seconds,
+            )
         try:
             raw = transport.get_bytes(f"{cell_dir}/result.json").decode("utf-8", "replace")
         except FileNotFoundError:
@@ -215,21 +312,9 @@ class GuestSession:
                 f"validator wrote no result (exit {exit_code}): {last[:300]}",
                 False,
                 None,
-                time.monotonic() - started,
+                seconds,
             )
-        return RawOutcome(
-            result, raw, exit_code, signal, None, False, None, time.monotonic() - started
-        )
-
-
-def _parse_exit(stdout: str) -> int | None:
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(EXIT_MARKER):
-            try:
-                return int(line[len(EXIT_MARKER) :])
-            except ValueError:
-                return None
-    return None
+        return RawOutcome(result, raw, exit_code, signal, None, False, None, seconds)
 
 
 def _parse_result(raw: str | None) -> dict[str, Any] | None:

@@ -229,30 +229,38 @@ class MatrixRunner:
                 status="ok",
                 boots=session.boots,
             )
-            for done, (index, artifact, key) in enumerate(todo, start=1):
+            by_index = {index: (artifact, key) for index, artifact, key in todo}
+            finished: set[int] = set()
+
+            def started(index: int) -> None:
+                name = by_index[index][0].name
+                progress(spec.id, "validating", f"{len(finished) + 1}/{len(todo)} {name}")
+
+            jobs = [(index, artifact) for index, artifact, _ in todo]
+            try:
+                for index, outcome in session.validate_many(
+                    jobs, started, boot_per_artifact=self.options.boot_per_artifact
+                ):
+                    if self.stop.is_set() and outcome.infra_error:
+                        return  # killed by our own interrupt: not a verdict
+                    artifact, key = by_index[index]
+                    stored = self._store_result(key, artifact, spec, image, outcome)
+                    self._record_cell(spec, artifact, stored, kernel, cached=False)
+                    finished.add(index)
+            except BpfcompatError as exc:
                 if self.stop.is_set():
                     return
-                progress(spec.id, "validating", f"{done}/{len(todo)} {artifact.name}")
-                if self.options.boot_per_artifact and done > 1:
-                    session.boot()
-                try:
-                    outcome = session.validate(artifact, index)
-                except BpfcompatError as exc:
-                    if self.stop.is_set():
-                        return
-                    remaining = [a for _, a, _ in todo[done - 1 :]]
-                    self._kernel_failed(
-                        spec,
-                        row,
-                        f"reboot failed: {describe_error(exc)}",
-                        remaining,
-                        boots=session.boots,
-                    )
-                    return
-                if self.stop.is_set() and outcome.infra_error:
-                    return  # killed by our own interrupt: not a verdict
-                stored = self._store_result(key, artifact, spec, image, outcome)
-                self._record_cell(spec, artifact, stored, kernel, cached=False)
+                remaining = [a for i, a, _ in todo if i not in finished]
+                self._kernel_failed(
+                    spec,
+                    row,
+                    f"reboot failed: {describe_error(exc)}",
+                    remaining,
+                    boots=session.boots,
+                )
+                return
+            if self.stop.is_set():
+                return
             self._update_kernel(row, boots=session.boots)
             progress(spec.id, "done", f"{len(todo)} validated, {session.boots} boot(s)")
         finally:

@@ -10,6 +10,7 @@ import io
 import os
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +32,7 @@ class CommandResult:
 
 class GuestTransport(Protocol):
     def run(self, command: str, timeout: float) -> CommandResult: ...
+    def stream(self, command: str, idle_timeout: float) -> Iterator[str]: ...
     def put(self, local: Path, remote: str) -> None: ...
     def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None: ...
     def get_bytes(self, remote: str) -> bytes: ...
@@ -167,6 +169,50 @@ class ParamikoTransport:
             raise
         except (TimeoutError, paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"{self.where}: command failed over SSH: {exc}") from None
+
+    def stream(self, command: str, idle_timeout: float) -> Iterator[str]:
+        """Yield the command's stdout lines as they arrive (stderr is discarded).
+
+        Raises TransportError when the connection drops or no line arrives for
+        `idle_timeout` seconds (a hung guest), so callers learn of it mid-command.
+        """
+        try:
+            transport = self._client.get_transport()
+            if transport is None or not transport.is_active():
+                raise TransportError(f"{self.where}: SSH connection is closed")
+            chan = transport.open_session(timeout=10)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"{self.where}: command failed over SSH: {exc}") from None
+        buffer = b""
+        last = time.monotonic()
+        try:
+            while True:
+                if chan.recv_ready():
+                    data = chan.recv(65536)
+                    if data:
+                        last = time.monotonic()
+                        buffer += data
+                        *lines, buffer = buffer.split(b"\n")
+                        for line in lines:
+                            yield line.decode("utf-8", "replace")
+                    continue
+                if chan.recv_stderr_ready():
+                    chan.recv_stderr(65536)
+                    continue
+                if chan.exit_status_ready() and not chan.recv_ready():
+                    if buffer:
+                        yield buffer.decode("utf-8", "replace")
+                    return
+                if not transport.is_active():
+                    raise TransportError(f"{self.where}: SSH connection dropped")
+                if time.monotonic() - last > idle_timeout:
+                    raise TransportError(f"{self.where}: no progress for {idle_timeout:.0f} s")
+                time.sleep(0.005)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"{self.where}: SSH stream failed: {exc}") from None
+        finally:
+            chan.close()
 
     def put(self, local: Path, remote: str) -> None:
         try:
