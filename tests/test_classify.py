@@ -271,6 +271,72 @@ def test_helper_probe_with_per_type_table_tells_not_allowed_from_missing() -> No
     assert classify_result(res).code == "UNSUPPORTED_HELPER"
 
 
+def test_helper_probe_fields_decide_when_the_refusal_line_is_lost() -> None:
+    res = result("debian-sid-7.2", "helper-not-allowed")
+    refusal = "program of this type cannot use helper bpf_skb_load_bytes#26"
+    # edit: the verifier's reason line lost (a log cut short), so no log line names the cause
+    _replace_everywhere(res, refusal + "\n", "")
+    assert classify_result(res).code not in ("HELPER_NOT_ALLOWED", "UNSUPPORTED_HELPER")
+    # edit: what the validator now records: the program's own call of helper 26, probed
+    # unusable for its type (tracepoint), and the types bpftool lists it for
+    prog = res["discovery"]["programs"][0]
+    prog["helpers"] = [{"id": 26, "name": "bpf_skb_load_bytes", "supported": False}]
+    res["capabilities"]["helper_program_types"] = {"bpf_skb_load_bytes": ["socket_filter"]}
+    verdict = classify_result(res)
+    assert (verdict.code, verdict.confidence) == ("HELPER_NOT_ALLOWED", "high")
+    assert (
+        verdict.evidence
+        == "prog 'skb_helper_in_tracepoint': BPF program load failed: Invalid argument"
+    )
+    assert "refused for tracepoint" in (verdict.detail or "")
+    res["capabilities"]["helper_program_types"] = {"bpf_skb_load_bytes": []}
+    assert classify_result(res).code == "UNSUPPORTED_HELPER"  # usable from no type at all
+    # without bpftool's lists, the verifier's own dump of the call names the helper ...
+    del res["capabilities"]["helper_program_types"]
+    assert classify_result(res).code == "HELPER_NOT_ALLOWED"
+    # ... or, on a kernel that lacks it, prints it as unknown (edit: that kernel's dump)
+    _replace_everywhere(res, "call bpf_skb_load_bytes#26", "call unknown#26")
+    verdict = classify_result(res)
+    assert (verdict.code, verdict.confidence) == ("UNSUPPORTED_HELPER", "high")
+
+
+def test_lockdown_denials_are_quoted_in_policy_details() -> None:
+    res = result("debian-13-6.12-lockdown", "lockdown-probe-read")
+    # edit: the kernel log lines the validator now records during the run
+    read = (
+        "Lockdown: python3: use of bpf to read kernel RAM is restricted; see man kernel_lockdown.7"
+    )
+    perf = "Lockdown: python3: unsafe use of perf is restricted; see man kernel_lockdown.7"
+    res["security"]["lockdown_denials"] = [perf, read]
+    verdict = classify_result(res)
+    assert verdict.code == "POLICY_DENIED"
+    assert (verdict.detail or "").endswith(f"kernel: {read}")
+    # edit: the refusal line lost; the helper probe of the program's own call still shows
+    # the withheld helper (libbpf only rewrites 113 into 4 at load)
+    _replace_everywhere(res, "program of this type cannot use helper bpf_probe_read#4\n", "")
+    res["discovery"]["programs"][0]["helpers"] = [
+        {"id": 35, "name": "bpf_get_current_task", "supported": True},
+        {"id": 113, "name": "bpf_probe_read_kernel", "supported": False},
+    ]
+    res["capabilities"]["helper_program_types"] = {"bpf_probe_read_kernel": []}
+    verdict = classify_result(res)
+    assert verdict.code == "POLICY_DENIED"  # not UNSUPPORTED_HELPER: lockdown withholds it
+    assert "bpf_probe_read_kernel#113" in (verdict.detail or "") and read in verdict.detail
+
+    base = result("debian-12-6.1", "unsupported-attach-required")
+    line = base["discovery"]["programs"][0]["attach_error"]
+    # edit: the attach refused with EPERM under lockdown, with the kernel's line for it
+    _required_attach_failure(
+        base, errno.EPERM, line.replace("No such file or directory", "Operation not permitted")
+    )
+    base["security"].update(lockdown="confidentiality", lockdown_denials=[read, perf])
+    verdict = classify_result(base)
+    assert verdict.code == "POLICY_DENIED"
+    assert (verdict.detail or "").endswith(f"kernel: {perf}")  # the attach's own reason
+    base["security"]["lockdown_denials"] = [read]  # unrelated to attaching: not quoted
+    assert "kernel:" not in (classify_result(base).detail or "")
+
+
 def test_eperm_without_a_verifier_log_is_capability() -> None:
     res = result("debian-11-5.10", "netfilter-prog")
     # edit: the same verifier-less failure, but EPERM, for a program type the kernel has

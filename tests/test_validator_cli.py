@@ -452,6 +452,86 @@ def test_inspect_elf_section_beyond_eof(tmp_path: Path) -> None:
     assert "extends beyond the end" in info["elf_error"]
 
 
+# --- instruction decoding ---------------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def program_section(example: str, section: str) -> bytes:
+    """One section's bytes from a committed example object, found by the validator's ELF reader."""
+    data = (EXAMPLES / example / f"{example}.bpf.o").read_bytes()
+    for name, _type, offset, size in v.elf_sections(data):
+        if name == section:
+            return data[offset : offset + size]
+    raise AssertionError(f"{example} has no section {section!r}")
+
+
+def insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+def test_decode_calls_on_real_objects() -> None:
+    tp = "tracepoint/syscalls/sys_enter_execve"
+    text = program_section("helper-not-allowed", tp)
+    assert len(text) % 8 == 0
+    assert v.decode_calls(text) == ([26], [])  # bpf_skb_load_bytes, nothing else
+    # loop_x and loop_old_x share the section: get_current_pid_tgid, loop, map_update_elem
+    assert v.decode_calls(program_section("program-variants", tp)) == ([14, 181, 2], [])
+    assert v.decode_calls(program_section("simple-pass", tp)) == ([], [])
+    assert v.helper_entry_name(181) == "bpf_loop"
+    assert v.helper_entry_name(0) is None and v.helper_entry_name(4096) is None
+
+
+def test_decode_calls_tells_helpers_subprograms_and_kfuncs_apart() -> None:
+    raw = b"".join(
+        [
+            insn(0x85, imm=14),  # helper call
+            insn(0x18, dst=1, src=4, imm=3),  # ld_imm64 of a callback (BPF_PSEUDO_FUNC) ...
+            insn(0x00, imm=0x85),  # ... its second half: code 0, never a call
+            insn(0x85, src=1, imm=5),  # bpf-to-bpf call
+            insn(0x85, src=2, imm=65900),  # kfunc call (relocated: imm is the BTF id)
+            insn(0x85, imm=14),  # the same helper again
+            insn(0x85, imm=181),
+            insn(0x95),  # exit
+            insn(0x85, imm=6)[:7],  # a torn trailing instruction is ignored
+        ]
+    )
+    assert v.decode_calls(raw) == ([14, 181], [65900])
+
+
+# --- kernel log -------------------------------------------------------------------------------
+
+
+def test_lockdown_denials_are_filtered_deduplicated_and_bounded() -> None:
+    line = (
+        "Lockdown: python3: use of bpf to read kernel RAM is restricted; see man kernel_lockdown.7"
+    )
+    old = "Lockdown: debugfs access is restricted; see man kernel_lockdown.7"  # pre-5.4 patches
+    messages = [
+        "Kernel is locked down from command line; see man kernel_lockdown.7",
+        line,
+        "random: crng init done",
+        line,
+        old,
+    ]
+    assert v.lockdown_denials(messages) == [line, old]
+    many = [
+        f"Lockdown: p{i}: use of tracefs is restricted; see man kernel_lockdown.7"
+        for i in range(99)
+    ]
+    assert len(v.lockdown_denials(many)) == v.LOCKDOWN_DENIALS_MAX
+
+
+def test_unreadable_kernel_log_is_an_error_not_an_exception(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(v, "KMSG_PATH", str(tmp_path / "no-kmsg"))
+    watch = v.KernelLog()
+    assert watch.fd is None
+    assert watch.error and "no-kmsg" in watch.error
+    assert watch.messages() == []
+
+
 # --- log helpers ------------------------------------------------------------------------------
 
 

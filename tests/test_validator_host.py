@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from bpfcompat.matrix.classify import classify_result
+
 pytestmark = pytest.mark.root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +44,9 @@ PROGRAM_KEYS = {
     "name", "section", "attach_status", "attach_error", "load_status", "load_errno", "load_log",
 }  # fmt: skip
 STEP_TIMINGS = {
-    "host", "libbpf", "btf", "capabilities", "open", "discovery", "type_probes", "probes",
-    "variants", "fixups", "load", "attach", "functional", "cleanup", "total",
+    "host", "libbpf", "btf", "capabilities", "open", "discovery", "type_probes",
+    "helper_probes", "probes", "variants", "fixups", "load", "attach", "functional", "cleanup",
+    "kernel_log", "total",
 }  # fmt: skip
 
 
@@ -162,6 +165,10 @@ def test_simple_pass(examples: Path, tracefs: Path, tmp_path: Path) -> None:
     assert caps["program_types"]["tracepoint"] is True
     assert caps["attach_prereqs"]["tracefs"] is True
     assert caps["attach_prereqs"]["tracepoint_events"] is True
+    assert prog["helpers"] == [] and prog["kfuncs"] == []  # `return 0` calls nothing
+    assert isinstance(caps["helpers"]["tracepoint"], list) and caps["helpers"]["tracepoint"]
+    assert caps["helper_program_types"] == {}
+    assert result["security"]["lockdown_denials_error"] is None
 
     assert set(result["timings"]) >= STEP_TIMINGS
     assert all(isinstance(t, float) and t >= 0 for t in result["timings"].values())
@@ -262,6 +269,15 @@ def test_program_variants_choose_loop_x(examples: Path, tracefs: Path, tmp_path:
     }
     assert group["probes"][1]["helper_id"] == 0
     progs = programs(result)
+    # each program's own calls, probed for its own type (tracepoint)
+    assert progs["loop_x"]["helpers"] == [
+        {"id": 14, "name": "bpf_get_current_pid_tgid", "supported": True},
+        {"id": 181, "name": "bpf_loop", "supported": True},
+        {"id": 2, "name": "bpf_map_update_elem", "supported": True},
+    ]
+    assert [h["id"] for h in progs["loop_old_x"]["helpers"]] == [14, 2]
+    assert progs["loop_x"]["helper_probe_error"] is None
+    assert progs["loop_x"]["kfuncs"] == []
     assert progs["loop_x"]["autoload"] is True
     assert progs["loop_old_x"]["autoload"] is False
     assert progs["loop_x"]["attach_status"] == "pass"
@@ -288,6 +304,88 @@ def test_program_variants_unknown_program_is_a_group_error(
     assert "no_such_prog" in group["error"]
     assert group["chosen"] is None and group["disabled"] == []
     assert all(p["autoload"] for p in result["discovery"]["programs"])
+
+
+# --- helpers and kfuncs each program calls ----------------------------------------------------
+
+
+def test_helper_not_allowed_is_probed_for_the_programs_own_type(
+    examples: Path, tmp_path: Path
+) -> None:
+    """bpf_skb_load_bytes exists, but not for tracepoint programs.
+
+    The host's libbpf (< 1.5) does not know the verifier's 6.10 wording and calls the helper
+    supported; the validator reads the verifier's answer itself in that case.
+    """
+    artifact = example(examples, "helper-not-allowed")
+    for sub in ("a", "b"):  # the second run answers from the per-boot cache
+        (tmp_path / sub).mkdir()
+        proc, result = run_validator(tmp_path / sub, artifact, "--attach-mode", "disabled")
+        assert proc.returncode == 2
+        prog = programs(result)["skb_helper_in_tracepoint"]
+        assert prog["type"] == "tracepoint"
+        assert prog["helpers"] == [{"id": 26, "name": "bpf_skb_load_bytes", "supported": False}]
+        assert prog["helper_probe_error"] is None
+        assert prog["kfuncs"] is None  # never loaded
+        caps = result["capabilities"]
+        assert list(caps["helpers"]) == ["tracepoint"]  # only the artifact's program types
+        assert "bpf_skb_load_bytes" not in caps["helpers"]["tracepoint"]
+        usable = caps["helper_program_types"]["bpf_skb_load_bytes"]
+        assert "sched_cls" in usable and "tracepoint" not in usable
+        verdict = classify_result(result)
+        assert verdict.code == "HELPER_NOT_ALLOWED"
+        assert verdict.evidence == "program of this type cannot use helper bpf_skb_load_bytes#26"
+
+
+def test_kfuncs_are_read_back_after_load(examples: Path, tmp_path: Path) -> None:
+    proc, result = run_validator(
+        tmp_path, example(examples, "kfunc-new"), "--attach-mode", "disabled"
+    )
+    assert proc.returncode == 0
+    prog = programs(result)["exec_lookup_task"]
+    assert prog["type"] == "tracing"
+    # bpf_task_from_pid, bpf_task_release: kernel BTF ids libbpf wrote into the calls
+    assert len(prog["kfuncs"]) == 2
+    assert all(isinstance(i, int) and i > 0 for i in prog["kfuncs"])
+    # libbpf cannot probe helpers for tracing programs: recorded, not guessed
+    assert prog["helpers"] == [{"id": 1, "name": "bpf_map_lookup_elem", "supported": None}]
+    assert prog["helper_probe_error"]
+
+
+def test_lockdown_denials_of_the_run_are_recorded(examples: Path, tmp_path: Path) -> None:
+    """A functional test opens a debugfs file, which lockdown (integrity and up) refuses.
+
+    debugfs is mounted in a private mount namespace, so the host's mounts are untouched.
+    """
+    plan = write_json(
+        tmp_path / "plan.json",
+        {
+            "tests": [
+                {
+                    "name": "debugfs",
+                    "command": "unshare -m sh -c 'mount -t debugfs none /sys/kernel/debug && "
+                    "cat /sys/kernel/debug/clear_warn_once'",
+                    "required": False,
+                }
+            ]
+        },
+    )
+    proc, result = run_validator(
+        tmp_path,
+        example(examples, "simple-pass"),
+        "--functional-plan",
+        str(plan),
+        "--attach-mode",
+        "disabled",
+    )
+    assert proc.returncode == 0
+    security = result["security"]
+    assert security["lockdown_denials_error"] is None
+    if security["lockdown"] in ("integrity", "confidentiality"):
+        line = "Lockdown: cat: debugfs access is restricted; see man kernel_lockdown.7"
+        assert line in security["lockdown_denials"]
+    else:
+        assert security["lockdown_denials"] == []
 
 
 # --- isolated probes --------------------------------------------------------------------------
@@ -364,8 +462,18 @@ def test_probe_features_off_and_attach_disabled(examples: Path, tmp_path: Path) 
     prog = programs(result)["simple_pass"]
     assert prog["load_status"] == "skipped"
     assert prog["load_skip_reason"] == "feature probing disabled"
+    assert result["capabilities"]["helpers"] == {}
+    assert "helper_probes" not in result["timings"]
     assert result["attach"]["status"] == "skipped"
     assert prog["attach_skip_reason"] == "attach mode disabled"
+    sub = tmp_path / "helpers"
+    sub.mkdir()
+    _, result = run_validator(
+        sub, example(examples, "helper-not-allowed"), "--probe-features", "false"
+    )
+    prog = programs(result)["skb_helper_in_tracepoint"]
+    assert prog["helpers"] == [{"id": 26, "name": "bpf_skb_load_bytes", "supported": None}]
+    assert prog["helper_probe_error"] == "feature probing disabled"
 
 
 def test_bpftool_probe_is_cached_per_boot(examples: Path, tmp_path: Path) -> None:

@@ -66,6 +66,9 @@ PSEUDO_FUNC_SINCE = (5, 13)
 CALLBACK_HELPERS = ("bpf_for_each_map_elem", "bpf_timer_set_callback", "bpf_loop",
                     "bpf_find_vma", "bpf_user_ringbuf_drain")  # fmt: skip
 LOCKED_DOWN = frozenset({"integrity", "confidentiality"})
+# Helpers `bpftool feature probe` leaves out of every per-type list unless run with `full`
+# (bpftool src/feature.c probe_helpers_for_progtype()): their absence there proves nothing.
+BPFTOOL_UNLISTED_HELPERS = frozenset({"trace_printk", "trace_vprintk", "probe_write_user"})
 
 
 # --- messages: printf format + where it is printed ----------------------------------------
@@ -248,16 +251,24 @@ _TRACE = re.compile(
     r"mark_precise|frame\d+:|func#\d+ @|Func#\d+|Validating |propagating |Live regs|"
     r"\(\w\w\) |[0-9a-f]+: \(|caller:|callee:|returning from|-- (?:BEGIN|END))"
 )
+# A helper call in the verifier's instruction dump: "6: (85) call bpf_skb_load_bytes#26".
+_CALL_DUMP = re.compile(r"\(85\) call (\w{1,64})#(\d{1,10})\b")
 _LEVEL_PREFIX = re.compile(r"^(?:(?:warn|info|debug|bpfcompat): )?(?:libbpf: )?")
 
 
+# Log lines are cut to this before any regex sees them: the '%s' wildcards make the rules
+# polynomial in line length, and the guest (running the artifact under test) writes the logs.
+MAX_LINE_CHARS = 512
+
+
 def is_noise(line: str) -> bool:
+    line = line[:MAX_LINE_CHARS]
     return any(rx.search(line) for rx in _NOISE_RX)
 
 
 def clean(line: str) -> str:
     """A log line without the validator's level prefix or libbpf's: still verbatim text."""
-    return _LEVEL_PREFIX.sub("", line.strip(), count=1).strip()
+    return _LEVEL_PREFIX.sub("", line.strip()[:MAX_LINE_CHARS], count=1).strip()
 
 
 def verifier_text(log: str) -> bool:
@@ -399,17 +410,59 @@ class Facts:
         return self.prog_log if verifier_text(self.prog_log) else self.object_log
 
     def helper_probes(self) -> list[dict[str, Any]]:
-        """discovery.programs[].helpers (requested validator field): [{id,name,supported}]."""
-        helpers = (self.entry or {}).get("helpers") or []
-        return [h for h in helpers if isinstance(h, dict)]
+        """discovery.programs[].helpers of the failing program: the helpers its own
+        instructions call, each probed for its own program type: [{id, name, supported}]."""
+        helpers = (self.entry or {}).get("helpers")
+        if not isinstance(helpers, list):
+            return []
+        probes = {}  # by id, first entry kept; bounded (the kernel has ~212 helpers)
+        for h in helpers:
+            if isinstance(h, dict) and isinstance(h.get("id"), int) and len(probes) < 1024:
+                probes.setdefault(h["id"], h)
+        return list(probes.values())
 
     def helper_known(self, name: str) -> bool | None:
-        """Whether any program type may call `name` (requested capabilities.helpers field)."""
+        """Whether any program type may call `name`, from bpftool's per-type helper lists.
+
+        capabilities.helper_program_types (every type bpftool lists the helper for, recorded
+        for helpers a program may not call) decides; else capabilities.helpers, the lists
+        of the artifact's types. None: no lists, or a helper bpftool never lists.
+        """
+        short = name.removeprefix("bpf_")
+        if short in BPFTOOL_UNLISTED_HELPERS:
+            return None
+        usable = self.caps.get("helper_program_types")
+        if isinstance(usable, dict):
+            for key, types in usable.items():
+                if str(key).removeprefix("bpf_") == short and isinstance(types, list):
+                    return bool(types)
         table = self.caps.get("helpers")
         if not isinstance(table, dict) or not table:
             return None
-        short = name.removeprefix("bpf_")
-        return any(short in [str(h).removeprefix("bpf_") for h in v or []] for v in table.values())
+        lists = [v for v in table.values() if isinstance(v, list)]
+        return any(short in [str(h).removeprefix("bpf_") for h in v] for v in lists)
+
+    def lockdown_denials(self, *reasons: str) -> list[str]:
+        """security.lockdown_denials: the kernel's own "Lockdown: <comm>: <what> is
+        restricted" lines logged during the run, only those naming one of `reasons`."""
+        security = self.result.get("security")
+        lines = security.get("lockdown_denials") if isinstance(security, dict) else None
+        if not isinstance(lines, list):
+            return []
+        return [str(ln) for ln in lines if any(f": {r} is restricted" in str(ln) for r in reasons)]
+
+    def verifier_knows(self, helper_id: int) -> bool | None:
+        """Whether the verifier's instruction dump names helper `helper_id` (it prints
+        `call unknown#<id>` for an id beyond this kernel's helpers)."""
+        return self._dumped_calls.get(helper_id)
+
+    @functools.cached_property
+    def _dumped_calls(self) -> dict[int, bool]:
+        """helper id -> named (not `unknown`) for every call the verifier's dump shows."""
+        calls: dict[int, bool] = {}
+        for m in _CALL_DUMP.finditer(self.verifier_log()):
+            calls.setdefault(int(m.group(2)), m.group(1) != "unknown")
+        return calls
 
 
 # --- rules ---------------------------------------------------------------------------------
@@ -456,14 +509,41 @@ def _invalid_artifact(f: Facts) -> Hit | None:
     return _hit(next(iter(f.messages), None), confidence="medium")
 
 
+# What each lockdown reason is called in the kernel's "Lockdown: ..." line
+# (security/security.c lockdown_reasons[]).
+_LOCKDOWN_REASON_TEXT = {
+    "LOCKDOWN_BPF_READ_KERNEL": "use of bpf to read kernel RAM",
+    "LOCKDOWN_BPF_WRITE_USER": "use of bpf to write user RAM",
+}
+_LOCKDOWN_ATTACH_TEXTS = ("use of kprobes", "unsafe use of perf", "use of tracefs")
+_LOCKDOWN_FUNCTIONAL_TEXTS = ("use of tracefs", "unsafe use of perf", "debugfs access")
+
+
+def _with_denials(detail: str, f: Facts, *reasons: str) -> str:
+    """`detail` plus the kernel's own lockdown line for it, when the validator logged one."""
+    denials = f.lockdown_denials(*reasons)
+    return f"{detail}; kernel: {denials[0]}" if denials else detail
+
+
+def _gated_probe(f: Facts) -> tuple[str, str, int] | None:
+    """(line, name, id) for a lockdown-gated helper the helper probe found unusable here."""
+    for probe in f.helper_probes():
+        if probe.get("supported") is False and probe["id"] in LOCKDOWN_GATED_HELPERS:
+            line = verifier_summary(f.verifier_log()) or f.find(PROG_LOAD_FAILED)
+            name = str(probe.get("name") or f"helper#{probe['id']}")
+            return (line, name, probe["id"]) if line else None
+    return None
+
+
 def _lockdown_helper(f: Facts) -> Hit | None:
     if not f.locked_down:
         return None
     found = _helper_refusal(f)
     if not found or found[2] not in LOCKDOWN_GATED_HELPERS:
+        found = _gated_probe(f)
+    if not found:
         return None
     line, name, hid = found
-    denials = [str(d) for d in (f.result.get("security") or {}).get("lockdown_denials") or []]
     detail = (
         f"kernel lockdown={f.lockdown} withholds {name}#{hid} "
         f"({LOCKDOWN_GATED_HELPERS[hid]}); the verifier only sees a helper it is not given"
@@ -473,9 +553,8 @@ def _lockdown_helper(f: Facts) -> Hit | None:
             "; libbpf rewrites bpf_probe_read_kernel to bpf_probe_read when its own "
             "probe of the former fails, as it does under lockdown"
         )
-    if denials:
-        detail += f"; kernel: {denials[0]}"
-    return Hit(line, detail=detail)  # fmt: skip
+    reason = _LOCKDOWN_REASON_TEXT[LOCKDOWN_GATED_HELPERS[hid]]
+    return Hit(line, detail=_with_denials(detail, f, reason))
 
 
 def _missing_btf(f: Facts) -> Hit | None:
@@ -589,20 +668,28 @@ def _helper_not_allowed(f: Facts) -> Hit | None:
 
 
 def _probed_helper(f: Facts, *, known: bool) -> Hit | None:
-    """Decide from the validator's per-program helper probe (requested field), if any."""
+    """Decide from the validator's per-program helper probe, when the result has one.
+
+    A helper the failing program's own instructions call, probed unusable for its program
+    type: HELPER_NOT_ALLOWED if the kernel has it for other types (bpftool's lists, or the
+    verifier's dump naming it), UNSUPPORTED_HELPER if for none.
+    """
     for probe in f.helper_probes():
         if probe.get("supported") is not False:
             continue
-        name = str(probe.get("name") or f"helper#{probe.get('id')}")
-        is_known = f.helper_known(name)  # None: no per-type helper table recorded
+        name = str(probe.get("name") or f"helper#{probe['id']}")
+        is_known = f.helper_known(name)  # None: no per-type helper lists recorded
+        if is_known is None:
+            is_known = f.verifier_knows(probe["id"])
         if (known and is_known is not True) or (not known and is_known is True):
             continue
         line = verifier_summary(f.verifier_log()) or f.find(PROG_LOAD_FAILED)
         where = "for other program types only" if known else "for no program type"
+        ptype = (f.entry or {}).get("type") or "this program's type"
         return _hit(
             line,
             confidence=None if is_known is not None else "medium",
-            detail=f"helper probe: {name} ({probe.get('id')}) is usable {where}",
+            detail=f"helper probe: {name} ({probe['id']}) refused for {ptype}, usable {where}",
         )
     return None
 
@@ -710,7 +797,7 @@ def _load_attach_type(f: Facts) -> Hit | None:
 
 
 def _attach_line(f: Facts) -> str | None:
-    return str((f.entry or {}).get("attach_error") or "") or None
+    return str((f.entry or {}).get("attach_error") or "")[:MAX_LINE_CHARS] or None
 
 
 def _via_tracefs(f: Facts) -> bool:
@@ -736,9 +823,10 @@ def _lockdown_attach(f: Facts) -> Hit | None:
     if f.errno in (E.EPERM, E.EACCES) or (
         f.errno == E.ENOENT and _via_tracefs(f) and _tracefs_missing(f)
     ):
-        return _hit(_attach_line(f), detail=f"kernel lockdown={f.lockdown}; attach via "
-                    f"{'tracefs' if _via_tracefs(f) else 'perf/BPF link'} refused "
-                    f"({E.errorcode.get(f.errno, f.errno)})")  # fmt: skip
+        detail = (f"kernel lockdown={f.lockdown}; attach via "
+                  f"{'tracefs' if _via_tracefs(f) else 'perf/BPF link'} refused "
+                  f"({E.errorcode.get(f.errno, f.errno)})")  # fmt: skip
+        return _hit(_attach_line(f), detail=_with_denials(detail, f, *_LOCKDOWN_ATTACH_TEXTS))
     return None
 
 
@@ -799,7 +887,8 @@ def _lockdown_functional(f: Facts) -> Hit | None:
     text = f"{test.get('stderr_tail') or ''}\n{test.get('stdout_tail') or ''}"
     for line in text.splitlines():
         if "Operation not permitted" in line and re.search(r"tracing|tracefs|perf", line):
-            return Hit(line.strip(), detail=f"kernel lockdown={f.lockdown} refuses tracefs/perf")
+            detail = f"kernel lockdown={f.lockdown} refuses tracefs/perf"
+            return Hit(line.strip(), detail=_with_denials(detail, f, *_LOCKDOWN_FUNCTIONAL_TEXTS))
     return None
 
 
@@ -831,7 +920,9 @@ RULES: tuple[Rule, ...] = (
          "bpf_probe_read_kernel*/bpf_probe_write_user (LOCKDOWN_BPF_READ_KERNEL/WRITE_USER).",
          "Run without lockdown, or avoid kernel-memory reads (use BTF-typed direct access "
          "from fentry/tp_btf programs).",
-         (HELPER_CANNOT_USE, HELPER_UNKNOWN_FUNC), "security.lockdown; helper id"),
+         (HELPER_CANNOT_USE, HELPER_UNKNOWN_FUNC),
+         "security.lockdown; helper id or discovery.programs[].helpers; "
+         "security.lockdown_denials (detail)"),
     Rule("missing-btf", "MISSING_BTF", _L, _missing_btf, "high",
          "The kernel exposes no BTF and the object needs it (CO-RE, fentry/tp_btf/lsm, "
          "kfuncs, typed ksyms).",
@@ -896,7 +987,8 @@ RULES: tuple[Rule, ...] = (
          "program.",
          "Call the helper from a program type that may use it, or use another helper.",
          (HELPER_CANNOT_USE, HELPER_UNKNOWN_FUNC, HELPER_IN_PROBE, HELPER_SLEEPS),
-         "discovery.programs[].helpers (when recorded)"),
+         "discovery.programs[].helpers; capabilities.helper_program_types / helpers "
+         "(when recorded)"),
     Rule("transport-helper", "UNSUPPORTED_TRANSPORT", _L, _transport_helper, "high",
          "A ring-buffer / perf-output helper is missing from this kernel.",
          "bpf_ringbuf_* (5.8) or its dynptr variants (5.19) on an older kernel.",
@@ -920,10 +1012,11 @@ RULES: tuple[Rule, ...] = (
          "kernel release < 5.13, or discovery.programs[].helpers (when recorded)"),
     Rule("helper-probe", "UNSUPPORTED_HELPER", _L, _helper_probe, "high",
          "The validator's helper probe says the program's helper is usable by no program "
-         "type here (medium confidence without the per-type helper table).",
+         "type here (medium confidence when neither bpftool's per-type lists nor the verifier's "
+         "instruction dump say whether the kernel has it).",
          "A helper newer than the kernel, hidden behind an earlier verifier error.",
          "Probe with libbpf_probe_bpf_helper() and load a fallback variant.", (),
-         "discovery.programs[].helpers; capabilities.helpers (requested validator fields)"),
+         "discovery.programs[].helpers; capabilities.helper_program_types / helpers"),
     Rule("prog-type", "UNSUPPORTED_PROGRAM_TYPE", _L, _prog_type, "high",
          "The kernel (or the guest's libbpf) does not know this program type.",
          "A program type newer than the kernel (e.g. NETFILTER, 6.4): BPF_PROG_LOAD fails "
@@ -961,7 +1054,8 @@ RULES: tuple[Rule, ...] = (
          "Run without lockdown, or attach through BTF links (tp_btf/fentry) that need "
          "neither tracefs nor kprobes.",
          (KPROBE_CREATE, TP_CREATE, KPROBE_LEGACY),
-         "security.lockdown; attach errno; capabilities.attach_prereqs"),
+         "security.lockdown; attach errno; capabilities.attach_prereqs; "
+         "security.lockdown_denials (detail)"),
     Rule("attach-target-missing", "MISSING_ATTACH_TARGET", ("attach",), _attach_target_missing,
          "high", "The kernel function, tracepoint or symbol to attach to does not exist here.",
          "A kprobe on a function this kernel lacks (renamed, inlined, static) or a "
@@ -987,7 +1081,8 @@ RULES: tuple[Rule, ...] = (
          "A functional test was refused tracefs/perf by kernel lockdown.",
          "lockdown=confidentiality and a test reading trace_pipe or perf events.",
          "Run the test without lockdown or read events through a ring buffer instead.",
-         (), "security.lockdown; test output 'Operation not permitted'"),
+         (), "security.lockdown; test output 'Operation not permitted'; "
+         "security.lockdown_denials (detail)"),
     Rule("functional", "FUNCTIONAL_TEST_FAILURE", ("functional",), _functional, "high",
          "The object loaded (and attached as far as required), but a required functional "
          "test failed.",
@@ -1104,6 +1199,36 @@ def _verdict(rule: Rule, hit: Hit, facts: Facts) -> Verdict:
                    hit.detail)  # fmt: skip
 
 
+# What reading a result with wrong types raises (`.get` on an int, int("x"), set([[]]) ...).
+_MALFORMED = (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError)
+
+
+def _tolerant(fallback: Callable[[Exception], Any]) -> Callable[[Callable[..., Any]], Any]:
+    """The guest writes result.json after running the artifact under test as root: a buggy
+    or hostile guest can give any field any JSON type. Such a result gets `fallback(exc)`
+    instead of an exception (a traceback in the host's run)."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def tolerant(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except _MALFORMED as exc:
+                return fallback(exc)
+
+        return tolerant
+
+    return wrap
+
+
+def _malformed_verdict(exc: Exception) -> Verdict:
+    infra = OUTCOME_RULES[1]
+    evidence = f"malformed validator result ({type(exc).__name__}: {exc})"[:1000]
+    return Verdict("error", "INFRA_ERROR", "high", "infra", None, evidence, infra.remediation,
+                   infra.name, "the result does not match validator.v0.4")  # fmt: skip
+
+
+@_tolerant(_malformed_verdict)
 def classify_result(result: dict[str, Any], release: str = "", *,
                     artifact_problem: str | None = None) -> Verdict:  # fmt: skip
     """The verdict for one raw validator result: first matching rule, else UNKNOWN."""
@@ -1179,6 +1304,7 @@ def classify(stored: Any, *, artifact_problem: str | None = None, release: str =
     return verdict
 
 
+@_tolerant(lambda exc: [f"malformed validator result ({type(exc).__name__}: {exc})"[:300]])
 def notes_for(result: dict[str, Any]) -> list[str]:
     """Variant choices, map fixups and attach warnings, in words, for reports."""
     notes: list[str] = []
@@ -1224,6 +1350,11 @@ def rule_table() -> list[dict[str, str]]:
     return rows
 
 
+def _as_list(value: Any) -> list[Any]:
+    """A guest-written field that should be a list, or [] when it is not (see _tolerant)."""
+    return value if isinstance(value, list) else []
+
+
 def cell_fields(verdict: Verdict, result: dict[str, Any] | None) -> dict[str, Any]:
     """The judged part of a stored cell: the verdict, its notes, and the variant and
     map-fixup summaries reports show (one mapping for the runner and reclassify alike)."""
@@ -1231,14 +1362,14 @@ def cell_fields(verdict: Verdict, result: dict[str, Any] | None) -> dict[str, An
     details = {
         "variants": [
             {"group": v.get("group"), "chosen": v.get("chosen"),
-             "disabled": list(v.get("disabled") or [])}
-            for v in result.get("program_variants") or []
+             "disabled": _as_list(v.get("disabled"))}
+            for v in _as_list(result.get("program_variants"))
             if isinstance(v, dict)
         ],
         "map_fixups": [
             {"name": f.get("name"), "requested": f.get("requested"),
              "applied_entries": f.get("applied_entries"), "status": f.get("status")}
-            for f in result.get("map_fixups") or []
+            for f in _as_list(result.get("map_fixups"))
             if isinstance(f, dict)
         ],
     }  # fmt: skip

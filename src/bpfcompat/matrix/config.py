@@ -24,7 +24,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # strict: YAML already yields real ints and booleans, so `max_entries: true` (lax
+    # pydantic: 1) or `required: 1` are typos to report, not values to coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, strict=True)
 
 
 class KernelSpec(Strict):

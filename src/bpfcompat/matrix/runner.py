@@ -133,7 +133,12 @@ class MatrixRunner:
         with ThreadPoolExecutor(max_workers=len(kernels) + 1, thread_name_prefix="bpfc") as pool:
             image_future: Future[GuestImage] = pool.submit(self._build_image)
             gate = threading.Semaphore(workers)
-            futures = [pool.submit(self._kernel_job, spec, image_future, gate) for spec in kernels]
+            # Rows are made here, in plan order, so every report lists kernels as planned.
+            rows = [self._kernel_row(spec) for spec in kernels]
+            futures = [
+                pool.submit(self._kernel_job, spec, row, image_future, gate)
+                for spec, row in zip(kernels, rows, strict=True)
+            ]
             try:
                 while not all(f.done() for f in futures):
                     time.sleep(0.2)
@@ -150,11 +155,8 @@ class MatrixRunner:
         self.options.progress("*", "building", f"guest image ({self.plan.guest_suite})")
         return build_image(self.plan.guest_suite)
 
-    def _kernel_job(
-        self, spec: KernelSpec, image_future: Future[GuestImage], gate: threading.Semaphore
-    ) -> None:
-        progress = self.options.progress
-        row = self.store.add(
+    def _kernel_row(self, spec: KernelSpec) -> RunKernel:
+        return self.store.add(
             RunKernel(
                 run_id=self.run_id,
                 kernel_id=spec.id,
@@ -164,6 +166,15 @@ class MatrixRunner:
                 required=spec.required,
             )
         )
+
+    def _kernel_job(
+        self,
+        spec: KernelSpec,
+        row: RunKernel,
+        image_future: Future[GuestImage],
+        gate: threading.Semaphore,
+    ) -> None:
+        progress = self.options.progress
         try:
             progress(spec.id, "fetching")
             kernel = fetch_kernel(spec)

@@ -6,10 +6,12 @@ the loader under test), keeps to syntax that runs on Python 3.9 through 3.14, an
 nothing heavy up front: guests run under software emulation where every import and every
 syscall costs ~10x.
 
-Order of work (each step timed in ``timings``): host facts -> BTF and lockdown facts ->
-capability probes (bpftool, cached per boot; libbpf type probes) -> open -> discovery ->
-isolated per-program load probes -> variant selection -> map fixups -> whole-object load
--> auto-attach -> functional tests while links are alive -> JSON + libbpf log.
+Order of work (each step timed in ``timings``): host facts (and the kernel log position)
+-> BTF and lockdown facts -> capability probes (bpftool, cached per boot; libbpf type
+probes) -> open -> discovery (with the helpers each program's instructions call) -> helper
+probes for each program's own type (cached per boot) -> isolated per-program load probes ->
+variant selection -> map fixups -> whole-object load -> auto-attach -> functional tests
+while links are alive -> lockdown lines the kernel logged meanwhile -> JSON + libbpf log.
 
 The validator never dies with a traceback: a step that raises is recorded in ``errors``
 and the run goes on. Exit codes: 0 pass, 2 fail (the kernel rejected the object, an
@@ -51,6 +53,10 @@ LOG_JSON_CHARS = 256 << 10  # logs.libbpf keeps the last 256 KiB
 LOG_MESSAGE_CHARS = 512 << 10  # one libbpf message (a verifier dump) is cut to this
 LOG_MESSAGE_HEAD = 16 << 10  # ... keeping this much of its head and the rest of its tail
 PROBE_LOG_TAIL = 8 << 10  # discovery.programs[].load_log
+# Each isolated probe reopens the whole object, so probing n programs costs O(n^2):
+# 2000 programs took 45 s natively and over the 90 s job limit under TCG. Above this
+# many programs the whole-object load alone decides (and names the failing program).
+MAX_ISOLATED_PROBES = 128
 VERIFIER_BUF_BYTES = 16 << 20  # libbpf's own first verifier buffer size (BPF_LOG_BUF_SIZE)
 VERIFIER_FILE_CHARS = 1 << 20  # per-program verifier log file in --log-dir
 OUTPUT_TAIL = 4 << 10  # functional test stdout/stderr tails
@@ -137,6 +143,7 @@ PROG_TYPE_NAMES = (
     "sk_lookup", "syscall", "netfilter",
 )  # fmt: skip
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
+BPF_PROG_TYPE_SYSCALL = 31
 BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
 BPF_MAP_TYPE_HASH_OF_MAPS = 13
 BPF_MAP_TYPE_RINGBUF = 27
@@ -186,6 +193,30 @@ _FAILED_MAP_RES = (
 _LOAD_ERRNO_TEXT_RE = re.compile(r"(?:BPF program load failed|load bpf program failed): (.+)")
 _SLOT_INIT_TEXT = "failed to initialize slot"
 
+# struct bpf_insn (include/uapi/linux/bpf.h): code u8, dst_reg:4 src_reg:4, off s16, imm s32.
+BPF_INSN_SIZE = 8
+BPF_CALL_CODE = 0x85  # BPF_JMP | BPF_CALL
+BPF_PSEUDO_CALL = 1  # src_reg of a bpf-to-bpf (subprogram) call
+BPF_PSEUDO_KFUNC_CALL = 2  # src_reg of a kfunc call, imm = the kfunc's kernel BTF id
+# The verifier's words for "this program type may not call this helper" since 6.10; libbpf
+# before 1.5 does not know them and reports such helpers as supported (libbpf_probes.c).
+HELPER_REFUSED_TEXT = b"program of this type cannot use helper "
+HELPER_PROBE_CACHE_REV = "1"  # bump when the meaning of a cached helper probe changes
+# bpf_prog_load_opts for bpf_prog_load(): unchanged from libbpf 0.6 up to log_buf.
+_PROG_LOAD_OPTS_SIZE = 104
+# What probe_prog_load() in libbpf sets so that these program types load at all.
+_PROBE_ATTACH_TYPES = {18: 10, 20: 16, 25: 21, 30: 36, 32: 45}  # type -> expected attach
+BPF_F_SLEEPABLE = 1 << 4
+
+# Kernel log: lockdown refusals (security/lockdown/lockdown.c lockdown_is_locked_down(),
+# "Lockdown: <comm>: <what> is restricted; see man kernel_lockdown.7"; before 5.4 the
+# distribution patches printed it without the comm). Rate-limited by the kernel.
+KMSG_PATH = "/dev/kmsg"
+KMSG_MAX_RECORDS = 10000  # records read after the run, at most
+KMSG_RECORD_BYTES = 16 << 10
+LOCKDOWN_DENIALS_MAX = 32
+_LOCKDOWN_DENIAL_RE = re.compile(r"^Lockdown: .+ is restricted; see man kernel_lockdown\.7")
+
 
 # --- small pure helpers ---------------------------------------------------------------------
 
@@ -211,6 +242,36 @@ def helper_name_from_id(helper_id: int) -> str:
     if 0 < helper_id < len(HELPER_NAMES):
         return "bpf_" + HELPER_NAMES[helper_id]
     return f"helper#{helper_id}"
+
+
+def helper_entry_name(helper_id: int) -> str | None:
+    """``bpf_<name>`` from the helper table, None for an id the table does not know."""
+    return "bpf_" + HELPER_NAMES[helper_id] if 0 < helper_id < len(HELPER_NAMES) else None
+
+
+def decode_calls(raw: bytes) -> tuple[list[int], list[int]]:
+    """(helper ids, kfunc BTF ids) called by BPF instructions, deduplicated, in order.
+
+    A helper call is ``BPF_JMP|BPF_CALL`` with src_reg 0 and the helper id in imm; src_reg 1
+    is a call to a subprogram and src_reg 2 a kfunc call (imm is its BTF id once libbpf
+    has relocated it). The code bytes are scanned with bytes.find, not insn by insn: a
+    program may have a million instructions and this runs under emulation.
+    """
+    helpers: dict[int, None] = {}
+    kfuncs: dict[int, None] = {}
+    count = len(raw) // BPF_INSN_SIZE
+    codes = raw[: count * BPF_INSN_SIZE : BPF_INSN_SIZE]
+    little = sys.byteorder == "little"
+    index = codes.find(BPF_CALL_CODE)
+    while index >= 0:
+        _, regs, _, imm = struct.unpack_from("=BBhi", raw, index * BPF_INSN_SIZE)
+        src_reg = regs >> 4 if little else regs & 0x0F
+        if src_reg == 0:
+            helpers[imm] = None
+        elif src_reg == BPF_PSEUDO_KFUNC_CALL:
+            kfuncs[imm] = None
+        index = codes.find(BPF_CALL_CODE, index + 1)
+    return list(helpers), list(kfuncs)
 
 
 def map_type_name(type_id: int) -> str:
@@ -646,6 +707,11 @@ def inspect_elf(path: str) -> dict[str, Any]:
 
 
 def _elf_section_names(data: bytes) -> list[str]:
+    return [name for name, _type, _offset, _size in elf_sections(data)]
+
+
+def elf_sections(data: bytes) -> list[tuple[str, int, int, int]]:
+    """(name, sh_type, offset, size) of every section but the null one; ValueError if corrupt."""
     size = len(data)
     if size < 16 or data[:4] != b"\x7fELF":
         raise ValueError("not an ELF file (no ELF magic)")
@@ -693,7 +759,7 @@ def _elf_section_names(data: bytes) -> list[str]:
     if str_off + str_size > size:
         raise ValueError("truncated ELF: section name table lies beyond the end of the file")
     strtab = data[str_off : str_off + str_size]
-    names: list[str] = []
+    sections: list[tuple[str, int, int, int]] = []
     for index, (name_off, sh_type, _f, _a, offset, sec_size, *_rest) in enumerate(headers):
         if name_off >= max(str_size, 1) and index:
             raise ValueError(f"section #{index} has a name offset outside the name table")
@@ -705,8 +771,8 @@ def _elf_section_names(data: bytes) -> list[str]:
                 f"{offset}) extends beyond the end of the file ({size} bytes)"
             )
         if index:
-            names.append(name)
-    return names
+            sections.append((name, sh_type, offset, sec_size))
+    return sections
 
 
 # --- libbpf through ctypes -------------------------------------------------------------------
@@ -749,6 +815,7 @@ class Libbpf:
         self.lib = lib
         self.soname = soname
         self._syms: dict[str, Any] = {}
+        self._old_helper_probe: bool | None = None
 
     @classmethod
     def load(cls) -> tuple[Libbpf | None, str | None]:
@@ -874,6 +941,15 @@ class Libbpf:
         func = self.sym("bpf_program__set_autoload", _c.c_int, _c.c_void_p, _c.c_bool)
         return _int_result(func(prog, autoload)) if func else -errno.ENOSYS
 
+    def prog_insns(self, prog: int) -> bytes | None:
+        """The program's instructions as libbpf holds them now (None before libbpf 0.6)."""
+        insns = self.sym("bpf_program__insns", _c.c_void_p, _c.c_void_p)
+        count = self.sym("bpf_program__insn_cnt", _c.c_size_t, _c.c_void_p)
+        if not insns or not count:
+            return None
+        ptr, total = insns(prog), int(count(prog))
+        return ctypes.string_at(ptr, total * BPF_INSN_SIZE) if ptr and total > 0 else b""
+
     def set_log_buf(self, prog: int, buf: Any, size: int) -> bool:
         func = self.sym("bpf_program__set_log_buf", _c.c_int, _c.c_void_p, _c.c_void_p, _c.c_size_t)
         return bool(func) and func(prog, _c.addressof(buf), size) == 0
@@ -960,7 +1036,7 @@ class Libbpf:
         )
 
     def probe_helper(self, prog_type: int, helper_id: int) -> tuple[bool | None, str | None]:
-        return self._probe(
+        supported, problem = self._probe(
             (
                 "libbpf_probe_bpf_helper",
                 (_c.c_int, _c.c_int, _c.c_void_p),
@@ -968,6 +1044,46 @@ class Libbpf:
             ),
             ("bpf_probe_helper", (_c.c_int, _c.c_int, _c.c_uint32), (helper_id, prog_type, 0)),
         )
+        if supported and self._misses_new_refusal() and self._kernel_refuses(prog_type, helper_id):
+            return False, None
+        return supported, problem
+
+    def _misses_new_refusal(self) -> bool:
+        """Whether this libbpf's helper probe predates the 6.10 verifier wording (< 1.5)."""
+        if self._old_helper_probe is None:
+            major = self.sym("libbpf_major_version", _c.c_uint32)
+            minor = self.sym("libbpf_minor_version", _c.c_uint32)
+            version = (int(major()), int(minor())) if major and minor else (0, 0)
+            self._old_helper_probe = version < (1, 5)
+        return self._old_helper_probe
+
+    def _kernel_refuses(self, prog_type: int, helper_id: int) -> bool:
+        """Load libbpf's own probe program once more and read the verifier's answer.
+
+        libbpf < 1.5 only knows "invalid func"/"unknown func"; since 6.10 the verifier says
+        "program of this type cannot use helper", which such a libbpf counts as supported.
+        Only an explicit refusal in the log turns the answer around. bpf_prog_load() with
+        options exists from libbpf 0.6 (the release that added bpf_program__insns).
+        """
+        load = self.sym(
+            "bpf_prog_load", _c.c_int, _c.c_int, _c.c_char_p, _c.c_char_p, _c.c_void_p,
+            _c.c_size_t, _c.c_void_p,
+        )  # fmt: skip
+        if not load or not self.has("bpf_program__insns") or ctypes.sizeof(_c.c_void_p) != 8:
+            return False  # (the options layout below is the LP64 one)
+        insns = struct.pack("=BBhi", BPF_CALL_CODE, 0, 0, helper_id) + bytes([0x95]) + bytes(7)
+        log = ctypes.create_string_buffer(4096)
+        opts = ctypes.create_string_buffer(_PROG_LOAD_OPTS_SIZE)
+        flags = BPF_F_SLEEPABLE if prog_type == BPF_PROG_TYPE_SYSCALL else 0
+        struct.pack_into("=Q", opts, 0, _PROG_LOAD_OPTS_SIZE)
+        struct.pack_into("=I", opts, 12, _PROBE_ATTACH_TYPES.get(prog_type, 0))
+        struct.pack_into("=I", opts, 20, flags)
+        struct.pack_into("=IIQ", opts, 88, 1, len(log), ctypes.addressof(log))
+        fd = load(prog_type, None, b"GPL", insns, 2, opts)
+        if fd >= 0:
+            os.close(fd)
+            return False
+        return HELPER_REFUSED_TEXT in log.value
 
 
 class LibbpfLog:
@@ -1222,6 +1338,63 @@ def find_executable(name: str) -> str | None:
     return None
 
 
+class KernelLog:
+    """Kernel log records written while the validator runs, read from /dev/kmsg.
+
+    The descriptor is opened non-blocking and moved to the end of the log at the start of
+    the run, so reading it at the end returns only what the kernel said in between (each
+    read() is one record; EAGAIN means no more, EPIPE that records were overwritten before
+    they were read). Nothing is consumed: /dev/kmsg readers each have their own position.
+    """
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self.error: str | None = None
+        self.lost = False
+        try:
+            flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+            self.fd = os.open(KMSG_PATH, flags)
+            os.lseek(self.fd, 0, os.SEEK_END)
+        except OSError as exc:
+            self.error = f"cannot read {KMSG_PATH}: {exc.strerror or exc}"
+            self.close()
+
+    def messages(self, limit: int = KMSG_MAX_RECORDS) -> list[str]:
+        """The text of each record since the start (first line only), at most ``limit``."""
+        texts: list[str] = []
+        while self.fd is not None and len(texts) < limit:
+            try:
+                record = os.read(self.fd, KMSG_RECORD_BYTES)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:
+                self.lost = True
+                continue
+            except OSError as exc:
+                self.error = f"reading {KMSG_PATH}: {exc.strerror or exc}"
+                break
+            if not record:
+                break
+            _prefix, _sep, text = decode(record).partition(";")
+            texts.append(text.split("\n", 1)[0])
+        return texts
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
+def lockdown_denials(messages: list[str], limit: int = LOCKDOWN_DENIALS_MAX) -> list[str]:
+    """The distinct lockdown refusal lines among kernel log messages, first ``limit``."""
+    found: dict[str, None] = {}
+    for text in messages:
+        if len(found) < limit and _LOCKDOWN_DENIAL_RE.match(text):
+            found[text.strip()] = None
+    return list(found)
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -1243,6 +1416,8 @@ class Validator:
         self.plan_tests: list[dict[str, Any]] = []
         self.plan_error: str | None = None
         self.cache = BootCache()
+        self.kernel_log: KernelLog | None = None
+        self.bpftool_probe: dict[str, Any] | None = None  # parsed `bpftool feature probe -j`
         self._vbuf: Any = None
         self._old_print: int | None = None
         self.errors: list[dict[str, str]] = []
@@ -1290,6 +1465,8 @@ class Validator:
                 "lockdown_raw": None,
                 "lockdown_error": None,
                 "securityfs_mounted_by_validator": False,
+                "lockdown_denials": [],
+                "lockdown_denials_error": None,
             },
             "capabilities": {
                 "bpftool_available": False,
@@ -1301,6 +1478,8 @@ class Validator:
                 "map_types": {},
                 "program_types": {},
                 "probe_errors": {},
+                "helpers": {},
+                "helper_program_types": {},
                 "attach_prereqs": {
                     "tracefs": False,
                     "tracefs_path": None,
@@ -1402,6 +1581,7 @@ class Validator:
             self.step("type_probes", self.step_type_probes)  # the fixed set even if open failed
         if self.obj is not None:
             if self.config.probe_features:
+                self.step("helper_probes", self.step_helper_probes)
                 self.step("probes", self.step_isolated_probes)
             self.log.mark("whole-object load")
             self.log.open_window()
@@ -1412,9 +1592,11 @@ class Validator:
             self.step("attach", self.step_attach)
         self.step("functional", self.step_functional)
         self.step("cleanup", self.step_cleanup)
+        self.step("kernel_log", self.step_kernel_log)
         return self.finish()
 
     def step_host(self) -> None:
+        self.kernel_log = KernelLog()  # first: everything the kernel says from here is ours
         uname = os.uname()
         host = self.result["host"]
         host.update(
@@ -1562,6 +1744,7 @@ class Validator:
                 parsed = None
             if isinstance(parsed, dict):
                 caps["bpftool_probe_ok"] = True
+                self.bpftool_probe = parsed
                 if not caps["bpftool_probe_cached"]:
                     self.cache.put("bpftool-probe", key, output)
             path = self._output_path("bpftool-feature-probe.json")
@@ -1634,6 +1817,15 @@ class Validator:
         for prog in self.progs:
             name = lib.prog_name(prog)
             type_id = lib.prog_type(prog)
+            insns = lib.prog_insns(prog)
+            helpers = None
+            helper_problem = "libbpf has no bpf_program__insns (before 0.6)"
+            if insns is not None:
+                helpers = [
+                    {"id": i, "name": helper_entry_name(i), "supported": None}
+                    for i in decode_calls(insns)[0]
+                ]
+                helper_problem = "feature probing disabled" if helpers and not probing else None
             disc["programs"].append(
                 {
                     "name": name,
@@ -1654,6 +1846,9 @@ class Validator:
                     "load_log_path": None,
                     "load_skip_reason": None if probing else "feature probing disabled",
                     "load_seconds": None,
+                    "helpers": helpers,
+                    "kfuncs": None,
+                    "helper_probe_error": helper_problem,
                 }
             )
         for bpf_map in lib.maps(self.obj):
@@ -1675,9 +1870,104 @@ class Validator:
             if name not in known:
                 self.warn("manifest", f"manifest program {name!r} is not in the object")
 
+    # -- helpers each program calls
+    def step_helper_probes(self) -> None:
+        """Probe each program's helpers for its own program type; bpftool's lists for its types.
+
+        One BPF_PROG_LOAD per (program type, helper) not yet known this boot: conclusive
+        answers are cached per boot like the type probes, inconclusive ones (libbpf cannot
+        probe tracing/lsm/ext/struct_ops helpers) are recorded in helper_probe_error.
+        """
+        lib = self.lib
+        assert lib is not None
+        caps = self.result["capabilities"]
+        entries = self.result["discovery"]["programs"]
+        key = f"{self.result['host'].get('libbpf_path') or lib.soname}:{HELPER_PROBE_CACHE_REV}"
+        cached = self.cache.get("libbpf-helper-probes", key)
+        store: dict[str, bool] = {}
+        if isinstance(cached, dict):
+            store = {k: v for k, v in cached.items() if isinstance(v, bool)}
+        stored = len(store)
+        seen: dict[str, tuple[bool | None, str | None]] = {}
+        for entry in entries:
+            if not entry["helpers"]:
+                continue
+            if entry["type_id"] <= 0:
+                entry["helper_probe_error"] = "program type unknown to this libbpf"
+                continue
+            if caps["program_types"].get(entry["type"]) is False:
+                # libbpf's helper probe "assumes supported" when the type itself fails to load
+                entry["helper_probe_error"] = (
+                    f"not probed: the program type probe found {entry['type']} unsupported"
+                )
+                continue
+            problems: dict[str, None] = {}
+            for helper in entry["helpers"]:
+                probe_key = f"{entry['type_id']}:{helper['id']}"
+                if probe_key in store:
+                    helper["supported"] = store[probe_key]
+                    continue
+                if probe_key not in seen:
+                    seen[probe_key] = lib.probe_helper(entry["type_id"], helper["id"])
+                supported, problem = seen[probe_key]
+                helper["supported"] = supported
+                if supported is None:
+                    problems[problem or "inconclusive"] = None
+                else:
+                    store[probe_key] = supported
+            if problems:
+                entry["helper_probe_error"] = "; ".join(problems)
+        if len(store) > stored:
+            self.cache.put("libbpf-helper-probes", key, store)
+        self._bpftool_helpers(caps, entries)
+
+    def _bpftool_helpers(self, caps: dict[str, Any], entries: list[dict[str, Any]]) -> None:
+        """bpftool's per-type helper lists, for the artifact's program types only.
+
+        bpftool writes "<type>_available_helpers" lists; an empty list means it could not
+        probe that type (tracing, lsm, ext, struct_ops, or a type the kernel lacks), so it
+        is recorded as null. helper_program_types names, for each helper some program may
+        not call, every program type bpftool found it usable from (empty: none). Where this
+        run's own probe refused a helper for a type, that type is taken out of both: bpftool
+        linked against libbpf < 1.5 lists every helper the kernel knows for every type.
+        """
+        table = (self.bpftool_probe or {}).get("helpers")
+        if not isinstance(table, dict):
+            return
+        suffix = "_available_helpers"
+        refused = {
+            (e["type"], h["name"])
+            for e in entries
+            for h in e["helpers"] or []
+            if h["supported"] is False
+        }
+        for entry in entries:
+            names = table.get(entry["type"] + suffix)
+            if entry["type_id"] > 0 and entry["type"] not in caps["helpers"]:
+                listed = isinstance(names, list) and names
+                caps["helpers"][entry["type"]] = (
+                    [n for n in names if (entry["type"], n) not in refused] if listed else None
+                )
+        for _, name in sorted(refused):
+            if name and name not in caps["helper_program_types"]:
+                caps["helper_program_types"][name] = [
+                    key[: -len(suffix)]
+                    for key, names in table.items()
+                    if key.endswith(suffix)
+                    and isinstance(names, list)
+                    and name in names
+                    and (key[: -len(suffix)], name) not in refused
+                ]
+
     # -- isolated per-program load probes
     def step_isolated_probes(self) -> None:
         entries = self.result["discovery"]["programs"]
+        if len(entries) > MAX_ISOLATED_PROBES:
+            reason = f"{len(entries)} programs: over {MAX_ISOLATED_PROBES}, not probed one by one"
+            self.warn("probes", f"isolated load probes skipped ({reason})")
+            for entry in entries:
+                entry["load_skip_reason"] = reason
+            return
         for index, entry in enumerate(entries):
             self.log.mark(f"isolated load probe of program {entry['name']!r}")
             begin = time.monotonic()
@@ -1696,13 +1986,14 @@ class Validator:
         log level 1 into our bounded buffer. If even 16 MiB is too small, the probe is redone
         with libbpf's own growing buffer and the log is read from its print stream.
         """
-        rc, window, vlog = self._probe_once(index, use_buf=True)
+        rc, window, vlog, kfuncs = self._probe_once(index, use_buf=True)
         if rc == -errno.ENOSPC and vlog:  # the log outgrew our buffer, masking the errno
-            rc, window, vlog = self._probe_once(index, use_buf=False)
+            rc, window, vlog, kfuncs = self._probe_once(index, use_buf=False)
         text = window_text(window)
         if vlog is None:  # no bpf_program__set_log_buf in this libbpf
             vlog = extract_verifier_log(text)
         if rc == 0:
+            entry["kfuncs"] = kfuncs
             entry["load_status"] = "pass"
             entry["load_skip_reason"] = None
             return
@@ -1734,13 +2025,15 @@ class Validator:
 
     def _probe_once(
         self, index: int, use_buf: bool
-    ) -> tuple[int, list[tuple[int, str]], str | None]:
+    ) -> tuple[int, list[tuple[int, str]], str | None, list[int] | None]:
+        """(rc, libbpf messages, verifier log, kfunc ids after a load that passed)."""
         lib = self.lib
         assert lib is not None
         obj, err = lib.open_file(self.config.artifact)
         if obj is None:
-            return err, [], None
+            return err, [], None, None
         vlog: str | None = None
+        kfuncs: list[int] | None = None
         try:
             progs = lib.programs(obj)
             for position, prog in enumerate(progs):
@@ -1757,9 +2050,17 @@ class Validator:
             window = self.log.close_window()
             if has_buf:
                 vlog = decode(ctypes.string_at(self._vbuf))
+            if rc == 0 and index < len(progs):
+                kfuncs = self._kfunc_ids(progs[index])
         finally:
             lib.close(obj)
-        return rc, window, vlog
+        return rc, window, vlog, kfuncs
+
+    def _kfunc_ids(self, prog: int) -> list[int] | None:
+        """BTF ids of the kfuncs a loaded program calls (libbpf wrote them in at load)."""
+        assert self.lib is not None
+        insns = self.lib.prog_insns(prog)
+        return decode_calls(insns)[1] if insns is not None else None
 
     # -- variant selection
     def step_variants(self) -> None:
@@ -1921,6 +2222,9 @@ class Validator:
         window = self.log.close_window()
         if rc == 0:
             self.result["load"].update(status="pass", stage="load")
+            for index, entry in enumerate(self.result["discovery"]["programs"]):
+                if entry["autoload"] and entry["kfuncs"] is None:
+                    entry["kfuncs"] = self._kfunc_ids(self.progs[index])
             return
         self.set_load_failure("load", -rc, window)
 
@@ -2083,6 +2387,22 @@ class Validator:
         record["status"] = "fail" if problems else "pass"
         record["error"] = "; ".join(problems) or None
         return record
+
+    def step_kernel_log(self) -> None:
+        """Lockdown refusals the kernel logged while this run (and its tests) went on."""
+        sec = self.result["security"]
+        watch = self.kernel_log
+        if watch is None:
+            sec["lockdown_denials_error"] = "the kernel log was not opened (host step failed)"
+            return
+        try:
+            sec["lockdown_denials"] = lockdown_denials(watch.messages())
+        finally:
+            watch.close()
+        problems = [watch.error] if watch.error else []
+        if watch.lost:
+            problems.append("kernel log records were overwritten before they were read")
+        sec["lockdown_denials_error"] = "; ".join(problems) or None
 
     # -- cleanup and output
     def step_cleanup(self) -> None:
