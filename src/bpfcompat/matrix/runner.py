@@ -174,6 +174,22 @@ class MatrixRunner:
         image_future: Future[GuestImage],
         gate: threading.Semaphore,
     ) -> None:
+        """One kernel's whole job; an unexpected error costs this kernel, not the run."""
+        try:
+            self._kernel_work(spec, row, image_future, gate)
+        except Exception as exc:  # the boundary that keeps the other kernels going
+            if not self.stop.is_set():
+                done = {c.artifact for c in self.store.cells(self.run_id) if c.kernel_id == spec.id}
+                left = [a for a in self.plan.artifacts if a.name not in done]
+                self._kernel_failed(spec, row, f"internal error: {describe_error(exc)}", left)
+
+    def _kernel_work(
+        self,
+        spec: KernelSpec,
+        row: RunKernel,
+        image_future: Future[GuestImage],
+        gate: threading.Semaphore,
+    ) -> None:
         progress = self.options.progress
         try:
             progress(spec.id, "fetching")

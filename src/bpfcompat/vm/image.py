@@ -100,8 +100,20 @@ class GuestImage:
         target = kernel.entry / f"initrd-{self.digest}.cpio"
         parts = (self.rootfs_cpio, kernel.modules_cpio)
         expected = sum(p.stat().st_size for p in parts)
-        if target.is_file() and target.stat().st_size == expected:
-            return target
+        with entry_lock(target):  # kernels sharing a package share this file
+            if target.is_file() and target.stat().st_size == expected:
+                return target
+            fd, tmp_name = tempfile.mkstemp(prefix=".initrd-", dir=kernel.entry)
+            tmp = Path(tmp_name)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    for part in parts:
+                        with part.open("rb") as src:
+                            shutil.copyfileobj(src, out, 1 << 20)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return target
         tmp = target.with_suffix(f".tmp{os.getpid()}")
         try:
             with tmp.open("wb") as out:
