@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -12,7 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +29,9 @@ MATRIX = load_kernel_matrix(ROOT / "kernels.yaml")
 
 
 def qemu_processes(marker: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    # -ww: without it ps cuts lines at 80 columns when stdout is not a terminal (as under
+    # pytest), the marker (a path late in QEMU's argv) is never seen and the check is vacuous.
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [ln for ln in out.splitlines() if "qemu-system" in ln and marker in ln]
 
 
@@ -187,3 +192,194 @@ def test_unknown_kernel_leaves_store_untouched(tmp_path: Path) -> None:
                    "--db", str(db))  # fmt: skip
     assert proc.returncode == 1
     assert not db.exists()
+
+
+# --- guest-side faults (issue 7) ----------------------------------------------------------
+
+
+def _stage(root: Path, src: Path, manifests: dict[str, str]) -> list[Path]:
+    """One directory per artifact (a copy of `src`), with a manifest where given."""
+    dirs = []
+    for name, manifest in manifests.items():
+        (root / name).mkdir(parents=True)
+        shutil.copy(src, root / name / f"{name}.bpf.o")
+        if manifest:
+            (root / name / "manifest.yaml").write_text(manifest)
+        dirs.append(root / name)
+    return dirs
+
+
+class _Run:
+    """`matrix run` in the background, its progress lines collected as they come."""
+
+    def __init__(self, tmp: Path, inputs: list[Path], *extra: str) -> None:
+        self.out, self.db, self.json = tmp / "out", tmp / "db", tmp / "run.json"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bpfcompat", "matrix", "run", *map(str, inputs),
+             "--db", str(self.db), "--no-cache", "--out-dir", str(self.out),
+             "--json", str(self.json), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "CI": "1"},
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self.out_lines: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, sink), daemon=True)
+            for stream, sink in ((self.proc.stderr, self.lines), (self.proc.stdout, self.out_lines))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: Any, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line)
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(text in ln for ln in self.lines) < count:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                pytest.fail(f"no {text!r} (x{count}) in: {''.join(self.lines)[-3000:]}")
+            time.sleep(0.1)
+
+    def finish(self, timeout: float) -> dict:
+        self.proc.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        stderr = "".join(self.lines)
+        assert "Traceback" not in stderr, stderr[-3000:]
+        assert self.json.is_file(), stderr[-3000:]
+        return json.loads(self.json.read_text())
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> None:
+        """After a failed assertion: SIGTERM (the runner then kills its own VMs), and as a
+        last resort kill what is left of this run by pid, never by name."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for pid in _qemu_pids(str(self.out)):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def runs() -> Iterator[list[_Run]]:
+    """Runs a test started: stopped at teardown, so a failed assertion leaves no VM."""
+    started: list[_Run] = []
+    yield started
+    for run in started:
+        run.stop()
+
+
+def _qemu_pids(marker: str) -> list[int]:
+    return [int(ln.split()[0]) for ln in qemu_processes(marker)]
+
+
+def _verdicts(export: dict) -> dict[str, tuple[str, str | None]]:
+    return {c["artifact"]: (c["status"], c["code"]) for c in export["cells"]}
+
+
+@pytest.mark.vm
+def test_qemu_killed_mid_validation_costs_one_cell(
+    built_examples: Path, tmp_path: Path, runs: list[_Run]
+) -> None:
+    """kill -9 of QEMU while b-victim runs (its functional test sleeps): the runner reboots
+    and retries b once; QEMU is killed again, so b is INFRA_ERROR with the evidence of the
+    dead VM, and c-after runs normally in a third boot."""
+    require_tool("qemu-system-x86_64")
+    sleeper = "functional_tests:\n  - name: slow\n    command: sleep 40\n    timeout: 60s\n"
+    inputs = _stage(tmp_path / "in", built_examples / "simple-pass" / "simple-pass.bpf.o",
+                    {"a-first": "", "b-victim": sleeper, "c-after": ""})  # fmt: skip
+    run = _Run(tmp_path, inputs, "--kernel", "debian-12-6.1")
+    runs.append(run)
+    killed: list[int] = []
+    for attempt in (1, 2):
+        run.wait_for("validating 2/3 b-victim", count=attempt)
+        time.sleep(3)  # inside the 40 s functional test
+        pids = [p for p in _qemu_pids(str(run.out)) if p not in killed]
+        assert len(pids) == 1, (pids, killed)
+        os.kill(pids[0], signal.SIGKILL)
+        killed.append(pids[0])
+    export = run.finish(timeout=300)
+    assert _verdicts(export) == {"a-first": ("pass", None), "b-victim": ("error", "INFRA_ERROR"),
+                                 "c-after": ("pass", None)}, run.stderr[-3000:]  # fmt: skip
+    victim = next(c for c in export["cells"] if c["artifact"] == "b-victim")
+    assert re.search(r"QEMU exited|SSH|connection", victim["evidence"]), victim["evidence"]
+    assert export["kernels"][0]["boots"] == 3
+    assert export["run"]["status"] == "completed" and run.proc.returncode == 1
+    assert integrity(run.db) == "ok"
+    assert qemu_processes(str(run.out)) == []
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize(
+    ("case", "cmdline", "boot_timeout", "evidence"),
+    [
+        # init blocks reading the console: the guest never says it is ready.
+        ("hangs", "rdinit=/bin/cat", 20, r"not ready after 20 s; console tail: "),
+        # init exits at once: the kernel panics ("Attempted to kill init!").
+        ("panics", "rdinit=/bin/false", 60, r"guest crashed: .*Kernel panic .*kill init"),
+    ],
+)
+def test_guest_that_never_boots_ends_the_run_by_itself(
+    built_examples: Path, tmp_path: Path, runs: list[_Run], case: str, cmdline: str,
+    boot_timeout: int, evidence: str,
+) -> None:  # fmt: skip
+    """Two boot attempts, each bounded by boot_timeout_s, then every cell of that kernel
+    is INFRA_ERROR naming the boot failure (with the console's own words)."""
+    require_tool("qemu-system-x86_64")
+    spec = MATRIX.select(["debian-12-6.1"])[0]
+    kernels = tmp_path / "kernels.yaml"
+    entry = spec.model_dump() | {"id": f"noboot-{case}", "cmdline": cmdline,
+                                 "boot_timeout_s": boot_timeout}  # fmt: skip
+    kernels.write_text(json.dumps({"guest_suite": MATRIX.guest_suite, "kernels": [entry]}))
+    inputs = _stage(tmp_path / "in", built_examples / "simple-pass" / "simple-pass.bpf.o",
+                    {"one": "", "two": ""})  # fmt: skip
+    started = time.monotonic()
+    run = _Run(tmp_path, inputs, "--kernels", str(kernels))
+    runs.append(run)
+    export = run.finish(timeout=2 * boot_timeout + 120)
+    elapsed = time.monotonic() - started
+    assert elapsed < 2 * boot_timeout + 60, elapsed
+    assert _verdicts(export) == {"one": ("error", "INFRA_ERROR"), "two": ("error", "INFRA_ERROR")}
+    for cell in export["cells"]:
+        assert cell["evidence"].startswith("boot failed: "), cell["evidence"]
+        assert re.search(evidence, cell["evidence"]), cell["evidence"]
+    kernel = export["kernels"][0]
+    assert kernel["status"] == "error" and kernel["boots"] == 2, kernel
+    assert run.proc.returncode == 1
+    assert f"kernel noboot-{case}: boot failed" in run.stderr
+    assert integrity(run.db) == "ok"
+    assert qemu_processes(str(run.out)) == []
+
+
+@pytest.mark.vm
+def test_ssh_server_killed_in_the_guest_costs_one_cell(
+    built_examples: Path, tmp_path: Path, runs: list[_Run]
+) -> None:
+    """A functional test kills dropbear (the guest's SSH server, ours included): the cell
+    is retried once after a reboot, then INFRA_ERROR; the next artifact runs normally."""
+    require_tool("qemu-system-x86_64")
+    killer = ("functional_tests:\n  - name: kill-sshd\n"
+              "    command: \"sh -c 'killall dropbear; sleep 5'\"\n    timeout: 20s\n")  # fmt: skip
+    inputs = _stage(tmp_path / "in", built_examples / "simple-pass" / "simple-pass.bpf.o",
+                    {"a-first": "", "b-killssh": killer, "c-after": ""})  # fmt: skip
+    run = _Run(tmp_path, inputs, "--kernel", "debian-12-6.1")
+    runs.append(run)
+    export = run.finish(timeout=400)
+    assert _verdicts(export) == {"a-first": ("pass", None), "b-killssh": ("error", "INFRA_ERROR"),
+                                 "c-after": ("pass", None)}, run.stderr[-3000:]  # fmt: skip
+    cell = next(c for c in export["cells"] if c["artifact"] == "b-killssh")
+    assert re.search(r"SSH|connection|driver stopped", cell["evidence"]), cell["evidence"]
+    assert sum("validating 2/3 b-killssh" in ln for ln in run.lines) == 2  # one retry
+    assert export["kernels"][0]["boots"] == 3
+    assert run.proc.returncode == 1
+    assert integrity(run.db) == "ok"
+    assert qemu_processes(str(run.out)) == []

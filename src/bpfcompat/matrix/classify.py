@@ -1332,8 +1332,10 @@ def notes_for(result: dict[str, Any]) -> list[str]:
     if attach.get("status") == "warn":
         failed = [p.get("name") for p in (result.get("discovery") or {}).get("programs") or []
                   if isinstance(p, dict) and p.get("attach_status") == "fail"]  # fmt: skip
-        names = ", ".join(map(str, failed)) or "some programs"
-        notes.append(f"attach warning (best-effort): {names} did not attach")
+        # Name a few; an object with thousands of programs must not make a 15 KB note.
+        names = ", ".join(map(str, failed[:8])) or "some programs"
+        more = f" and {len(failed) - 8} more" if len(failed) > 8 else ""
+        notes.append(f"attach warning (best-effort): {names}{more} did not attach")
     return notes
 
 

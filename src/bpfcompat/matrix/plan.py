@@ -58,7 +58,7 @@ def elf_problem(data: bytes) -> str | None:
         return "not a 64-bit ELF object"
     endian = "<" if data[5] == 1 else ">"
     (machine,) = struct.unpack_from(endian + "H", data, 18)
-    if machine != EM_BPF:
+    if machine not in (0, EM_BPF):  # libbpf takes EM_NONE too: "Old LLVM set e_machine to EM_NONE"
         return f"ELF for machine {machine}, not BPF ({EM_BPF})"
     (shoff,) = struct.unpack_from(endian + "Q", data, 40)
     shentsize, shnum = struct.unpack_from(endian + "HH", data, 58)

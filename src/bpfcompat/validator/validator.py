@@ -1611,6 +1611,7 @@ class Validator:
             possible_cpus=(read_text("/sys/devices/system/cpu/possible") or "").strip() or None,
         )
         self._raise_memlock(host)
+        self._raise_nofile()
 
     def step_libbpf(self) -> None:
         """Load the guest's libbpf and route its print stream into our log for the run."""
@@ -1647,6 +1648,22 @@ class Validator:
             host["memlock_limit"] = resource.getrlimit(limit)[0]
         except (ImportError, ValueError, OSError) as exc:
             self.warn("host", f"cannot raise RLIMIT_MEMLOCK: {exc}")
+
+    def _raise_nofile(self) -> None:
+        """Every loaded program, map and link holds an fd: with the default soft limit of
+        1024 an object of a few thousand programs fails with EMFILE, which says nothing
+        about the kernel. Real loaders raise the limit; so do we (this process only)."""
+        try:
+            import resource
+
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            want = 65536 if hard == resource.RLIM_INFINITY else max(hard, 65536)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            except (ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ImportError, ValueError, OSError) as exc:
+            self.warn("host", f"cannot raise RLIMIT_NOFILE: {exc}")
 
     def step_btf(self) -> None:
         btf = self.result["btf"]

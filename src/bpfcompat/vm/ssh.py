@@ -30,6 +30,9 @@ class CommandResult:
     timed_out: bool = False
 
 
+SFTP_TIMEOUT_S = 60.0
+
+
 class GuestTransport(Protocol):
     def run(self, command: str, timeout: float) -> CommandResult: ...
     def stream(self, command: str, idle_timeout: float) -> Iterator[str]: ...
@@ -128,6 +131,8 @@ class ParamikoTransport:
         if self._sftp is None:
             try:
                 self._sftp = self._client.open_sftp()
+                # Without a channel timeout an SFTP read from a stalled guest waits forever.
+                self._sftp.get_channel().settimeout(SFTP_TIMEOUT_S)
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise TransportError(f"{self.where}: SFTP failed: {exc}") from None
         return self._sftp
