@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -420,6 +419,3 @@ class MatrixRunner:
 def run_plan(plan: Plan, store: Store, options: RunOptions) -> tuple[MatrixRunner, RunSummary]:
     runner = MatrixRunner(plan, store, options)
     return runner, runner.run()
-
-
-ProgressFactory = Callable[[list[str]], Progress]

@@ -7,12 +7,9 @@ pinned to the one made when the guest image was built.
 from __future__ import annotations
 
 import io
-import os
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import paramiko
@@ -36,7 +33,6 @@ SFTP_TIMEOUT_S = 60.0
 class GuestTransport(Protocol):
     def run(self, command: str, timeout: float) -> CommandResult: ...
     def stream(self, command: str, idle_timeout: float) -> Iterator[str]: ...
-    def put(self, local: Path, remote: str) -> None: ...
     def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None: ...
     def get_bytes(self, remote: str) -> bytes: ...
     def close(self) -> None: ...
@@ -44,7 +40,7 @@ class GuestTransport(Protocol):
 
 class RunKey:
     """A per-run ed25519 client key, kept in memory; its public half goes on the kernel
-    command line (no key file ever exists unless `write_private` is asked for)."""
+    command line, so no key file ever exists."""
 
     def __init__(self) -> None:
         private = ed25519.Ed25519PrivateKey.generate()
@@ -58,12 +54,6 @@ class RunKey:
     @property
     def public_b64(self) -> str:
         return self.key.get_base64()
-
-    def write_private(self, path: Path) -> None:
-        """Write the key 0600 (for a user who wants to ssh in by hand while debugging)."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
-        with os.fdopen(fd, "w") as fh:
-            self.key.write_private_key(fh)
 
 
 class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
@@ -218,12 +208,6 @@ class ParamikoTransport:
             raise TransportError(f"{self.where}: SSH stream failed: {exc}") from None
         finally:
             chan.close()
-
-    def put(self, local: Path, remote: str) -> None:
-        try:
-            self._sftp_client().put(str(local), remote)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise TransportError(f"{self.where}: SFTP put {local.name}: {exc}") from None
 
     def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
         try:
