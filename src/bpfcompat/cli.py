@@ -292,6 +292,9 @@ def validate(
     validator = Path(__file__).resolve().parent / "validator" / "validator.py"
     with tempfile.TemporaryDirectory(prefix="bpfcompat-validate-") as tmp:
         result_path = out or Path(tmp) / "result.json"
+        extra, files = loaded.manifest.validator_inputs(tmp)
+        for path, data in files.items():
+            Path(path).write_bytes(data)
         args = [
             sys.executable,
             str(validator),
@@ -301,17 +304,8 @@ def validate(
             str(result_path),
             "--log-dir",
             tmp,
-            *loaded.manifest.validator_args(),
+            *extra,
         ]
-        if loaded.manifest.programs or loaded.manifest.metadata:
-            mpath = Path(tmp) / "manifest.json"
-            mpath.write_text(json.dumps(loaded.manifest.validator_manifest()))
-            args += ["--manifest", str(mpath)]
-        plan_data = loaded.manifest.functional_plan()
-        if plan_data:
-            ppath = Path(tmp) / "plan.json"
-            ppath.write_text(json.dumps(plan_data))
-            args += ["--functional-plan", str(ppath)]
         proc = subprocess.run(args, check=False)
         if not result_path.is_file():
             raise BpfcompatError(f"{artifact}: validator wrote no result (exit {proc.returncode})")

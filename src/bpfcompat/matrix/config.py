@@ -6,6 +6,7 @@ because silently ignored configuration is a bug users only find in production.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -208,6 +209,22 @@ class Manifest(Strict):
                 for t in self.functional_tests
             ]
         }
+
+    def validator_inputs(self, directory: str) -> tuple[list[str], dict[str, bytes]]:
+        """Every manifest-derived validator argument, and the files (path -> bytes) they
+        name inside `directory`: one mapping for the guest runner and host validation."""
+        args = self.validator_args()
+        files: dict[str, bytes] = {}
+        if self.programs or self.metadata:
+            path = f"{directory}/manifest.json"
+            files[path] = json.dumps(self.validator_manifest()).encode()
+            args += ["--manifest", path]
+        plan = self.functional_plan()
+        if plan is not None:
+            path = f"{directory}/plan.json"
+            files[path] = json.dumps(plan).encode()
+            args += ["--functional-plan", path]
+        return args, files
 
     def validator_manifest(self) -> dict[str, Any]:
         """The JSON the validator reads with --manifest (per-program expectations)."""

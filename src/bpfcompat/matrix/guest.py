@@ -191,6 +191,10 @@ class GuestSession:
         # User-controlled names never reach a shell: files get index-based names and the
         # arguments travel as JSON.
         transport.put_bytes(artifact.data, f"{cell_dir}/artifact.bpf.o")
+        manifest = artifact.manifest
+        extra, files = manifest.validator_inputs(cell_dir)
+        for path, data in files.items():
+            transport.put_bytes(data, path)
         args = [
             "--artifact",
             f"{cell_dir}/artifact.bpf.o",
@@ -198,20 +202,9 @@ class GuestSession:
             f"{cell_dir}/result.json",
             "--log-dir",
             cell_dir,
-            *artifact.manifest.validator_args(),
+            *extra,
         ]
-        manifest = artifact.manifest
-        if manifest.programs or manifest.metadata:
-            transport.put_bytes(
-                json.dumps(manifest.validator_manifest()).encode(), f"{cell_dir}/manifest.json"
-            )
-            args += ["--manifest", f"{cell_dir}/manifest.json"]
-        timeout = self.artifact_timeout
-        plan = manifest.functional_plan()
-        if plan is not None:
-            transport.put_bytes(json.dumps(plan).encode(), f"{cell_dir}/plan.json")
-            args += ["--functional-plan", f"{cell_dir}/plan.json"]
-            timeout += sum(t.timeout for t in manifest.functional_tests)
+        timeout = self.artifact_timeout + sum(t.timeout for t in manifest.functional_tests)
         return args, timeout
 
     def _run_batch(
