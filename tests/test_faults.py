@@ -383,3 +383,23 @@ def test_ssh_server_killed_in_the_guest_costs_one_cell(
     assert run.proc.returncode == 1
     assert integrity(run.db) == "ok"
     assert qemu_processes(str(run.out)) == []
+
+
+def test_concurrent_first_opens_of_a_new_store(tmp_path: Path) -> None:
+    """Several processes creating the same fresh store at once all succeed (the schema
+    check-then-create race once failed `matrix run` with 'table already exists')."""
+    code = (
+        "import sys; from pathlib import Path; from bpfcompat.matrix.store import Store, Run;"
+        " Store(Path(sys.argv[1])).add(Run(accel='x'))"
+    )
+    for trial in range(4):
+        db = tmp_path / f"s{trial}.db"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(db)], stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(6)
+        ]
+        errors = [p.stderr.read() for p in procs if p.wait() != 0]  # type: ignore[union-attr]
+        assert errors == [], errors[0][-500:]
+        assert sqlite3.connect(db).execute("select count(*) from run").fetchone()[0] == 6

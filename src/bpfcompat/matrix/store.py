@@ -134,12 +134,24 @@ class Store:
         )
         event.listen(self.engine, "connect", _pragmas)
         try:
-            SQLModel.metadata.create_all(self.engine)
-            self._add_missing_columns()
+            self._create_schema()
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA quick_check").fetchall()
         except (DatabaseError, OperationalError, sqlite3.DatabaseError) as exc:
             raise StoreError(f"{path}: not a usable bpfcompat store: {_reason(exc)}") from None
+
+    def _create_schema(self) -> None:
+        """Create tables and columns; tolerate another process doing the same at once
+        (each check-then-create can lose the race: the next attempt sees its work)."""
+        for attempt in range(3):
+            try:
+                SQLModel.metadata.create_all(self.engine)
+                self._add_missing_columns()
+                return
+            except OperationalError as exc:
+                raced = "already exists" in str(exc) or "duplicate column" in str(exc)
+                if not raced or attempt == 2:
+                    raise
 
     def _add_missing_columns(self) -> None:
         """Columns added in later versions appear in old stores as NULLs (additive only)."""
