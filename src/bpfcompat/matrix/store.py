@@ -8,6 +8,7 @@ WAL mode, short transactions and a busy timeout let two runs share one file.
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from bpfcompat.errors import StoreError
@@ -133,37 +135,45 @@ class Store:
             f"sqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False}
         )
         event.listen(self.engine, "connect", _pragmas)
-        try:
-            self._create_schema()
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA quick_check").fetchall()
-        except (DatabaseError, OperationalError, sqlite3.DatabaseError) as exc:
-            raise StoreError(f"{path}: not a usable bpfcompat store: {_reason(exc)}") from None
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self._create_schema()
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA quick_check").fetchall()
+                return
+            except (DatabaseError, OperationalError, sqlite3.DatabaseError) as exc:
+                # SQLite answers "locked" without waiting when waiting could deadlock
+                # (e.g. a journal-mode switch racing a first write): back off and retry.
+                if _is_busy(exc) and time.monotonic() < deadline:
+                    time.sleep(random.uniform(0.02, 0.2))
+                    continue
+                raise StoreError(f"{path}: not a usable bpfcompat store: {_reason(exc)}") from None
 
     def _create_schema(self) -> None:
-        """Create tables and columns; tolerate another process doing the same at once
-        (each check-then-create can lose the race: the next attempt sees its work)."""
-        for attempt in range(3):
-            try:
-                SQLModel.metadata.create_all(self.engine)
-                self._add_missing_columns()
-                return
-            except OperationalError as exc:
-                raced = "already exists" in str(exc) or "duplicate column" in str(exc)
-                if not raced or attempt == 2:
-                    raise
-
-    def _add_missing_columns(self) -> None:
-        """Columns added in later versions appear in old stores as NULLs (additive only)."""
-        with self.engine.begin() as conn:
+        """Create tables, indexes and later-added columns in one IMMEDIATE transaction:
+        processes opening the same new store at once queue on the write lock instead of
+        racing check-then-create (SQLAlchemy's create_all is not atomic on SQLite)."""
+        dialect = self.engine.dialect
+        raw = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            _pragmas(raw, None)
+            raw.execute("BEGIN IMMEDIATE")
             for table in SQLModel.metadata.sorted_tables:
-                have = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table.name})")}
+                raw.execute(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
+                for index in table.indexes:
+                    raw.execute(
+                        str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
+                    )
+                # Columns added in later versions appear in old stores as NULLs.
+                have = {row[1] for row in raw.execute(f"PRAGMA table_info({table.name})")}
                 for column in table.columns:
                     if column.name not in have:
-                        kind = column.type.compile(self.engine.dialect)
-                        conn.exec_driver_sql(
-                            f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
-                        )
+                        kind = column.type.compile(dialect)
+                        raw.execute(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+            raw.execute("COMMIT")
+        finally:
+            raw.close()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -182,7 +192,7 @@ class Store:
                     session.commit()
                     return value
             except OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == attempts - 1:
+                if not _is_busy(exc) or attempt == attempts - 1:
                     raise StoreError(f"{self.path}: {_reason(exc)}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -277,6 +287,11 @@ def _pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _is_busy(exc: BaseException) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
 
 
 def _reason(exc: BaseException) -> str:
