@@ -21,49 +21,13 @@ from typing import Any
 from bpfcompat.errors import BpfcompatError, GuestCrash, TransportError, VMError
 from bpfcompat.matrix.config import KernelSpec
 from bpfcompat.matrix.plan import Artifact
-from bpfcompat.vm.image import GUEST_VALIDATOR_DIR, GuestImage
+from bpfcompat.vm.image import GUEST_DRIVER, GuestImage
 from bpfcompat.vm.kernels import KernelBuild
 from bpfcompat.vm.qemu import BootSpec, QemuVM
 from bpfcompat.vm.ssh import GuestTransport, ParamikoTransport, RunKey
 
 GUEST_DIR = "/tmp/bpfc"
 BASE_CMDLINE = "console=ttyS0 panic=-1 oops=panic quiet random.trust_cpu=on"
-# The guest-side driver: imports the validator baked (byte-compiled) into the image once,
-# then forks one child per job. Each child's stdout/stderr go to files in its job dir;
-# the driver's stdout carries only "start I" / "done I RC SECONDS" lines. A job over its
-# timeout is killed (SIGKILL, so RC 137). Arguments travel as JSON, never through a shell.
-DRIVER = f"""\
-import json, os, signal, sys, time
-sys.path.insert(0, '/{GUEST_VALIDATOR_DIR}')
-import validator
-
-def run(job):
-    pid = os.fork()
-    if pid == 0:
-        try:
-            for fd, name in ((1, 'stdout'), (2, 'stderr')):
-                out = os.open(os.path.join(job['dir'], name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-                os.dup2(out, fd)
-            code = validator.main(job['args'])
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-            code = 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code if isinstance(code, int) else 1)
-    signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
-    signal.alarm(max(1, int(job['timeout'])))
-    _, status = os.waitpid(pid, 0)
-    signal.alarm(0)
-    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-
-for job in json.load(open(sys.argv[1])):
-    print('start', job['index'], flush=True)
-    started = time.monotonic()
-    code = run(job)
-    print('done', job['index'], code, round(time.monotonic() - started, 3), flush=True)
-"""
 KILLED = 128 + 9
 
 
@@ -137,8 +101,6 @@ class GuestSession:
         self.transport = ParamikoTransport.connect(
             vm.ssh_port, key, self.image.host_key, deadline, self.spec.id, alive=vm.check
         )
-        self.transport.run(f"mkdir -p {GUEST_DIR}/a", 30)
-        self.transport.put_bytes(DRIVER.encode(), f"{GUEST_DIR}/driver.py")
         seconds = time.monotonic() - vm.started_at
         self.boot_seconds.append(seconds)
         return seconds
@@ -227,7 +189,7 @@ class GuestSession:
                 idle = max(idle, timeout + 30)
             transport.put_bytes(json.dumps(jobs).encode(), f"{GUEST_DIR}/jobs.json")
             for line in transport.stream(
-                f"python3 {GUEST_DIR}/driver.py {GUEST_DIR}/jobs.json 2>{GUEST_DIR}/driver.err",
+                f"python3 /{GUEST_DRIVER} {GUEST_DIR}/jobs.json 2>{GUEST_DIR}/driver.err",
                 idle,
             ):
                 vm.check()

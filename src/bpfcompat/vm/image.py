@@ -1,8 +1,12 @@
 """The guest userspace: one uncompressed initramfs per guest suite, cached by input hash.
 
-Uncompressed because decompression is emulated under TCG and costs more than the copy;
-stdlib byte-compiled by the guest's own python so no run pays for compiling it; the
-dropbear host key is made at build time so the host can pin it.
+Every byte of the initramfs is unpacked by the emulated CPU on every boot, so the image
+holds only what a validator run uses: the shared-library closure of python, bpftool,
+dropbear, sftp-server and the libraries the validator loads through ctypes; a static
+busybox for init and commands; the stdlib as byte code compiled by the guest's own
+python (no sources, no test suites, no extension modules that pull in OpenSSL or
+ncurses). Uncompressed because decompression is emulated too and costs more than the
+copy. The dropbear host key is made at build time so the host can pin it.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ from bpfcompat.vm.cache import (
 from bpfcompat.vm.cpio import CpioWriter
 from bpfcompat.vm.kernels import KernelBuild
 
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 GUEST_PACKAGES = (
     "libc6",
-    "busybox",
+    "busybox-static",
     "python3-minimal",
     "libpython3-stdlib",
     "libbpf1",
@@ -39,33 +43,19 @@ GUEST_PACKAGES = (
     "dropbear-bin",
     "openssh-sftp-server",
 )
-# Parts of the extracted tree no validator run needs; dropping them shrinks what every
-# boot copies into guest memory.
-TRIM = (
-    "usr/share/doc",
-    "usr/share/man",
-    "usr/share/locale",
-    "usr/share/info",
-    "usr/share/lintian",
-    "usr/share/zoneinfo",
-    "usr/share/i18n",
-    "usr/share/perl5",
-    "usr/share/bash-completion",
-    "usr/share/common-licenses",
-    "usr/share/debconf",
-    "usr/share/pam",
-    "usr/share/pam-configs",
-    "var/cache",
-    "var/lib/apt",
-    "var/lib/dpkg",
-    "var/log",
-    "usr/lib/x86_64-linux-gnu/gconv",
-    "usr/lib/x86_64-linux-gnu/perl-base",
-    "usr/lib/x86_64-linux-gnu/perl",
-    "usr/bin/perl",
-    "usr/bin/perl5.40.1",
-    "usr/share/python3",
+# Executables the guest runs; their shared-library closure comes with them. busybox is
+# busybox-static: init and every shell command start without the dynamic loader.
+BUSYBOX = "usr/bin/busybox"
+ELF_ROOTS = (
+    "usr/sbin/bpftool",
+    "usr/sbin/dropbear",
+    "usr/lib/openssh/sftp-server",
 )
+# Loaded by name through ctypes by the validator, so no ELF names them.
+CTYPES_LIBS = ("libbpf.so.1", "libc.so.6")
+# Copied whole from the extracted tree.
+COPY_TREES = ("etc", "root")
+# Stdlib parts no validator run or functional test needs.
 PY_TRIM = (
     "test",
     "ensurepip",
@@ -77,6 +67,25 @@ PY_TRIM = (
     "venv",
     "__phello__",
     "config-3",
+    "site-packages",
+    "dist-packages",
+)
+# Extension modules left out: test modules, and those whose libraries (OpenSSL,
+# Berkeley DB, SQLite, ncurses, readline) would dominate the image. hashlib falls back
+# to its built-in implementations without _hashlib.
+DYNLOAD_SKIP = (
+    "_test",
+    "_ctypes_test",
+    "_xxtest",
+    "xx",
+    "_ssl",
+    "_hashlib",
+    "_dbm",
+    "_gdbm",
+    "_sqlite3",
+    "_curses",
+    "readline",
+    "_tkinter",
 )
 
 
@@ -114,29 +123,21 @@ class GuestImage:
             finally:
                 tmp.unlink(missing_ok=True)
         return target
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        try:
-            with tmp.open("wb") as out:
-                for part in parts:
-                    with part.open("rb") as src:
-                        shutil.copyfileobj(src, out, 1 << 20)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return target
 
 
 GUEST_VALIDATOR_DIR = "opt/bpfcompat"
+GUEST_DRIVER = f"{GUEST_VALIDATOR_DIR}/driver.py"
 
 
 def init_script() -> str:
     return resources.files("bpfcompat.vm").joinpath("init.sh").read_text()
 
 
-def validator_source() -> str:
-    """The in-guest validator; baked into the image (and into its digest) so every boot
-    finds it byte-compiled by the guest's own python instead of compiling it per run."""
-    return resources.files("bpfcompat.validator").joinpath("validator.py").read_text()
+def guest_sources() -> dict[str, str]:
+    """The in-guest validator and its driver; baked into the image (and its digest) so
+    every boot finds them byte-compiled by the guest's own python, nothing to upload."""
+    files = resources.files("bpfcompat.validator")
+    return {name: files.joinpath(name).read_text() for name in ("validator.py", "driver.py")}
 
 
 def image_digest(suite: str) -> str:
@@ -146,9 +147,9 @@ def image_digest(suite: str) -> str:
         suite,
         ",".join(GUEST_PACKAGES),
         init_script(),
-        ",".join(TRIM),
-        ",".join(PY_TRIM),
-        validator_source(),
+        ",".join(ELF_ROOTS + CTYPES_LIBS + COPY_TREES),
+        ",".join(PY_TRIM + DYNLOAD_SKIP),
+        *guest_sources().values(),
     ):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
@@ -192,12 +193,16 @@ def _build(suite: str, root: Path | None, mirror: str | None) -> GuestImage:
         signed = f"[signed-by={KEYRING}] " if KEYRING.is_file() else ""
         sources.write_text(f"deb {signed}{mirror} {suite} main\n")
         _mmdebstrap(suite, tree, sources)
-        _customise(tree)
+        _prepare(tree)
+        host_key = _host_key(tree)
+        slim = Path(scratch) / "slim"
+        _slim(tree, slim)
+        _finish(slim)
         with atomic_dir(entry) as tmp:
-            (tmp / "hostkey.pub").write_text(_host_key(tree) + "\n")
+            (tmp / "hostkey.pub").write_text(host_key + "\n")
             with (tmp / "rootfs.cpio").open("wb") as fh:
                 writer = CpioWriter(fh)
-                writer.tree(tree)
+                writer.tree(slim)
                 writer.chardev("dev/console", 5, 1)
                 writer.chardev("dev/null", 1, 3, 0o666)
                 writer.close()
@@ -243,9 +248,9 @@ def _mmdebstrap(suite: str, tree: Path, sources: Path) -> None:
     )
 
 
-def _customise(tree: Path) -> None:
-    # The extract variant unpacks but runs no maintainer scripts: make the merged-/usr
-    # links, users and applet links ourselves.
+def _prepare(tree: Path) -> None:
+    """Make the extracted suite runnable in a chroot: the extract variant unpacks but
+    runs no maintainer scripts, so the merged-/usr links and users are ours to make."""
     for name, target in (
         ("bin", "usr/bin"),
         ("sbin", "usr/sbin"),
@@ -255,72 +260,196 @@ def _customise(tree: Path) -> None:
         link = tree / name
         if not link.exists() and not link.is_symlink():
             link.symlink_to(target)
-    for rel in TRIM:
-        path = tree / rel
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    pylibs = sorted(tree.glob("usr/lib/python3.*"))
-    for pylib in pylibs:
-        for sub in PY_TRIM:
-            for path in pylib.glob(f"{sub}*"):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
-    busybox = tree / "usr/bin/busybox"
-    if not busybox.exists():
-        raise ImageError("guest image: busybox missing after mmdebstrap")
-    applets = _run(["chroot", str(tree), "/usr/bin/busybox", "--list"], "busybox --list")
-    for applet in applets.split():
-        link = tree / "usr/bin" / applet
-        if (
-            not link.exists()
-            and not link.is_symlink()
-            and not (tree / "usr/sbin" / applet).exists()
-        ):
-            link.symlink_to("busybox")
     etc = tree / "etc"
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (etc / "group").write_text("root:x:0:\n")
     (etc / "shells").write_text("/bin/sh\n/usr/bin/sh\n")
     (etc / "hostname").write_text("bpfcompat-guest\n")
+    (etc / "dropbear").mkdir(parents=True, exist_ok=True)
     (tree / "root/.ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
-    sftp = tree / "usr/lib/sftp-server"
-    if not sftp.exists():
+
+
+def _python_name(tree: Path) -> str:
+    for path in sorted((tree / "usr/bin").glob("python3.*")):
+        if path.name[7:].replace(".", "").isdigit():
+            return path.name
+    raise ImageError("guest image: no python3.X interpreter after mmdebstrap")
+
+
+def _slim(tree: Path, slim: Path) -> None:
+    """Copy into `slim` only what the guest runs: ELF roots and extension modules with
+    their shared-library closure, the stdlib, /etc and /root."""
+    python = _python_name(tree)
+    libdir = f"usr/lib/{python}"
+    if not (tree / BUSYBOX).is_file():
+        raise ImageError("guest image: busybox missing after mmdebstrap")
+    keep = _Keep(tree, slim)
+    keep.path(BUSYBOX)
+    for name in ("bin", "sbin", "lib", "lib64"):
+        keep.path(name)
+    for rel in COPY_TREES:
+        keep.tree(rel)
+    for dirpath, dirnames, filenames in os.walk(tree / libdir):
+        rel_dir = os.path.relpath(dirpath, tree)
+        top = os.path.relpath(dirpath, tree / libdir).split(os.sep)[0]
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if d != "__pycache__" and not (rel_dir == libdir and d.startswith(PY_TRIM))
+        ]
+        for name in filenames:
+            if rel_dir == libdir and name.startswith(PY_TRIM):
+                continue
+            if top == "lib-dynload" and name.startswith(DYNLOAD_SKIP):
+                continue
+            keep.path(f"{rel_dir}/{name}")
+    roots = [f"usr/bin/{python}", *ELF_ROOTS]
+    roots += [f"usr/lib/x86_64-linux-gnu/{lib}" for lib in CTYPES_LIBS]
+    roots += [rel for rel in keep.files if rel.endswith(".so")]
+    for root in roots:
+        keep.path(root)
+        for lib in _needed_libs(tree, "/" + root):
+            keep.path(lib)
+    keep.path("usr/bin/python3")
+    sftp = slim / "usr/lib/sftp-server"  # where dropbear looks for the SFTP subsystem
+    if not sftp.is_symlink():
         sftp.symlink_to("openssh/sftp-server")
-    init = tree / "init"
+
+
+class _Keep:
+    """Copies paths from `tree` to `slim`, following symlinks inside `tree` as the guest
+    would (an absolute link target is relative to the tree), keeping every link passed."""
+
+    def __init__(self, tree: Path, slim: Path) -> None:
+        self.src = tree
+        self.dst = slim
+        self.files: list[str] = []
+        self._done: set[str] = set()
+
+    def path(self, rel: str) -> None:
+        parts = rel.split("/")
+        current: list[str] = []
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                current = current[:-1]  # never above the tree's root, as in a chroot
+                continue
+            current.append(part)
+            here = "/".join(current)
+            src = self.src / here
+            if src.is_symlink():
+                hops += 1
+                if hops > 40:
+                    raise ImageError(f"guest image: symlink loop at /{here}")
+                target = os.readlink(src)
+                self._link(here, target)
+                base = [] if target.startswith("/") else current[:-1]
+                parts = [*base, *target.split("/"), *parts]
+                current = []
+        if current:
+            self._copy("/".join(current))
+
+    def tree(self, rel: str) -> None:
+        for dirpath, dirnames, filenames in os.walk(self.src / rel):
+            here = os.path.relpath(dirpath, self.src)
+            self._copy(here)  # empty directories too, with their modes
+            links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+            for name in [*filenames, *links]:
+                self.path(f"{here}/{name}")
+
+    def _link(self, rel: str, target: str) -> None:
+        if rel in self._done:
+            return
+        self._done.add(rel)
+        dst = self.dst / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(target)
+
+    def _copy(self, rel: str) -> None:
+        if rel in self._done:
+            return
+        self._done.add(rel)
+        src, dst = self.src / rel, self.dst / rel
+        if not src.exists():
+            return  # a link into what the guest makes at boot (/run, /proc)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            dst.mkdir(exist_ok=True)
+            shutil.copymode(src, dst)
+            return
+        shutil.copy2(src, dst)
+        self.files.append(rel)
+
+
+def _needed_libs(tree: Path, binary: str) -> list[str]:
+    """The shared libraries `binary` loads, as the tree's own dynamic loader resolves
+    them (never call this on a static executable: the loader crashes on those)."""
+    loader = "/usr/lib64/ld-linux-x86-64.so.2"
+    try:
+        proc = subprocess.run(
+            ["chroot", str(tree), loader, "--list", binary],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ImageError(f"guest image: listing the libraries of {binary}: {exc}") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+        why = " ".join(tail) or f"exit {proc.returncode}"
+        raise ImageError(f"guest image: listing the libraries of {binary}: {why}")
+    libs = []
+    for line in proc.stdout.splitlines():
+        if "not found" in line:
+            raise ImageError(f"guest image: {binary} needs a library the suite lacks: {line}")
+        words = line.split()
+        path = words[2] if len(words) >= 3 and words[1] == "=>" else words[0]
+        if path.startswith("/"):
+            libs.append(path.lstrip("/"))
+    return libs
+
+
+def _finish(slim: Path) -> None:
+    """Busybox applets for every command no real binary provides, /init, the validator
+    and its driver, and the stdlib compiled by the guest's python, sources dropped."""
+    applets = _run(["chroot", str(slim), "/usr/bin/busybox", "--list"], "busybox --list")
+    for applet in applets.split():
+        link = slim / "usr/bin" / applet
+        if (
+            not link.exists()
+            and not link.is_symlink()
+            and not (slim / "usr/sbin" / applet).exists()
+        ):
+            link.symlink_to("busybox")
+    init = slim / "init"
     init.write_text(init_script())
     init.chmod(0o755)
-    # Byte-compile with the guest's own interpreter so the .pyc magic matches it.
-    python = next(
-        (
-            p.name
-            for p in sorted((tree / "usr/bin").glob("python3.*"))
-            if p.name[7:].replace(".", "").isdigit()
-        ),
-        None,
-    )
-    if python is None:
-        raise ImageError("guest image: no python3.X interpreter after mmdebstrap")
+    for name in ("tmp", "run", "proc", "sys", "dev"):
+        (slim / name).mkdir(exist_ok=True)
+    python = _python_name(slim)
     libdir = f"/usr/lib/{python}"
-    vdir = tree / GUEST_VALIDATOR_DIR
+    vdir = slim / GUEST_VALIDATOR_DIR
     vdir.mkdir(parents=True, exist_ok=True)
-    (vdir / "validator.py").write_text(validator_source())
-    _run(
-        [
-            "chroot",
-            str(tree),
-            f"/usr/bin/{python}",
-            "-m",
-            "compileall",
-            "-q",
-            "-j",
-            "0",
-            libdir,
-            f"/{GUEST_VALIDATOR_DIR}",
-        ],
-        "byte-compiling the guest stdlib",
-    )
-    (tree / "etc/dropbear").mkdir(parents=True, exist_ok=True)
+    for name, text in guest_sources().items():
+        (vdir / name).write_text(text)
+    # Legacy-layout .pyc files beside no source: imported directly, half the bytes.
+    compile_cmd = [
+        "chroot",
+        str(slim),
+        f"/usr/bin/{python}",
+        "-B",
+        "-m",
+        "compileall",
+        "-q",
+    ]
+    _run([*compile_cmd, "-b", libdir], "byte-compiling the guest stdlib")
+    for path in (slim / libdir.lstrip("/")).rglob("*.py"):
+        path.unlink()
+    _run([*compile_cmd, f"/{GUEST_VALIDATOR_DIR}"], "byte-compiling the validator")
 
 
 def _host_key(tree: Path) -> str:

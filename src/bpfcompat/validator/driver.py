@@ -1,0 +1,55 @@
+"""Guest-side job driver, baked into the guest image beside the validator.
+
+Imports the validator once, then forks one child per job so a libbpf crash costs only
+that artifact. Each child's stdout/stderr go to files in its job dir; the driver's stdout
+carries only "start I" / "done I RC SECONDS" lines. A job over its timeout is killed
+(SIGKILL, so RC 137). Jobs arrive as JSON, never through a shell.
+Runs on the guest's python (3.9+), stdlib only.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import validator
+
+
+def run(job: dict) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for fd, name in ((1, "stdout"), (2, "stderr")):
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                out = os.open(os.path.join(job["dir"], name), flags)
+                os.dup2(out, fd)
+            code = validator.main(job["args"])
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+    signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
+    signal.alarm(max(1, int(job["timeout"])))
+    _, status = os.waitpid(pid, 0)
+    signal.alarm(0)
+    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def main(jobs_file: str) -> None:
+    with open(jobs_file) as fh:
+        jobs = json.load(fh)
+    for job in jobs:
+        print("start", job["index"], flush=True)
+        started = time.monotonic()
+        code = run(job)
+        print("done", job["index"], code, round(time.monotonic() - started, 3), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
