@@ -27,7 +27,14 @@ from bpfcompat.vm.qemu import BootSpec, QemuVM
 from bpfcompat.vm.ssh import GuestTransport, ParamikoTransport, RunKey
 
 GUEST_DIR = "/tmp/bpfc"
-BASE_CMDLINE = "console=ttyS0 panic=-1 oops=panic quiet random.trust_cpu=on"
+# Boot-time costs paid in emulated CPU, cut where nothing BPF sees changes:
+# acpi=noirq routes PCI interrupts from the firmware's table instead of running ACPI byte
+# code (0.13 s when the NIC driver loads); init_on_alloc=0 stops zeroing every page
+# before it is written anyway (0.1 s while the initramfs unpacks). A throwaway test VM
+# needs neither hardening default.
+BASE_CMDLINE = (
+    "console=ttyS0 panic=-1 oops=panic quiet random.trust_cpu=on acpi=noirq init_on_alloc=0"
+)
 KILLED = 128 + 9
 
 

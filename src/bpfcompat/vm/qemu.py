@@ -187,7 +187,7 @@ class QemuVM:
             if READY_MARKER in self.console():
                 self.ready_at = time.monotonic()
                 return self.ready_at - self.started_at
-            time.sleep(0.1)
+            time.sleep(0.02)
         raise VMError(
             f"guest not ready after {timeout:.0f} s; console tail: "
             + (self.console_tail(3).replace("\n", " | ") or "(empty)")
