@@ -52,6 +52,11 @@ def test_embedded_matrix_loads() -> None:
         ("kernels:\n  - id: BAD ID\n    suite: x1\n    package: p1\n", "kernels[0] (BAD ID).id:"),
         ("kernels:" + GOOD_KERNEL + '    cmdline: "a\' b"\n', "cmdline: may not contain quotes"),
         ("kernels: [\n", "malformed YAML at line"),
+        (
+            "kernels:" + GOOD_KERNEL + "    memory_mb: 512\n    memory_mb: 1024\n",
+            "line 6, column 5: duplicate key 'memory_mb'",
+        ),
+        ("guest_suite: trixie\nguest_suite: sid\nkernels:" + GOOD_KERNEL, "duplicate key"),
         ("- just a list\n", "expected a mapping at the top level"),
     ],
 )
@@ -96,6 +101,7 @@ def test_unknown_kernel_id_selection() -> None:
             "functional_tests[0] (t).expect_exitcode: Extra inputs",
         ),
         ("probe_companions: []\n", "probe_companions: Extra inputs"),
+        ("maps: []\nmaps: []\n", "line 2, column 1: duplicate key 'maps'"),
         (
             "programs:\n  - name: p\n    attach: {required: maybe}\n",
             "programs[0] (p).attach.required",
@@ -105,6 +111,14 @@ def test_unknown_kernel_id_selection() -> None:
 def test_manifest_errors(tmp_path: Path, text: str, expected: str) -> None:
     message = error_of(load_manifest, write(tmp_path, "manifest.yaml", text))
     assert expected in message
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    """Only keys written twice are duplicates; overriding a `<<:` merged key is YAML's
+    intended use and stays legal."""
+    text = "maps:\n  - &m {name: a, max_entries: 4}\n  - <<: *m\n    name: b\n"
+    manifest = load_manifest(write(tmp_path, "manifest.yaml", text))
+    assert [(m.name, m.max_entries) for m in manifest.maps] == [("a", 4), ("b", 4)]
 
 
 def test_manifest_generates_contract_flags() -> None:
