@@ -43,9 +43,18 @@ functional_tests:
     command: "sh -c 'kill -SEGV $PPID; sleep 5'"
     timeout: 20s
 """
+# A manifest whose functional test makes the validator the guest kernel's OOM victim
+# (oom_score_adj 1000) and runs the real OOM killer (sysrq f): a SIGKILL the driver did
+# not send, which must be reported as what it is, not as a timeout.
+OOM_MANIFEST = """\
+functional_tests:
+  - name: oom-kill-the-validator
+    command: "sh -c 'echo 1000 > /proc/$PPID/oom_score_adj; echo f > /proc/sysrq-trigger; sleep 5'"
+    timeout: 20s
+"""
 # A manifest whose functional test plays a hostile guest: it replaces the validator's
 # result with JSON of the right top-level keys and wrong types, then kills the validator
-# (SIGTERM: the guest driver reads SIGKILL as its own timeout kill and discards the result)
+# (SIGTERM: a SIGKILL would be read as the OOM killer's, whose victim left no result)
 # so nothing overwrites it. The host must ingest it without a traceback.
 FORGED_RESULT = (
     '{"schema_version": 4, "status": ["pass"], "load": 5, "attach": "x", "functional": [],'
@@ -316,14 +325,21 @@ def generate(
     made.append(Hostile("symlink", links / "inside.bpf.o", "symlink within the input dir"))
 
     # Guest-side faults, in this order so the artifact right after each runs in the same
-    # boot: crash/a-segv, crash/b-after, crash/c-forged, crash/d-after.
-    for sub, manifest in (("a-segv", SEGV_MANIFEST), ("c-forged", FORGE_MANIFEST)):
+    # boot: crash/a-segv, crash/b-after, crash/c-forged, crash/d-after, crash/e-oom,
+    # crash/f-after.
+    for sub, manifest in (
+        ("a-segv", SEGV_MANIFEST),
+        ("c-forged", FORGE_MANIFEST),
+        ("e-oom", OOM_MANIFEST),
+    ):
         (out / "crash" / sub).mkdir(parents=True)
         (out / "crash" / sub / "manifest.yaml").write_text(manifest)
     put("crash", "a-segv/segv.bpf.o", base, "validator killed by SIGSEGV mid-run")
     put("crash", "b-after/after-segv.bpf.o", base, "a normal artifact right after the crash")
     put("crash", "c-forged/forged-result.bpf.o", base, "a guest that forges result.json")
     put("crash", "d-after/after-forged.bpf.o", base, "a normal artifact after the forgery")
+    put("crash", "e-oom/oom.bpf.o", base, "validator killed by the guest's OOM killer")
+    put("crash", "f-after/after-oom.bpf.o", base, "a normal artifact after the OOM kill")
     return made
 
 

@@ -509,6 +509,20 @@ def test_stored_rows_without_a_usable_result() -> None:
     assert classify(Stored(None, signal=11)).code == "INFRA_ERROR"
 
 
+def test_an_oom_kill_quotes_the_kernel_and_points_at_memory() -> None:
+    # The line as a 6.1 guest printed it in tests/test_hostile.py's OOM case.
+    line = (
+        "[    5.246816] Out of memory: Killed process 106 (python3) total-vm:42568kB, "
+        "anon-rss:29260kB, file-rss:4kB, shmem-rss:6872kB, UID:0 pgtables:120kB oom_score_adj:1000"
+    )
+    oom = classify(Stored(None, signal=9, infra_error=f"validator killed by SIGKILL: {line}"))
+    assert (oom.status, oom.code, oom.confidence) == ("error", "INFRA_ERROR", "high")
+    assert oom.evidence is not None and oom.evidence.startswith("Out of memory: Killed process 106")
+    assert oom.remediation is not None and "memory_mb" in oom.remediation
+    plain = classify(Stored(None, signal=9, infra_error="validator killed by SIGKILL"))
+    assert plain.evidence == "validator killed by signal 9"
+
+
 # --- the rule table and its generated documentation ---------------------------------------
 
 

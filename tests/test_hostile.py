@@ -74,9 +74,14 @@ def hostile_run(built_examples: Path, tmp_path_factory: pytest.TempPathFactory) 
     cells = {c["artifact"]: c for c in export["cells"]}
     conn = sqlite3.connect(db)
     raw = {
-        artifact: {"signal": sig, "exit_code": code, "result": json.loads(text) if text else None}
-        for artifact, sig, code, text in conn.execute(
-            "select c.artifact, v.signal, v.exit_code, v.raw_json from cell c "
+        artifact: {
+            "signal": sig,
+            "exit_code": code,
+            "infra_error": infra,
+            "result": json.loads(text) if text else None,
+        }
+        for artifact, sig, code, infra, text in conn.execute(
+            "select c.artifact, v.signal, v.exit_code, v.infra_error, v.raw_json from cell c "
             "left join validatorresult v on v.id = c.result_id"
         )
     }
@@ -129,8 +134,10 @@ def test_run_completes_without_a_traceback(hostile_run: dict[str, Any]) -> None:
     assert proc.returncode == 1  # invalid inputs were given: exit 1, every cell still stored
     kernel = export["kernels"][0]
     assert kernel["status"] == "ok", kernel
-    # One boot for everything: crashes, forgeries and the 2000-program object included.
-    assert kernel["boots"] == 1, kernel
+    # One boot for everything (crashes, forgeries, the 2000-program object), plus one
+    # each for the OOM kill and its retry: an infra error reboots before the next cell,
+    # since the OOM killer may have taken more than the validator.
+    assert kernel["boots"] == 3, kernel
     assert hostile_run["summary"]["run_seconds"] < 600
 
 
@@ -214,8 +221,22 @@ def test_a_crashed_validator_costs_only_its_artifact(hostile_run: dict[str, Any]
     assert raw["forged-result"]["signal"] == 15
     assert raw["forged-result"]["result"]["load"] == 5  # the forgery is what was stored
     assert cells["forged-result"]["status"] in ("fail", "error")
-    for after in ("after-segv", "after-forged"):
+    for after in ("after-segv", "after-forged", "after-oom"):
         assert (cells[after]["status"], cells[after]["code"]) == ("pass", None), cells[after]
+
+
+def test_an_oom_killed_validator_is_reported_as_oom_not_timeout(
+    hostile_run: dict[str, Any],
+) -> None:
+    """A SIGKILL the driver did not send (the guest's OOM killer) is an inconclusive cell
+    quoting the kernel's own line, in seconds rather than after the job timeout."""
+    cell, raw = hostile_run["cells"]["oom"], hostile_run["raw"]["oom"]
+    assert raw["signal"] == 9 and raw["exit_code"] == 137, raw
+    assert (cell["status"], cell["code"]) == ("error", "INFRA_ERROR"), cell
+    assert cell["evidence"].startswith("Out of memory: Killed process"), cell["evidence"]
+    assert "(python3" in cell["evidence"], cell["evidence"]
+    assert "memory_mb" in cell["remediation"]
+    assert "timeout" not in (raw["infra_error"] or ""), raw
 
 
 def test_thousands_of_programs_load_and_the_attach_limit_is_reported(

@@ -1271,6 +1271,9 @@ _PANIC = re.compile(r"Kernel panic|BUG: |Oops|general protection fault|watchdog:
                     r"Call Trace:")  # fmt: skip
 
 
+_OOM = re.compile(r"(?:Memory cgroup )?[Oo]ut of memory: Kill(?:ed)? process.*")
+
+
 def classify(stored: Any, *, artifact_problem: str | None = None, release: str = "") -> Verdict:
     """Verdict for a stored ValidatorResult (duck-typed so reclassify needs no VM)."""
     crash_rule, infra_rule, signal_rule = OUTCOME_RULES[:3]
@@ -1282,6 +1285,12 @@ def classify(stored: Any, *, artifact_problem: str | None = None, release: str =
                        crash_rule.remediation, crash_rule.name)  # fmt: skip
     if stored.signal:
         why = f"validator killed by signal {stored.signal}"
+        oom = _OOM.search(str(getattr(stored, "infra_error", "") or ""))
+        if stored.signal == 9 and oom:
+            return Verdict("error", "INFRA_ERROR", "high", "infra", None, oom.group()[:1000],
+                           "Give this kernel more memory (memory_mb in kernels.yaml): the "
+                           "validator ran the guest out of memory.", infra_rule.name,
+                           "validator killed by the guest kernel's OOM killer")  # fmt: skip
         if artifact_problem:
             return Verdict("fail", "INVALID_ARTIFACT", "medium", "open", None, artifact_problem,
                            signal_rule.remediation, signal_rule.name, why)  # fmt: skip

@@ -204,12 +204,13 @@ class GuestSession:
                 if len(parts) == 2 and parts[0] == "start" and parts[1].isdigit():
                     current, started = int(parts[1]), time.monotonic()
                     on_start(current)
-                elif len(parts) == 4 and parts[0] == "done" and parts[1].isdigit():
-                    index, code = int(parts[1]), int(parts[2])
+                elif len(parts) == 5 and parts[0] == "done" and parts[1].isdigit():
+                    index, code, timed_out = int(parts[1]), int(parts[2]), parts[4] == "timeout"
                     current = None
                     if index in remaining:
                         remaining.remove(index)
-                    outcome = self._collect(index, code, time.monotonic() - started)
+                    seconds = time.monotonic() - started
+                    outcome = self._collect(index, code, seconds, timed_out=timed_out)
                     if outcome.infra_error is not None:
                         self.shutdown()  # a hung validator: start clean for the rest
                         yield index, outcome
@@ -240,12 +241,14 @@ class GuestSession:
     def _failed(self, message: str, started: float, *, crash: bool, tail: str | None) -> RawOutcome:
         return RawOutcome(None, None, None, None, message, crash, tail, time.monotonic() - started)
 
-    def _collect(self, index: int, exit_code: int, seconds: float) -> RawOutcome:
-        transport = self.transport
-        assert transport is not None
+    def _collect(
+        self, index: int, exit_code: int, seconds: float, *, timed_out: bool
+    ) -> RawOutcome:
+        transport, vm = self.transport, self.vm
+        assert transport is not None and vm is not None
         cell_dir = f"{GUEST_DIR}/a/{index}"
         signal = exit_code - 128 if exit_code > 128 else None
-        if exit_code == KILLED:
+        if timed_out:
             return RawOutcome(
                 None,
                 None,
@@ -255,6 +258,14 @@ class GuestSession:
                 False,
                 None,
                 seconds,
+            )
+        if exit_code == KILLED:
+            # Not our timeout: in practice the kernel's OOM killer, which says so on the
+            # console. Inconclusive, and the guest is rebooted before the next artifact.
+            oom = vm.oom_line()
+            why = f"validator killed by SIGKILL: {oom}" if oom else "validator killed by SIGKILL"
+            return RawOutcome(
+                None, None, exit_code, 9, why, False, vm.console_tail() if oom else None, seconds
             )
         try:
             raw = transport.get_bytes(f"{cell_dir}/result.json").decode("utf-8", "replace")

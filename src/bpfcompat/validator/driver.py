@@ -2,8 +2,10 @@
 
 Imports the validator once, then forks one child per job so a libbpf crash costs only
 that artifact. Each child's stdout/stderr go to files in its job dir; the driver's stdout
-carries only "start I" / "done I RC SECONDS" lines. A job over its timeout is killed
-(SIGKILL, so RC 137). Jobs arrive as JSON, never through a shell.
+carries only "start I" / "done I RC SECONDS HOW" lines, HOW being "timeout" when the
+driver killed a job over its timeout (SIGKILL, RC 137) and "exit" otherwise, so another
+SIGKILL (the kernel's OOM killer) is not mistaken for a timeout. Jobs arrive as JSON,
+never through a shell.
 Runs on the guest's python (3.9+), stdlib only.
 """
 
@@ -17,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import validator
 
 
-def run(job: dict) -> int:
+def run(job: dict) -> tuple:
     pid = os.fork()
     if pid == 0:
         try:
@@ -34,11 +36,18 @@ def run(job: dict) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code if isinstance(code, int) else 1)
-    signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
+    timed_out = []
+
+    def kill(*_: object) -> None:
+        timed_out.append(True)
+        os.kill(pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGALRM, kill)
     signal.alarm(max(1, int(job["timeout"])))
     _, status = os.waitpid(pid, 0)
     signal.alarm(0)
-    return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    return code, "timeout" if timed_out else "exit"
 
 
 def main(jobs_file: str) -> None:
@@ -47,8 +56,8 @@ def main(jobs_file: str) -> None:
     for job in jobs:
         print("start", job["index"], flush=True)
         started = time.monotonic()
-        code = run(job)
-        print("done", job["index"], code, round(time.monotonic() - started, 3), flush=True)
+        code, how = run(job)
+        print("done", job["index"], code, round(time.monotonic() - started, 3), how, flush=True)
 
 
 if __name__ == "__main__":

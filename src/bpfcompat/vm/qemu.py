@@ -27,6 +27,9 @@ CRASH_PATTERNS = re.compile(
     r"Kernel panic - not syncing|BUG: kernel NULL pointer|BUG: unable to handle|"
     r"general protection fault|Oops: |kernel BUG at|sysrq: Trigger a crash"
 )
+# mm/oom_kill.c: "Out of memory: Killed process %d (%s) total-vm:..." (older kernels:
+# "Out of memory: Kill process"; memory cgroups: "Memory cgroup out of memory: ...").
+OOM_KILL = re.compile(r"[Oo]ut of memory: Kill(?:ed)? process")
 QEMU_BINARY = "qemu-system-x86_64"
 
 
@@ -156,6 +159,11 @@ class QemuVM:
         start = text.rfind("\n", 0, match.start()) + 1
         end = text.find("\n", match.end())
         return text[start : end if end >= 0 else len(text)].strip()
+
+    def oom_line(self) -> str | None:
+        """The console's last OOM-killer report ("Out of memory: Killed process ...")."""
+        lines = [ln.strip() for ln in self.console().splitlines() if OOM_KILL.search(ln)]
+        return lines[-1][:500] if lines else None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
