@@ -209,7 +209,12 @@ class GuestSession:
                     current = None
                     if index in remaining:
                         remaining.remove(index)
-                    seconds = time.monotonic() - started
+                    # The guest's own clock: by the time the host reads a "start" line
+                    # the job may be over (the host was collecting the previous one).
+                    try:
+                        seconds = float(parts[3])
+                    except ValueError:
+                        seconds = time.monotonic() - started
                     outcome = self._collect(index, code, seconds, timed_out=timed_out)
                     if outcome.infra_error is not None:
                         self.shutdown()  # a hung validator: start clean for the rest
