@@ -153,17 +153,17 @@ class GuestSession:
             if boot_per_artifact:
                 self.shutdown()
 
-    def _stage(self, artifact: Artifact, cell_dir: str) -> tuple[list[str], float]:
-        """Upload one artifact's inputs; return its validator arguments and timeout."""
-        transport = self.transport
-        assert transport is not None
+    def _stage(
+        self, artifact: Artifact, cell_dir: str, files: dict[str, bytes]
+    ) -> tuple[list[str], float]:
+        """Add one artifact's input files to `files` (guest path -> bytes); return its
+        validator arguments and timeout."""
         # User-controlled names never reach a shell: files get index-based names and the
         # arguments travel as JSON.
-        transport.put_bytes(artifact.data, f"{cell_dir}/artifact.bpf.o")
+        files[f"{cell_dir}/artifact.bpf.o"] = artifact.data
         manifest = artifact.manifest
-        extra, files = manifest.validator_inputs(cell_dir)
-        for path, data in files.items():
-            transport.put_bytes(data, path)
+        extra, inputs = manifest.validator_inputs(cell_dir)
+        files.update(inputs)
         args = [
             "--artifact",
             f"{cell_dir}/artifact.bpf.o",
@@ -186,15 +186,16 @@ class GuestSession:
         try:
             transport, vm = self.transport, self.vm
             assert transport is not None and vm is not None
-            dirs = " ".join(f"{GUEST_DIR}/a/{index}" for index, _ in batch)  # ints only
-            transport.run(f"mkdir -p {dirs}", 30)
-            jobs, idle = [], 30.0
+            jobs, idle, files = [], 30.0, {}
             for index, artifact in batch:
                 cell_dir = f"{GUEST_DIR}/a/{index}"
-                args, timeout = self._stage(artifact, cell_dir)
+                args, timeout = self._stage(artifact, cell_dir, files)
                 jobs.append({"index": index, "dir": cell_dir, "args": args, "timeout": timeout})
                 idle = max(idle, timeout + 30)
-            transport.put_bytes(json.dumps(jobs).encode(), f"{GUEST_DIR}/jobs.json")
+            files[f"{GUEST_DIR}/jobs.json"] = json.dumps(jobs).encode()
+            prefix = f"{GUEST_DIR}/"
+            assert all(path.startswith(prefix) for path in files)
+            transport.put_files({p.removeprefix(prefix): d for p, d in files.items()}, GUEST_DIR)
             for line in transport.stream(
                 f"python3 /{GUEST_DRIVER} {GUEST_DIR}/jobs.json 2>{GUEST_DIR}/driver.err",
                 idle,

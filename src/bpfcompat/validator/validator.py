@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import errno
 import json
+import mmap
 import os
 import re
 import struct
@@ -1419,6 +1420,7 @@ class Validator:
         self.kernel_log: KernelLog | None = None
         self.bpftool_probe: dict[str, Any] | None = None  # parsed `bpftool feature probe -j`
         self._vbuf: Any = None
+        self._vbuf_map: Any = None
         self._old_print: int | None = None
         self.errors: list[dict[str, str]] = []
         self.warnings: list[dict[str, str]] = []
@@ -2059,7 +2061,11 @@ class Validator:
             has_buf = False
             if use_buf and index < len(progs):
                 if self._vbuf is None:
-                    self._vbuf = ctypes.create_string_buffer(VERIFIER_BUF_BYTES)
+                    # Anonymous mmap: zero pages on demand, so the 16 MiB buffer costs only
+                    # the pages the verifier writes; create_string_buffer would zero-fill
+                    # all 4096 pages in every validator process (slow under emulation).
+                    self._vbuf_map = mmap.mmap(-1, VERIFIER_BUF_BYTES)
+                    self._vbuf = (ctypes.c_char * VERIFIER_BUF_BYTES).from_buffer(self._vbuf_map)
                 self._vbuf[0] = b"\0"
                 has_buf = lib.set_log_buf(progs[index], self._vbuf, VERIFIER_BUF_BYTES)
             self.log.open_window()

@@ -7,6 +7,7 @@ pinned to the one made when the guest image was built.
 from __future__ import annotations
 
 import io
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +34,24 @@ SFTP_TIMEOUT_S = 60.0
 class GuestTransport(Protocol):
     def run(self, command: str, timeout: float) -> CommandResult: ...
     def stream(self, command: str, idle_timeout: float) -> Iterator[str]: ...
-    def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None: ...
+    def put_files(self, files: dict[str, bytes], root: str) -> None:
+        """Write many small files below `root` in one round trip: a tar stream into the
+        guest's `tar` (per-file SFTP costs four round trips each, every one of them a
+        wake-up of the emulated guest). Names are relative to `root` and never user input."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+        data = buffer.getvalue()
+        timeout = 60 + len(data) / 1e6  # a floor of 1 MB/s through the emulated NIC
+        result = self.run(f"mkdir -p {root} && tar -x -f - -C {root}", timeout, data)
+        if result.timed_out or result.exit_code != 0:
+            why = "timed out" if result.timed_out else f"exit {result.exit_code}"
+            detail = result.stderr.strip().splitlines()[-1:] or [""]
+            raise TransportError(f"{self.where}: tar upload to {root} failed ({why}) {detail[0]}")
+
     def get_bytes(self, remote: str) -> bytes: ...
     def close(self) -> None: ...
 
@@ -127,7 +145,7 @@ class ParamikoTransport:
                 raise TransportError(f"{self.where}: SFTP failed: {exc}") from None
         return self._sftp
 
-    def run(self, command: str, timeout: float) -> CommandResult:
+    def run(self, command: str, timeout: float, stdin: bytes | None = None) -> CommandResult:
         try:
             transport = self._client.get_transport()
             if transport is None or not transport.is_active():
@@ -135,6 +153,9 @@ class ParamikoTransport:
             chan = transport.open_session(timeout=10)
             chan.settimeout(timeout)
             chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin)
+                chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + timeout
             while True:
@@ -209,14 +230,23 @@ class ParamikoTransport:
         finally:
             chan.close()
 
-    def put_bytes(self, data: bytes, remote: str, mode: int = 0o644) -> None:
-        try:
-            sftp = self._sftp_client()
-            with sftp.open(remote, "wb") as fh:
-                fh.write(data)
-            sftp.chmod(remote, mode)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise TransportError(f"{self.where}: SFTP put {remote}: {exc}") from None
+    def put_files(self, files: dict[str, bytes], root: str) -> None:
+        """Write many small files below `root` in one round trip: a tar stream into the
+        guest's `tar` (per-file SFTP costs four round trips each, every one of them a
+        wake-up of the emulated guest). Names are relative to `root` and never user input."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+        data = buffer.getvalue()
+        timeout = 60 + len(data) / 1e6  # a floor of 1 MB/s through the emulated NIC
+        result = self.run(f"mkdir -p {root} && tar -x -f - -C {root}", timeout, data)
+        if result.timed_out or result.exit_code != 0:
+            why = "timed out" if result.timed_out else f"exit {result.exit_code}"
+            detail = result.stderr.strip().splitlines()[-1:] or [""]
+            raise TransportError(f"{self.where}: tar upload to {root} failed ({why}) {detail[0]}")
 
     def get_bytes(self, remote: str) -> bytes:
         try:
