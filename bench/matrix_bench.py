@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--kernel", action="append", help="limit to these kernel ids")
     parser.add_argument("--skip-per-cell", action="store_true", help="skip the slow per-cell run")
     parser.add_argument("--copies", type=int, default=9, help="artifacts for the marginal cost")
-    parser.add_argument("--boots", type=int, default=3, help="boots per kernel for the medians")
+    parser.add_argument("--boots", type=int, default=5, help="boots per kernel for the medians")
     args = parser.parse_args()
     matrix = load_kernel_matrix(default_kernels_file())
     kernels = matrix.select(args.kernel)
