@@ -32,26 +32,9 @@ SFTP_TIMEOUT_S = 60.0
 
 
 class GuestTransport(Protocol):
-    def run(self, command: str, timeout: float) -> CommandResult: ...
+    def run(self, command: str, timeout: float, stdin: bytes | None = None) -> CommandResult: ...
     def stream(self, command: str, idle_timeout: float) -> Iterator[str]: ...
-    def put_files(self, files: dict[str, bytes], root: str) -> None:
-        """Write many small files below `root` in one round trip: a tar stream into the
-        guest's `tar` (per-file SFTP costs four round trips each, every one of them a
-        wake-up of the emulated guest). Names are relative to `root` and never user input."""
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name, data in files.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-                tar.addfile(info, io.BytesIO(data))
-        data = buffer.getvalue()
-        timeout = 60 + len(data) / 1e6  # a floor of 1 MB/s through the emulated NIC
-        result = self.run(f"mkdir -p {root} && tar -x -f - -C {root}", timeout, data)
-        if result.timed_out or result.exit_code != 0:
-            why = "timed out" if result.timed_out else f"exit {result.exit_code}"
-            detail = result.stderr.strip().splitlines()[-1:] or [""]
-            raise TransportError(f"{self.where}: tar upload to {root} failed ({why}) {detail[0]}")
-
+    def put_files(self, files: dict[str, bytes], root: str) -> None: ...
     def get_bytes(self, remote: str) -> bytes: ...
     def close(self) -> None: ...
 
