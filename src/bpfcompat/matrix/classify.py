@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from bpfcompat.vm.qemu import OOM_KILL
+
 CLASSIFIER_VERSION = "2"
 
 # --- outcome codes ------------------------------------------------------------------------
@@ -1271,9 +1273,6 @@ _PANIC = re.compile(r"Kernel panic|BUG: |Oops|general protection fault|watchdog:
                     r"Call Trace:")  # fmt: skip
 
 
-_OOM = re.compile(r"(?:Memory cgroup )?[Oo]ut of memory: Kill(?:ed)? process.*")
-
-
 def classify(stored: Any, *, artifact_problem: str | None = None, release: str = "") -> Verdict:
     """Verdict for a stored ValidatorResult (duck-typed so reclassify needs no VM)."""
     crash_rule, infra_rule, signal_rule = OUTCOME_RULES[:3]
@@ -1285,7 +1284,7 @@ def classify(stored: Any, *, artifact_problem: str | None = None, release: str =
                        crash_rule.remediation, crash_rule.name)  # fmt: skip
     if stored.signal:
         why = f"validator killed by signal {stored.signal}"
-        oom = _OOM.search(str(getattr(stored, "infra_error", "") or ""))
+        oom = OOM_KILL.search(str(getattr(stored, "infra_error", "") or ""))
         if stored.signal == 9 and oom:
             return Verdict("error", "INFRA_ERROR", "high", "infra", None, oom.group()[:1000],
                            "Give this kernel more memory (memory_mb in kernels.yaml): the "

@@ -28,8 +28,9 @@ CRASH_PATTERNS = re.compile(
     r"general protection fault|Oops: |kernel BUG at|sysrq: Trigger a crash"
 )
 # mm/oom_kill.c: "Out of memory: Killed process %d (%s) total-vm:..." (older kernels:
-# "Out of memory: Kill process"; memory cgroups: "Memory cgroup out of memory: ...").
-OOM_KILL = re.compile(r"[Oo]ut of memory: Kill(?:ed)? process")
+# "Out of memory: Kill process"; memory cgroups: "Memory cgroup out of memory: ..."), to
+# the end of the line: the console watch finds it, the classifier quotes it.
+OOM_KILL = re.compile(r"(?:Memory cgroup )?[Oo]ut of memory: Kill(?:ed)? process.*")
 QEMU_BINARY = "qemu-system-x86_64"
 
 
