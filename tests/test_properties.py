@@ -496,15 +496,19 @@ HOSTILE_MANIFESTS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(HOSTILE_MANIFESTS))
-def test_hostile_manifest_is_one_config_error(scratch: Path, case: str) -> None:
-    text, expected = HOSTILE_MANIFESTS[case]
-    path = write_doc(scratch, "manifest.yaml", text)
+def assert_one_config_error(load: Callable[[Path], object], path: Path, expected: str) -> None:
+    """`load(path)` fails with one line that names the file and contains `expected`."""
     with pytest.raises(ConfigError) as info:
-        load_manifest(path)
+        load(path)
     message = str(info.value)
     assert len(message.splitlines()) == 1 and message.startswith(f"{path}: "), message
     assert expected in message, message
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_MANIFESTS))
+def test_hostile_manifest_is_one_config_error(scratch: Path, case: str) -> None:
+    text, expected = HOSTILE_MANIFESTS[case]
+    assert_one_config_error(load_manifest, write_doc(scratch, "manifest.yaml", text), expected)
 
 
 def test_billion_laughs_manifest_is_rejected_fast(scratch: Path) -> None:
@@ -544,12 +548,7 @@ HOSTILE_KERNELS = {
 @pytest.mark.parametrize("case", sorted(HOSTILE_KERNELS))
 def test_hostile_kernel_matrix_is_one_config_error(scratch: Path, case: str) -> None:
     text, expected = HOSTILE_KERNELS[case]
-    path = write_doc(scratch, "kernels.yaml", text)
-    with pytest.raises(ConfigError) as info:
-        load_kernel_matrix(path)
-    message = str(info.value)
-    assert len(message.splitlines()) == 1 and message.startswith(f"{path}: "), message
-    assert expected in message, message
+    assert_one_config_error(load_kernel_matrix, write_doc(scratch, "kernels.yaml", text), expected)
 
 
 @pytest.mark.parametrize(
