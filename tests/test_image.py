@@ -120,7 +120,7 @@ def test_image_python_runs_the_validator_from_byte_code(image_root: Path) -> Non
     script = (
         "import sys, ctypes, hashlib, socket, subprocess, json, argparse, shlex, signal;"
         f"sys.path.insert(0, '/{GUEST_VALIDATOR_DIR}');"
-        "import validator, driver;"
+        "import bpfcompat.validator.run as validator, bpfcompat.validator.driver;"
         "libbpf = ctypes.CDLL('libbpf.so.1'); ctypes.CDLL('libc.so.6');"
         "print('v', libbpf.libbpf_major_version(),"
         " hashlib.sha256(b'x').hexdigest()[:8], validator.__file__)"
@@ -132,4 +132,6 @@ def test_image_python_runs_the_validator_from_byte_code(image_root: Path) -> Non
     sources = list(stdlib.rglob("*.py"))
     assert sources == [], sources[:5]
     assert not list(stdlib.rglob("_ssl*.so")), "OpenSSL-backed modules should be left out"
-    assert (image_root / GUEST_VALIDATOR_DIR / "validator.py").is_file()  # for tracebacks
+    package = image_root / GUEST_VALIDATOR_DIR / "bpfcompat/validator"
+    assert (package / "run.py").is_file()  # sources kept for tracebacks
+    assert (package / "driver.py").is_file()

@@ -35,7 +35,8 @@ from bpfcompat.matrix.classify import (
 )
 from bpfcompat.matrix.config import KernelMatrix, Manifest, load_kernel_matrix, load_manifest
 from bpfcompat.matrix.plan import elf_problem
-from bpfcompat.validator import validator as guest_validator
+from bpfcompat.validator import args as guest_args
+from bpfcompat.validator import elf as guest_elf
 from conftest import EXAMPLES, ROOT
 
 RECORDED = ROOT / "tests" / "data" / "recorded"
@@ -293,7 +294,7 @@ def scratch() -> Iterator[Path]:
 def test_validator_elf_parser_never_raises(scratch: Path, data: bytes) -> None:
     path = scratch / "artifact.bpf.o"
     path.write_bytes(data)
-    info = guest_validator.inspect_elf(str(path))
+    info = guest_elf.inspect_elf(str(path))
     assert info["size"] == len(data)
     if info["elf_valid"]:
         assert info["elf_error"] is None and isinstance(info["sections"], list)
@@ -304,7 +305,7 @@ def test_validator_elf_parser_never_raises(scratch: Path, data: bytes) -> None:
 
 def test_validator_elf_parser_accepts_every_real_example() -> None:
     for obj in EXAMPLES.glob("*/*.bpf.o"):
-        info = guest_validator.inspect_elf(str(obj))
+        info = guest_elf.inspect_elf(str(obj))
         expected_invalid = elf_problem(obj.read_bytes()) is not None
         assert info["elf_valid"] is not expected_invalid, (obj.name, info["elf_error"])
 
@@ -569,9 +570,7 @@ def test_functional_commands_with_shell_metacharacters_are_accepted(
     manifest = load_manifest(write_doc(scratch, "manifest.yaml", doc))
     plan = manifest.functional_plan()
     assert plan is not None and plan["tests"][0]["command"] == command
-    assert guest_validator.parse_functional_plan(json.loads(json.dumps(plan)))[0]["command"] == (
-        command
-    )
+    assert guest_args.parse_functional_plan(json.loads(json.dumps(plan)))[0]["command"] == (command)
 
 
 def test_no_config_text_reaches_a_message_unescaped() -> None:

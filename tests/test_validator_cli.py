@@ -13,9 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from bpfcompat.validator import validator as v
+from bpfcompat.validator import (
+    VALIDATOR_VERSION,
+    args,
+    elf,
+    libbpf,
+    limits,
+    run,
+    system,
+    tables,
+    util,
+)
+from bpfcompat.validator import log as vlog
 
-VALIDATOR = Path(v.__file__)
+PACKAGE = Path(run.__file__).parent
 CONTRACT_FLAGS = (
     "--artifact",
     "--out",
@@ -40,7 +51,7 @@ def artifact(tmp_path: Path) -> Path:
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = v.main(argv)
+    code = run.main(argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -59,7 +70,7 @@ def test_help_lists_every_contract_flag(capsys: pytest.CaptureFixture[str]) -> N
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(["--version"], capsys)
     assert code == 0
-    assert out.strip() == f"bpfcompat-validator {v.VALIDATOR_VERSION}"
+    assert out.strip() == f"bpfcompat-validator {VALIDATOR_VERSION}"
 
 
 @pytest.mark.parametrize(
@@ -127,7 +138,8 @@ def test_usage_error_as_a_process_has_no_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
-            str(VALIDATOR),
+            "-m",
+            "bpfcompat.validator",
             "--artifact",
             "x",
             "--out",
@@ -148,7 +160,7 @@ def test_usage_error_as_a_process_has_no_traceback(tmp_path: Path) -> None:
 
 def test_module_entry_point_help() -> None:
     """``python3 -m bpfcompat.validator --help`` works with only src on the path."""
-    src = VALIDATOR.parents[2]
+    src = PACKAGE.parents[1]
     proc = subprocess.run(
         [sys.executable, "-m", "bpfcompat.validator", "--help"],
         capture_output=True,
@@ -169,14 +181,14 @@ def test_module_entry_point_help() -> None:
     [("true", True), ("1", True), ("yes", True), ("FALSE", False), ("0", False), ("no", False)],
 )
 def test_parse_bool(text: str, value: bool) -> None:
-    assert v.parse_bool(text) is value
+    assert args.parse_bool(text) is value
 
 
 def test_parse_map_fixups() -> None:
-    assert v.parse_map_max_entries("auxiliary_maps=cpus") == ("auxiliary_maps", "cpus")
-    assert v.parse_map_max_entries("m=CPUS") == ("m", "cpus")
-    assert v.parse_map_max_entries("m=0064") == ("m", "64")
-    assert v.parse_inner_ringbuf("ringbuf_maps=8388608") == ("ringbuf_maps", 8388608)
+    assert args.parse_map_max_entries("auxiliary_maps=cpus") == ("auxiliary_maps", "cpus")
+    assert args.parse_map_max_entries("m=CPUS") == ("m", "cpus")
+    assert args.parse_map_max_entries("m=0064") == ("m", "64")
+    assert args.parse_inner_ringbuf("ringbuf_maps=8388608") == ("ringbuf_maps", 8388608)
 
 
 @pytest.mark.parametrize(
@@ -204,12 +216,12 @@ def test_parse_map_fixups() -> None:
     ],
 )
 def test_helper_names(name: str, helper_id: int) -> None:
-    assert v.helper_id_from_name(name) == helper_id
+    assert tables.helper_id_from_name(name) == helper_id
 
 
 @pytest.mark.parametrize("name", ["bpf_no_such_helper", "", "bpf_unspec", "181"])
 def test_unknown_helper_names(name: str) -> None:
-    assert v.helper_id_from_name(name) is None
+    assert tables.helper_id_from_name(name) is None
 
 
 def test_helper_table_matches_uapi_header() -> None:
@@ -222,31 +234,31 @@ def test_helper_table_matches_uapi_header() -> None:
     names = re.findall(r"FN\((\w+)", body)
     names = [n for n in names if n != "x"]  # 6.2+ headers: FN(x, ...) wrapper lines
     assert len(names) > 150
-    assert list(v.HELPER_NAMES[: len(names)]) == names
+    assert list(tables.HELPER_NAMES[: len(names)]) == names
 
 
 def test_resolve_helper_numeric_and_fallback() -> None:
-    assert v.resolve_helper("181") == ("bpf_loop", 181)
-    assert v.resolve_helper("0") == (None, 0)
-    assert v.resolve_helper("bpf_loop") == ("bpf_loop", 181)
+    assert args.resolve_helper("181") == ("bpf_loop", 181)
+    assert args.resolve_helper("0") == (None, 0)
+    assert args.resolve_helper("bpf_loop") == ("bpf_loop", 181)
     with pytest.raises(ValueError, match="unknown helper"):
-        v.resolve_helper("bpf_nope")
+        args.resolve_helper("bpf_nope")
 
 
 def test_parse_prog_variants() -> None:
-    group = v.parse_prog_variants("recvmmsg_x=recvmmsg_x:bpf_loop,mid:113,recvmmsg_old_x")
+    group = args.parse_prog_variants("recvmmsg_x=recvmmsg_x:bpf_loop,mid:113,recvmmsg_old_x")
     assert group["group"] == "recvmmsg_x"
     assert group["variants"] == [
         {"program": "recvmmsg_x", "helper": "bpf_loop", "helper_id": 181},
         {"program": "mid", "helper": "bpf_probe_read_kernel", "helper_id": 113},
         {"program": "recvmmsg_old_x", "helper": None, "helper_id": 0},
     ]
-    explicit = v.parse_prog_variants("g=a:181,b:0")
+    explicit = args.parse_prog_variants("g=a:181,b:0")
     assert explicit["variants"][1] == {"program": "b", "helper": None, "helper_id": 0}
 
 
 def test_config_merges_fixups_per_map(artifact: Path, tmp_path: Path) -> None:
-    config = v.parse_args(
+    config = args.parse_args(
         [
             "--artifact",
             str(artifact),
@@ -287,7 +299,7 @@ def test_manifest_programs(tmp_path: Path) -> None:
             }
         )
     )
-    assert v.load_manifest(str(path)) == [
+    assert args.load_manifest(str(path)) == [
         {"name": "a", "attach_required": True},
         {"name": "b", "attach_required": False},
         {"name": "c", "attach_required": False},
@@ -307,12 +319,12 @@ def test_manifest_programs(tmp_path: Path) -> None:
 def test_bad_manifest_is_a_usage_error(tmp_path: Path, content: str) -> None:
     path = tmp_path / "m.json"
     path.write_text(content)
-    with pytest.raises(v.UsageError, match="--manifest"):
-        v.load_manifest(str(path))
+    with pytest.raises(args.UsageError, match="--manifest"):
+        args.load_manifest(str(path))
 
 
 def test_plan_defaults() -> None:
-    tests = v.parse_functional_plan({"tests": [{"name": "t", "command": "true"}]})
+    tests = args.parse_functional_plan({"tests": [{"name": "t", "command": "true"}]})
     assert tests == [
         {
             "name": "t",
@@ -336,7 +348,7 @@ def test_plan_full_entry() -> None:
         "expect_stdout_contains": "x",
         "expect_stderr_contains": None,
     }
-    (parsed,) = v.parse_functional_plan({"tests": [entry]})
+    (parsed,) = args.parse_functional_plan({"tests": [entry]})
     assert parsed == {**entry, "timeout_seconds": 5.0}
 
 
@@ -361,15 +373,15 @@ def test_plan_full_entry() -> None:
 )
 def test_plan_is_strict(plan: object, needle: str) -> None:
     with pytest.raises(ValueError, match=re.escape(needle)):
-        v.parse_functional_plan(plan)
+        args.parse_functional_plan(plan)
 
 
 def test_unreadable_plan_becomes_an_error_not_an_exception(tmp_path: Path) -> None:
     bad = tmp_path / "plan.json"
     bad.write_text("{not json")
-    tests, error = v.load_functional_plan(str(bad))
+    tests, error = args.load_functional_plan(str(bad))
     assert tests == [] and error and "invalid functional plan" in error
-    tests, error = v.load_functional_plan(str(tmp_path / "absent.json"))
+    tests, error = args.load_functional_plan(str(tmp_path / "absent.json"))
     assert tests == [] and error and "cannot read" in error
 
 
@@ -404,7 +416,7 @@ def make_elf(sections: list[tuple[str, bytes]], machine: int = 247) -> bytes:
 def test_inspect_elf_finds_btf_sections(tmp_path: Path) -> None:
     path = tmp_path / "ok.o"
     path.write_bytes(make_elf([("license", b"GPL\0"), (".BTF", b"\0" * 24), (".BTF.ext", b"x")]))
-    info = v.inspect_elf(str(path))
+    info = elf.inspect_elf(str(path))
     assert info["elf_valid"] is True, info["elf_error"]
     assert info["has_btf"] is True and info["has_btf_ext"] is True
     assert info["sections"] == ["license", ".BTF", ".BTF.ext", ".shstrtab"]
@@ -413,7 +425,7 @@ def test_inspect_elf_finds_btf_sections(tmp_path: Path) -> None:
 def test_inspect_elf_without_btf(tmp_path: Path) -> None:
     path = tmp_path / "nobtf.o"
     path.write_bytes(make_elf([("license", b"GPL\0")]))
-    info = v.inspect_elf(str(path))
+    info = elf.inspect_elf(str(path))
     assert info["elf_valid"] is True
     assert info["has_btf"] is False and info["has_btf_ext"] is False
 
@@ -436,7 +448,7 @@ def test_inspect_elf_rejects_corrupt_files(
 ) -> None:
     path = tmp_path / "bad.o"
     path.write_bytes(mangle(make_elf([("license", b"GPL\0"), (".BTF", b"\0" * 24)])))
-    info = v.inspect_elf(str(path))
+    info = elf.inspect_elf(str(path))
     assert info["elf_valid"] is False
     assert needle in info["elf_error"]
 
@@ -447,7 +459,7 @@ def test_inspect_elf_section_beyond_eof(tmp_path: Path) -> None:
     struct.pack_into("<Q", data, shoff + 64 + 32, 1 << 20)  # section 1's sh_size
     path = tmp_path / "bad.o"
     path.write_bytes(bytes(data))
-    info = v.inspect_elf(str(path))
+    info = elf.inspect_elf(str(path))
     assert info["elf_valid"] is False
     assert "extends beyond the end" in info["elf_error"]
 
@@ -460,7 +472,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def program_section(example: str, section: str) -> bytes:
     """One section's bytes from a committed example object, found by the validator's ELF reader."""
     data = (EXAMPLES / example / f"{example}.bpf.o").read_bytes()
-    for name, _type, offset, size in v.elf_sections(data):
+    for name, _type, offset, size in elf.elf_sections(data):
         if name == section:
             return data[offset : offset + size]
     raise AssertionError(f"{example} has no section {section!r}")
@@ -474,12 +486,12 @@ def test_decode_calls_on_real_objects() -> None:
     tp = "tracepoint/syscalls/sys_enter_execve"
     text = program_section("helper-not-allowed", tp)
     assert len(text) % 8 == 0
-    assert v.decode_calls(text) == ([26], [])  # bpf_skb_load_bytes, nothing else
+    assert elf.decode_calls(text) == ([26], [])  # bpf_skb_load_bytes, nothing else
     # loop_x and loop_old_x share the section: get_current_pid_tgid, loop, map_update_elem
-    assert v.decode_calls(program_section("program-variants", tp)) == ([14, 181, 2], [])
-    assert v.decode_calls(program_section("simple-pass", tp)) == ([], [])
-    assert v.helper_entry_name(181) == "bpf_loop"
-    assert v.helper_entry_name(0) is None and v.helper_entry_name(4096) is None
+    assert elf.decode_calls(program_section("program-variants", tp)) == ([14, 181, 2], [])
+    assert elf.decode_calls(program_section("simple-pass", tp)) == ([], [])
+    assert tables.helper_entry_name(181) == "bpf_loop"
+    assert tables.helper_entry_name(0) is None and tables.helper_entry_name(4096) is None
 
 
 def test_decode_calls_tells_helpers_subprograms_and_kfuncs_apart() -> None:
@@ -496,7 +508,7 @@ def test_decode_calls_tells_helpers_subprograms_and_kfuncs_apart() -> None:
             insn(0x85, imm=6)[:7],  # a torn trailing instruction is ignored
         ]
     )
-    assert v.decode_calls(raw) == ([14, 181], [65900])
+    assert elf.decode_calls(raw) == ([14, 181], [65900])
 
 
 # --- kernel log -------------------------------------------------------------------------------
@@ -514,19 +526,19 @@ def test_lockdown_denials_are_filtered_deduplicated_and_bounded() -> None:
         line,
         old,
     ]
-    assert v.lockdown_denials(messages) == [line, old]
+    assert system.lockdown_denials(messages) == [line, old]
     many = [
         f"Lockdown: p{i}: use of tracefs is restricted; see man kernel_lockdown.7"
         for i in range(99)
     ]
-    assert len(v.lockdown_denials(many)) == v.LOCKDOWN_DENIALS_MAX
+    assert len(system.lockdown_denials(many)) == limits.LOCKDOWN_DENIALS_MAX
 
 
 def test_unreadable_kernel_log_is_an_error_not_an_exception(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(v, "KMSG_PATH", str(tmp_path / "no-kmsg"))
-    watch = v.KernelLog()
+    monkeypatch.setattr(system, "KMSG_PATH", str(tmp_path / "no-kmsg"))
+    watch = system.KernelLog()
     assert watch.fd is None
     assert watch.error and "no-kmsg" in watch.error
     assert watch.messages() == []
@@ -537,19 +549,19 @@ def test_unreadable_kernel_log_is_an_error_not_an_exception(
 
 def test_tail_text_keeps_whole_lines() -> None:
     text = "".join(f"line {i}\n" for i in range(1000))
-    tail = v.tail_text(text, 100)
+    tail = util.tail_text(text, 100)
     assert len(tail) <= 100
     assert tail.startswith("line ") and tail.endswith("line 999\n")
-    assert v.tail_text("short\n", 100) == "short\n"
+    assert util.tail_text("short\n", 100) == "short\n"
 
 
 def test_extract_verifier_log_both_libbpf_generations() -> None:
     log = "0: (b7) r0 = 0\nR0 !read_ok\n"
     new = f"libbpf: prog 'p': -- BEGIN PROG LOAD LOG --\n{log}-- END PROG LOAD LOG --\n"
-    assert v.extract_verifier_log(new) == log
+    assert vlog.extract_verifier_log(new) == log
     old = f"libbpf: -- BEGIN DUMP LOG ---\nlibbpf: \n{log}\nlibbpf: -- END LOG --\n"
-    assert v.extract_verifier_log(old) == log
-    assert v.extract_verifier_log("libbpf: nothing here\n") == ""
+    assert vlog.extract_verifier_log(old) == log
+    assert vlog.extract_verifier_log("libbpf: nothing here\n") == ""
 
 
 def test_warnings_of_skips_verifier_dumps() -> None:
@@ -562,14 +574,14 @@ def test_warnings_of_skips_verifier_dumps() -> None:
         (0, "libbpf: -- END LOG --\n"),
         (0, "libbpf: failed to load object 'x'\n"),
     ]
-    assert v.warnings_of(window) == [
+    assert vlog.warnings_of(window) == [
         "prog 'p': BPF program load failed: Permission denied",
         "failed to load object 'x'",
     ]
 
 
 def test_log_collector_is_bounded_and_windows_nest() -> None:
-    log = v.LibbpfLog(cap=1000)
+    log = vlog.LibbpfLog(cap=1000)
     log.open_window()
     log.add(0, "libbpf: outer\n")
     log.open_window()
@@ -582,43 +594,47 @@ def test_log_collector_is_bounded_and_windows_nest() -> None:
     assert rendered.count("debug: libbpf: message") < 60  # ~1000 chars of 19-char messages
     assert "earlier messages dropped" in rendered
     assert rendered.endswith("debug: libbpf: message 99\n")
-    huge = "x" * (v.LOG_MESSAGE_CHARS * 2)
-    log = v.LibbpfLog()
+    huge = "x" * (limits.LOG_MESSAGE_CHARS * 2)
+    log = vlog.LibbpfLog()
     log.add(0, huge)
     assert "characters elided" in log.render()
 
 
 def test_error_names() -> None:
-    assert v.errno_name(22) == "EINVAL"
-    assert v.errno_name(95) == "EOPNOTSUPP"
-    assert v.errno_name(524) == "ENOTSUPP"
-    assert v.errno_name(4007) == "LIBBPF_ERRNO__VERIFY"
-    assert v.errno_name(0) is None
-    assert v.error_text(4001) == "BPF object format invalid"
-    assert v.errno_from_text("Permission denied") == 13
+    assert tables.errno_name(22) == "EINVAL"
+    assert tables.errno_name(95) == "EOPNOTSUPP"
+    assert tables.errno_name(524) == "ENOTSUPP"
+    assert tables.errno_name(4007) == "LIBBPF_ERRNO__VERIFY"
+    assert tables.errno_name(0) is None
+    assert tables.error_text(4001) == "BPF object format invalid"
+    assert tables.errno_from_text("Permission denied") == 13
 
 
 def test_pointer_results_decode_err_ptr() -> None:
     """libbpf 0.x returns ERR_PTR(-errno); 1.x NULL + errno."""
-    span = v._PTR_SPAN
-    assert v._ptr_result(0x7F00_0000_1000) == (0x7F00_0000_1000, 0)
-    assert v._ptr_result(span - 22) == (None, -22)
+    span = libbpf._PTR_SPAN
+    assert libbpf._ptr_result(0x7F00_0000_1000) == (0x7F00_0000_1000, 0)
+    assert libbpf._ptr_result(span - 22) == (None, -22)
 
 
-def test_source_parses_as_python_3_9() -> None:
-    """The file runs in guests with Python 3.9+: no match statements and the like."""
-    source = VALIDATOR.read_text()
-    ast.parse(source, feature_version=(3, 9))
-    tree = ast.parse(source)
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "no relative imports in the guest validator"
-            imported.add((node.module or "").split(".")[0])
+def test_package_parses_as_python_3_9_and_imports_only_the_stdlib() -> None:
+    """The package runs in guests with Python 3.9+ and nothing but the standard library:
+    no match statements and the like, no import of anything outside the package."""
+    sources = sorted(PACKAGE.glob("*.py"))
+    assert len(sources) > 10
     allowed = sys.stdlib_module_names | {"__future__"}
-    assert imported <= allowed, imported - allowed
+    for path in sources:
+        source = path.read_text()
+        ast.parse(source, feature_version=(3, 9))
+        imported = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                imported.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add((node.module or "").split(".")[0])
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 1, f"{path.name}: imports from outside the package"
+        assert imported <= allowed, (path.name, imported - allowed)
 
 
 def test_missing_libbpf_still_writes_a_result(
@@ -628,7 +644,9 @@ def test_missing_libbpf_still_writes_a_result(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """No libbpf in the guest is an infrastructure error (exit 1), with a result to read."""
-    monkeypatch.setattr(v.Libbpf, "load", classmethod(lambda cls: (None, "libbpf not found: x")))
+    monkeypatch.setattr(
+        libbpf.Libbpf, "load", classmethod(lambda cls: (None, "libbpf not found: x"))
+    )
     out = tmp_path / "r.json"
     argv = ["--artifact", str(artifact), "--out", str(out), "--probe-features", "false"]
     code, _, _ = run_main(argv, capsys)

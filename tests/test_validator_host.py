@@ -23,7 +23,7 @@ pytestmark = pytest.mark.root
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-VALIDATOR = ROOT / "src" / "bpfcompat" / "validator" / "validator.py"
+VALIDATOR = [sys.executable, "-m", "bpfcompat.validator"]  # as the guests run it
 RUNTIME_FIXUPS = (
     "--set-map-max-entries",
     "auxiliary_maps=cpus",
@@ -96,9 +96,9 @@ def possible_cpus() -> int:
 def run_validator(
     tmp_path: Path, artifact: Path, *args: str, log_dir: bool = True
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """Run validator.py as the guests do and return the process and its parsed result."""
+    """Run the validator as the guests do and return the process and its parsed result."""
     out = tmp_path / "result.json"
-    cmd = [sys.executable, str(VALIDATOR), "--artifact", str(artifact), "--out", str(out)]
+    cmd = [*VALIDATOR, "--artifact", str(artifact), "--out", str(out)]
     if log_dir:
         cmd += ["--log-dir", str(tmp_path / "logs")]
     proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300)
@@ -421,8 +421,8 @@ def test_too_small_log_buffer_still_reports_real_errno(examples: Path, tmp_path:
     """ENOSPC from a full verifier buffer must not replace the kernel's EACCES."""
     out = tmp_path / "r.json"
     script = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import validator as v; "
-        "v.VERIFIER_BUF_BYTES = 256; sys.exit(v.main(sys.argv[2:]))"
+        "import sys; from bpfcompat.validator import probes, run; "
+        "probes.VERIFIER_BUF_BYTES = 256; sys.exit(run.main(sys.argv[1:]))"
     )
     artifact = example(examples, "verifier-oob")
     proc = subprocess.run(
@@ -430,7 +430,6 @@ def test_too_small_log_buffer_still_reports_real_errno(examples: Path, tmp_path:
             sys.executable,
             "-c",
             script,
-            str(VALIDATOR.parent),
             "--artifact",
             str(artifact),
             "--out",
@@ -644,14 +643,14 @@ def test_crashing_step_is_recorded_and_exits_1(
     """A bug in one step must not lose the result: errors[] plus exit 1 (inconclusive)."""
     out = tmp_path / "r.json"
     script = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import validator as v\n"
+        "import sys; from bpfcompat.validator import run\n"
         "def boom(self): raise RuntimeError('boom')\n"
-        "v.Validator.step_attach = boom\n"
-        "sys.exit(v.main(sys.argv[2:]))\n"
+        "run.Validator.step_attach = boom\n"
+        "sys.exit(run.main(sys.argv[1:]))\n"
     )
     artifact = example(examples, "simple-pass")
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(VALIDATOR.parent), "--artifact", str(artifact),
+        [sys.executable, "-c", script, "--artifact", str(artifact),
          "--out", str(out)],
         capture_output=True,
         text=True,

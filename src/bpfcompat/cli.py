@@ -289,7 +289,6 @@ def validate(
         )
     from bpfcompat.matrix.classify import classify_result
 
-    validator = Path(__file__).resolve().parent / "validator" / "validator.py"
     with tempfile.TemporaryDirectory(prefix="bpfcompat-validate-") as tmp:
         result_path = out or Path(tmp) / "result.json"
         extra, files = loaded.manifest.validator_inputs(tmp)
@@ -297,7 +296,8 @@ def validate(
             Path(path).write_bytes(data)
         args = [
             sys.executable,
-            str(validator),
+            "-m",
+            "bpfcompat.validator",
             "--artifact",
             str(artifact),
             "--out",

@@ -708,7 +708,7 @@ def _unknown_ids(f: Facts) -> Iterator[tuple[str, int]]:
 
 
 def _helper_name(hid: int) -> str:
-    from bpfcompat.validator.validator import helper_name_from_id
+    from bpfcompat.validator import helper_name_from_id
 
     return helper_name_from_id(hid)
 

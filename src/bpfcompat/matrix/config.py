@@ -130,7 +130,7 @@ class VariantProgram(Strict):
     @classmethod
     def _known_helper(cls, value: str | int | None) -> str | int | None:
         if isinstance(value, str):
-            from bpfcompat.validator.validator import helper_id_from_name
+            from bpfcompat.validator import helper_id_from_name
 
             if helper_id_from_name(value) is None:
                 raise ValueError(f"unknown helper name {value!r}")

@@ -21,7 +21,7 @@ from typing import Any
 from bpfcompat.errors import BpfcompatError, GuestCrash, TransportError, VMError
 from bpfcompat.matrix.config import KernelSpec
 from bpfcompat.matrix.plan import Artifact
-from bpfcompat.vm.image import GUEST_DRIVER, GuestImage
+from bpfcompat.vm.image import GUEST_DRIVER_COMMAND, GuestImage
 from bpfcompat.vm.kernels import KernelBuild
 from bpfcompat.vm.qemu import BootSpec, QemuVM
 from bpfcompat.vm.ssh import GuestTransport, ParamikoTransport, RunKey
@@ -197,7 +197,7 @@ class GuestSession:
             assert all(path.startswith(prefix) for path in files)
             transport.put_files({p.removeprefix(prefix): d for p, d in files.items()}, GUEST_DIR)
             for line in transport.stream(
-                f"python3 /{GUEST_DRIVER} {GUEST_DIR}/jobs.json 2>{GUEST_DIR}/driver.err",
+                f"{GUEST_DRIVER_COMMAND} {GUEST_DIR}/jobs.json 2>{GUEST_DIR}/driver.err",
                 idle,
             ):
                 vm.check()

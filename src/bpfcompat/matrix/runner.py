@@ -22,7 +22,7 @@ from bpfcompat.matrix.config import KernelSpec
 from bpfcompat.matrix.guest import GuestSession, RawOutcome, describe_error
 from bpfcompat.matrix.plan import Artifact, Plan, cache_key
 from bpfcompat.matrix.store import Cell, Run, RunKernel, Store, ValidatorResult, utcnow
-from bpfcompat.validator.validator import VALIDATOR_VERSION
+from bpfcompat.validator import VALIDATOR_VERSION
 from bpfcompat.vm.image import GuestImage, build_image
 from bpfcompat.vm.kernels import KernelBuild, fetch_kernel
 from bpfcompat.vm.qemu import QemuVM, detect_accel

@@ -1,9 +1,11 @@
-"""The in-guest validator: ``validator.py`` is copied alone into each guest and run there.
+"""The in-guest validator: one BPF object, one kernel, one JSON result.
 
-It imports only the standard library, so the host can import it too (for the helper-name
-table and the version) without pulling anything else in.
+Baked into every guest image as a package and run with ``python3 -m bpfcompat.validator``.
+It imports only the standard library (ctypes over the guest's libbpf), so the host imports
+its tables, limits and ELF reader too: one definition on both sides of the guest boundary.
 """
 
-from bpfcompat.validator.validator import VALIDATOR_VERSION, helper_id_from_name
+from .result import SCHEMA_VERSION, VALIDATOR_VERSION
+from .tables import helper_id_from_name, helper_name_from_id
 
-__all__ = ["VALIDATOR_VERSION", "helper_id_from_name"]
+__all__ = ["SCHEMA_VERSION", "VALIDATOR_VERSION", "helper_id_from_name", "helper_name_from_id"]

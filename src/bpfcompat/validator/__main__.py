@@ -1,7 +1,7 @@
-"""``python3 -m bpfcompat.validator``: the same command line as ``python3 validator.py``."""
+"""``python3 -m bpfcompat.validator --artifact X --out Y``: validate one object."""
 
 import sys
 
-from bpfcompat.validator.validator import main
+from .run import main
 
 sys.exit(main())

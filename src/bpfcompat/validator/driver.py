@@ -1,4 +1,5 @@
-"""Guest-side job driver, baked into the guest image beside the validator.
+"""Guest-side job driver, baked into the guest image with the validator package and run as
+``python3 -m bpfcompat.validator.driver JOBS.json``.
 
 Imports the validator once, then forks one child per job so a libbpf crash costs only
 that artifact. Each child's stdout/stderr go to files in its job dir; the driver's stdout
@@ -15,8 +16,7 @@ import signal
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import validator
+from .run import main as validate
 
 
 def run(job: dict) -> tuple:
@@ -27,7 +27,7 @@ def run(job: dict) -> tuple:
                 flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
                 out = os.open(os.path.join(job["dir"], name), flags)
                 os.dup2(out, fd)
-            code = validator.main(job["args"])
+            code = validate(job["args"])
         except BaseException:
             import traceback
 

@@ -125,8 +125,12 @@ class GuestImage:
         return target
 
 
-GUEST_VALIDATOR_DIR = "opt/bpfcompat"
-GUEST_DRIVER = f"{GUEST_VALIDATOR_DIR}/driver.py"
+GUEST_VALIDATOR_DIR = "opt/bpfcompat"  # on the guest's PYTHONPATH: holds bpfcompat/validator/
+# The guest-side job driver, run over SSH; arguments follow.
+GUEST_DRIVER_COMMAND = f"PYTHONPATH=/{GUEST_VALIDATOR_DIR} python3 -m bpfcompat.validator.driver"
+# The guest gets the validator package alone: its parent package is a bare namespace, so
+# nothing the host side of bpfcompat imports can reach the guest.
+_GUEST_PARENT_INIT = '"""bpfcompat in the guest: only the validator package is here."""\n'
 
 
 def init_script() -> str:
@@ -134,10 +138,15 @@ def init_script() -> str:
 
 
 def guest_sources() -> dict[str, str]:
-    """The in-guest validator and its driver; baked into the image (and its digest) so
-    every boot finds them byte-compiled by the guest's own python, nothing to upload."""
+    """The validator package (path below GUEST_VALIDATOR_DIR -> text), its driver
+    included; baked into the image (and its digest) so every boot finds it byte-compiled
+    by the guest's own python, nothing to upload."""
     files = resources.files("bpfcompat.validator")
-    return {name: files.joinpath(name).read_text() for name in ("validator.py", "driver.py")}
+    sources = {"bpfcompat/__init__.py": _GUEST_PARENT_INIT}
+    for entry in sorted(files.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".py"):
+            sources[f"bpfcompat/validator/{entry.name}"] = entry.read_text()
+    return sources
 
 
 def image_digest(suite: str) -> str:
@@ -433,8 +442,8 @@ def _finish(slim: Path) -> None:
     python = _python_name(slim)
     libdir = f"/usr/lib/{python}"
     vdir = slim / GUEST_VALIDATOR_DIR
-    vdir.mkdir(parents=True, exist_ok=True)
     for name, text in guest_sources().items():
+        (vdir / name).parent.mkdir(parents=True, exist_ok=True)
         (vdir / name).write_text(text)
     # Legacy-layout .pyc files beside no source: imported directly, half the bytes.
     compile_cmd = [
