@@ -288,6 +288,7 @@ def validate(
             "validate --kernel host needs root (BPF loading needs CAP_BPF/CAP_SYS_ADMIN)"
         )
     from bpfcompat.matrix.classify import classify_result
+    from bpfcompat.matrix.policy import cell_exit_code
 
     with tempfile.TemporaryDirectory(prefix="bpfcompat-validate-") as tmp:
         result_path = out or Path(tmp) / "result.json"
@@ -315,7 +316,7 @@ def validate(
         f"{loaded.name} on host {os.uname().release}: {verdict.status}"
         + (f" {verdict.code}: {verdict.evidence}" if verdict.code else "")
     )
-    raise typer.Exit(0 if verdict.status == "pass" else 2)
+    raise typer.Exit(cell_exit_code(verdict.status))
 
 
 @app.command("report")

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bpfcompat.vm.qemu import OOM_KILL
+from bpfcompat.vm.console import OOM_KILL, crash_evidence
 
 CLASSIFIER_VERSION = "2"
 
@@ -1269,17 +1269,12 @@ def classify_result(result: dict[str, Any], release: str = "", *,
                    UNKNOWN_RULE.name)  # fmt: skip
 
 
-_PANIC = re.compile(r"Kernel panic|BUG: |Oops|general protection fault|watchdog: |RIP: |"
-                    r"Call Trace:")  # fmt: skip
-
-
 def classify(stored: Any, *, artifact_problem: str | None = None, release: str = "") -> Verdict:
     """Verdict for a stored ValidatorResult (duck-typed so reclassify needs no VM)."""
     crash_rule, infra_rule, signal_rule = OUTCOME_RULES[:3]
     if stored.crash:
         console = str(getattr(stored, "console_tail", "") or "")
-        line = next((ln.strip() for ln in console.splitlines() if _PANIC.search(ln)), None)
-        evidence = line or stored.infra_error or "guest crashed"
+        evidence = crash_evidence(console) or stored.infra_error or "guest crashed"
         return Verdict("fail", "KERNEL_CRASH", "high", "guest", None, evidence[:1000],
                        crash_rule.remediation, crash_rule.name)  # fmt: skip
     if stored.signal:

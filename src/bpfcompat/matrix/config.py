@@ -12,45 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from bpfcompat.errors import ConfigError
-
-ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-# Debian package names: lower case, digits, + - . (policy 5.6.1).
-PACKAGE_PATTERN = r"^[a-z0-9][a-z0-9+.-]+$"
-SUITE_PATTERN = r"^[a-z][a-z0-9-]{1,31}$"
+from bpfcompat.vm.spec import SUITE_PATTERN, KernelSpec, Strict
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class Strict(BaseModel):
-    # strict: YAML already yields real ints and booleans, so `max_entries: true` (lax
-    # pydantic: 1) or `required: 1` are typos to report, not values to coerce.
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, strict=True)
-
-
-class KernelSpec(Strict):
-    """One kernel of the matrix: a Debian kernel package booted with an optional command line."""
-
-    id: Annotated[str, Field(pattern=ID_PATTERN)]
-    suite: Annotated[str, Field(pattern=SUITE_PATTERN)]
-    package: Annotated[str, Field(pattern=PACKAGE_PATTERN)]
-    required: bool = True
-    memory_mb: Annotated[int, Field(ge=256, le=16384)] = 512
-    cpus: Annotated[int, Field(ge=1, le=64)] = 1
-    cmdline: Annotated[str, Field(max_length=512)] = ""
-    boot_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 180.0
-    description: str = ""
-
-    @field_validator("cmdline")
-    @classmethod
-    def _safe_cmdline(cls, value: str) -> str:
-        # The command line is ours to build; quotes or control characters would let a
-        # config value smuggle init arguments or confuse the parser in the guest.
-        if re.search(r"[\"'`\\\x00-\x1f]", value):
-            raise ValueError("may not contain quotes, backslashes or control characters")
-        return value
 
 
 class KernelMatrix(Strict):
@@ -169,11 +136,11 @@ class ProgramExpectation(Strict):
 class Manifest(Strict):
     """What a project's loader does that a generic loader cannot guess."""
 
-    metadata: dict[str, str] = {}
-    programs: list[ProgramExpectation] = []
-    maps: list[MapFixup] = []
-    program_variants: list[VariantGroup] = []
-    functional_tests: list[FunctionalTest] = []
+    metadata: dict[str, str] = Field(default_factory=dict)
+    programs: list[ProgramExpectation] = Field(default_factory=list)
+    maps: list[MapFixup] = Field(default_factory=list)
+    program_variants: list[VariantGroup] = Field(default_factory=list)
+    functional_tests: list[FunctionalTest] = Field(default_factory=list)
 
     def validator_args(self) -> list[str]:
         """The contract's flags, generated from `maps` and `program_variants`."""

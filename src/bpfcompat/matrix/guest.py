@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from bpfcompat.errors import BpfcompatError, GuestCrash, TransportError, VMError
-from bpfcompat.matrix.config import KernelSpec
 from bpfcompat.matrix.plan import Artifact
 from bpfcompat.vm.image import GUEST_DRIVER_COMMAND, GuestImage
 from bpfcompat.vm.kernels import KernelBuild
 from bpfcompat.vm.qemu import BootSpec, QemuVM
+from bpfcompat.vm.spec import KernelSpec
 from bpfcompat.vm.ssh import GuestTransport, ParamikoTransport, RunKey
 
 GUEST_DIR = "/tmp/bpfc"

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfcompat.errors import ArtifactError, ConfigError
-from bpfcompat.matrix.config import KernelSpec, Manifest, load_manifest
+from bpfcompat.matrix.config import Manifest, load_manifest
+from bpfcompat.vm.spec import KernelSpec
 
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024  # far above any real BPF object; see docs
 EM_BPF = 247

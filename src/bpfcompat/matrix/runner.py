@@ -18,14 +18,15 @@ from typing import Protocol
 from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError
 from bpfcompat.matrix.classify import CLASSIFIER_VERSION, Verdict, cell_fields, classify
-from bpfcompat.matrix.config import KernelSpec
 from bpfcompat.matrix.guest import GuestSession, RawOutcome, describe_error
 from bpfcompat.matrix.plan import Artifact, Plan, cache_key
+from bpfcompat.matrix.policy import EXIT_INTERRUPTED, CellOutcome, run_exit_code
 from bpfcompat.matrix.store import Cell, Run, RunKernel, Store, ValidatorResult, utcnow
 from bpfcompat.validator import VALIDATOR_VERSION
 from bpfcompat.vm.image import GuestImage, build_image
 from bpfcompat.vm.kernels import KernelBuild, fetch_kernel
 from bpfcompat.vm.qemu import QemuVM, detect_accel
+from bpfcompat.vm.spec import KernelSpec
 
 
 class Progress(Protocol):
@@ -99,7 +100,7 @@ class MatrixRunner:
                 status = "interrupted"
         kernels = self.store.kernels(self.run_id)
         cells = self.store.cells(self.run_id)
-        exit_code = 130 if status == "interrupted" else self.exit_code(kernels, cells)
+        exit_code = EXIT_INTERRUPTED if status == "interrupted" else self.exit_code(kernels, cells)
         self.store.update_run(self.run_id, status=status, exit_code=exit_code, finished_at=utcnow())
         return RunSummary(self.run_id, exit_code, status, cells, kernels, self.messages)
 
@@ -110,17 +111,12 @@ class MatrixRunner:
             vm.stop()
 
     def exit_code(self, kernels: list[RunKernel], cells: list[Cell]) -> int:
-        required = {k.kernel_id for k in kernels if k.required}
-        if any(k.status == "error" for k in kernels if k.kernel_id in required):
-            return 1
-        if any(a.invalid_reason for a in self.plan.artifacts):
-            return 1
-        req_cells = [c for c in cells if c.kernel_id in required]
-        if any(c.status == "error" for c in req_cells):
-            return 1
-        if any(c.status == "fail" for c in req_cells):
-            return 2
-        return 0
+        return run_exit_code(
+            {k.kernel_id for k in kernels if k.required},
+            {k.kernel_id for k in kernels if k.status == "error"},
+            [CellOutcome(c.kernel_id, c.status) for c in cells],
+            invalid_inputs=any(a.invalid_reason for a in self.plan.artifacts),
+        )
 
     # --- scheduling ------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bpfcompat.matrix.policy import EXIT_FAIL, EXIT_PASS
 from bpfcompat.matrix.store import Cell, Store
 
 # Change kinds, in the order reports list them.
@@ -92,7 +93,7 @@ class Comparison:
 
     @property
     def exit_code(self) -> int:
-        return 2 if self.regressions else 0
+        return EXIT_FAIL if self.regressions else EXIT_PASS
 
     def by_cell(self) -> dict[tuple[str, str], CellChange]:
         return {(c.artifact, c.kernel): c for c in self.changes}

@@ -15,6 +15,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from bpfcompat.matrix.policy import EXIT_MEANINGS
 from bpfcompat.report.compare import CellChange, Comparison
 
 LOG_TAIL_LINES = 40
@@ -22,12 +23,6 @@ OUTPUT_TAIL_LINES = 20
 LINE_CHARS = 300
 TIMING_STEPS = 8
 
-EXIT_MEANINGS = {
-    0: "every required cell passed",
-    1: "error: a required kernel or cell errored, or an artifact was unusable",
-    2: "a required cell failed",
-    130: "interrupted",
-}
 CHANGE_BADGES = {  # kind -> (badge text, css class)
     "new_failure": ("new failure", "ch-bad"),
     "changed": ("code changed", "ch-warn"),

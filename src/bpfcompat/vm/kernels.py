@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpfcompat.errors import FetchError
-from bpfcompat.matrix.config import KernelSpec
 from bpfcompat.vm.apt import AptWorkspace, discover_mirror, linux_dependencies
 from bpfcompat.vm.cache import (
     atomic_dir,
@@ -26,6 +25,7 @@ from bpfcompat.vm.cache import (
     write_manifest,
 )
 from bpfcompat.vm.cpio import CpioWriter
+from bpfcompat.vm.spec import KernelSpec
 
 # The guest talks SSH over virtio-net; on some releases virtio_pci is a module too.
 NIC_MODULES = ("virtio_pci", "virtio_net")

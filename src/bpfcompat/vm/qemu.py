@@ -3,11 +3,16 @@
 Accelerator choice looks at the CPU, not just /dev/kvm: on nested or trimmed hosts the
 device node answers while guests cannot run under it (see docs), so KVM is used only
 when the CPU advertises vmx/svm as well.
+
+QEMU dies with the process that started it (PR_SET_PDEATHSIG), so a bpfcompat killed with
+SIGKILL leaves no guest behind, and its console is capped so a flooding guest cannot fill
+the host's disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -19,19 +24,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfcompat.errors import GuestCrash, VMError
+from bpfcompat.vm.console import ConsoleWatch
 
 ACCEL_ENV = "BPFCOMPAT_ACCEL"
-READY_MARKER = "bpfcompat-guest-ready"
-# Lines the kernel prints when it dies or is about to; the first one seen is the evidence.
-CRASH_PATTERNS = re.compile(
-    r"Kernel panic - not syncing|BUG: kernel NULL pointer|BUG: unable to handle|"
-    r"general protection fault|Oops: |kernel BUG at|sysrq: Trigger a crash"
-)
-# mm/oom_kill.c: "Out of memory: Killed process %d (%s) total-vm:..." (older kernels:
-# "Out of memory: Kill process"; memory cgroups: "Memory cgroup out of memory: ..."), to
-# the end of the line: the console watch finds it, the classifier quotes it.
-OOM_KILL = re.compile(r"(?:Memory cgroup )?[Oo]ut of memory: Kill(?:ed)? process.*")
 QEMU_BINARY = "qemu-system-x86_64"
+# A guest printing without end is stopped here rather than filling the host's disk.
+MAX_CONSOLE_BYTES = 64 << 20
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: SIGKILL when the thread that started us dies.
+
+    The signal follows the starting *thread*; the runner's worker threads outlive every
+    VM they start, and when the whole process dies (even by SIGKILL) all of them go."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def detect_accel() -> str:
@@ -81,6 +91,7 @@ class QemuVM:
         self.started_at = 0.0
         self.ready_at = 0.0
         self.last_peak_rss_kb: int | None = None
+        self.watch = ConsoleWatch(spec.console_log)
 
     def command(self) -> list[str]:
         spec = self.spec
@@ -133,7 +144,9 @@ class QemuVM:
         self.spec.console_log.parent.mkdir(parents=True, exist_ok=True)
         self.spec.console_log.write_bytes(b"")
         self.ssh_port = free_local_port()
+        self.watch = ConsoleWatch(self.spec.console_log)
         self.started_at = time.monotonic()
+        parent = os.getpid()
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 self.command(),
@@ -141,40 +154,46 @@ class QemuVM:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 start_new_session=True,  # Ctrl-C on the terminal must not reach QEMU first
+                preexec_fn=lambda: _die_with_parent(parent),
             )
 
-    def console(self) -> str:
-        try:
-            return self.spec.console_log.read_bytes().decode("utf-8", "replace")
-        except OSError:
-            return ""
+    def console_offset(self) -> int:
+        """Bytes of console read so far: a crash seen later happened after this point."""
+        self.watch.poll()
+        return self.watch.offset
 
     def console_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.console().splitlines()[-lines:])
+        self.watch.poll()
+        return self.watch.tail_lines(lines)
 
-    def crash_line(self) -> str | None:
-        match = CRASH_PATTERNS.search(self.console())
-        if not match:
-            return None
-        text = self.console()
-        start = text.rfind("\n", 0, match.start()) + 1
-        end = text.find("\n", match.end())
-        return text[start : end if end >= 0 else len(text)].strip()
+    def crash_line(self, since: int = 0) -> str | None:
+        """The kernel's own crash report on the console (at or after byte `since`)."""
+        self.watch.poll()
+        return self.watch.crash_line(since)
 
-    def oom_line(self) -> str | None:
+    def oom_line(self, since: int = 0) -> str | None:
         """The console's last OOM-killer report ("Out of memory: Killed process ...")."""
-        lines = [ln.strip() for ln in self.console().splitlines() if OOM_KILL.search(ln)]
-        return lines[-1][:500] if lines else None
+        self.watch.poll()
+        return self.watch.oom_line(since)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def check(self) -> None:
-        """Raise GuestCrash/VMError when the guest has died or is dying."""
-        line = self.crash_line()
-        if line is not None:
-            raise GuestCrash(f"guest crashed: {line}", self.console_tail())
+        """Raise GuestCrash when the guest died with a kernel crash report on its console,
+        VMError when QEMU stopped otherwise or the console overflowed.
+
+        A crash line alone proves nothing while QEMU runs (root in the guest can write
+        any text to the console); a real panic or oops ends the VM (panic=-1, oops=panic,
+        -no-reboot)."""
+        self.watch.poll()
+        if self.watch.offset > MAX_CONSOLE_BYTES:
+            self.stop()
+            raise VMError(f"guest wrote over {MAX_CONSOLE_BYTES >> 20} MiB to its console: stopped")
         if not self.alive():
+            line = self.watch.crash_line()
+            if line is not None:
+                raise GuestCrash(f"guest crashed: {line}", self.watch.tail_lines())
             code = self.proc.returncode if self.proc else None
             err = self._stderr()
             raise VMError(f"QEMU exited (code {code}){': ' + err if err else ''}")
@@ -193,13 +212,13 @@ class QemuVM:
         deadline = self.started_at + timeout
         while time.monotonic() < deadline:
             self.check()
-            if READY_MARKER in self.console():
+            if self.watch.ready:
                 self.ready_at = time.monotonic()
                 return self.ready_at - self.started_at
             time.sleep(0.02)
         raise VMError(
             f"guest not ready after {timeout:.0f} s; console tail: "
-            + (self.console_tail(3).replace("\n", " | ") or "(empty)")
+            + (self.watch.tail_lines(3).replace("\n", " | ") or "(empty)")
         )
 
     def peak_rss_kb(self) -> int | None:

@@ -1,0 +1,41 @@
+"""The verdict of one cell: the one model the classifier produces and the store, every
+report format and the terminal read.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Status = Literal["pass", "fail", "error"]
+Confidence = Literal["high", "medium", "low"]
+
+
+class Verdict(BaseModel):
+    """What the classifier concluded and the line that proves it.
+
+    `status` is pass, fail (the kernel, the artifact or the loader contract said no) or
+    error (our infrastructure could not tell: never cached, never final).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    status: Status
+    code: str | None = None
+    confidence: Confidence | None = None
+    stage: str | None = None
+    program: str | None = None
+    evidence: str | None = None
+    remediation: str | None = None
+    rule: str | None = None
+    detail: str | None = None  # the inputs that decided it (probe, lockdown, release), in words
+
+    @property
+    def label(self) -> str:
+        """`pass`, or the status with its code (`fail VERIFIER_REJECTION`)."""
+        return self.status + (f" {self.code}" if self.code else "")
+
+
+PASS = Verdict(status="pass")
+VERDICT_FIELDS = tuple(Verdict.model_fields)
