@@ -20,6 +20,7 @@ from typing import Any
 
 from bpfcompat.errors import BpfcompatError, GuestCrash, TransportError, VMError
 from bpfcompat.matrix.plan import Artifact
+from bpfcompat.vm.arch import get_arch
 from bpfcompat.vm.image import GUEST_DRIVER_COMMAND, GuestImage
 from bpfcompat.vm.kernels import KernelBuild
 from bpfcompat.vm.qemu import BootSpec, QemuVM
@@ -27,14 +28,21 @@ from bpfcompat.vm.spec import KernelSpec
 from bpfcompat.vm.ssh import GuestTransport, ParamikoTransport, RunKey
 
 GUEST_DIR = "/tmp/bpfc"
+# An external BTF file for the kernel (its `btf:`), staged once per batch.
+GUEST_BTF = f"{GUEST_DIR}/btf/vmlinux.btf"
 # Boot-time costs paid in emulated CPU, cut where nothing BPF sees changes:
-# acpi=noirq routes PCI interrupts from the firmware's table instead of running ACPI byte
-# code (0.13 s when the NIC driver loads); init_on_alloc=0 stops zeroing every page
-# before it is written anyway (0.1 s while the initramfs unpacks). A throwaway test VM
-# needs neither hardening default.
-BASE_CMDLINE = (
-    "console=ttyS0 panic=-1 oops=panic quiet random.trust_cpu=on acpi=noirq init_on_alloc=0"
-)
+# init_on_alloc=0 stops zeroing every page before it is written anyway (0.1 s while the
+# initramfs unpacks); a throwaway test VM needs no hardening default. The console and
+# architecture-specific parameters (x86: acpi=noirq) come from vm/arch.py.
+COMMON_CMDLINE = "panic=-1 oops=panic quiet random.trust_cpu=on init_on_alloc=0"
+
+
+def base_cmdline(arch: str = "x86_64") -> str:
+    profile = get_arch(arch)
+    return " ".join(filter(None, (f"console={profile.console}", COMMON_CMDLINE, profile.cmdline)))
+
+
+BASE_CMDLINE = base_cmdline()
 KILLED = 128 + 9
 
 
@@ -64,8 +72,10 @@ class GuestSession:
         stop: threading.Event,
         registry: set[QemuVM],
         artifact_timeout: float = 90.0,
+        btf_file: Path | None = None,
     ) -> None:
         self.spec = spec
+        self.btf_file = btf_file
         self.kernel = kernel
         self.image = image
         self.workdir = workdir
@@ -80,7 +90,7 @@ class GuestSession:
 
     def cmdline(self, key: RunKey) -> str:
         extra = f" {self.spec.cmdline}" if self.spec.cmdline else ""
-        return f"{BASE_CMDLINE}{extra} bpfcompat.key={key.public_b64}"
+        return f"{base_cmdline(self.kernel.arch)}{extra} bpfcompat.key={key.public_b64}"
 
     def boot(self) -> float:
         """Boot and connect; returns boot-to-ready seconds (SSH answering, validator in)."""
@@ -98,6 +108,7 @@ class GuestSession:
                 memory_mb=self.spec.memory_mb,
                 cpus=self.spec.cpus,
                 console_log=console,
+                arch=self.kernel.arch,
             )
         )
         self.vm = vm
@@ -173,6 +184,8 @@ class GuestSession:
             cell_dir,
             *extra,
         ]
+        if self.btf_file is not None:
+            args += ["--btf-custom-path", GUEST_BTF]
         timeout = self.artifact_timeout + sum(t.timeout for t in manifest.functional_tests)
         return args, timeout
 
@@ -193,6 +206,8 @@ class GuestSession:
                 jobs.append({"index": index, "dir": cell_dir, "args": args, "timeout": timeout})
                 idle = max(idle, timeout + 30)
             files[f"{GUEST_DIR}/jobs.json"] = json.dumps(jobs).encode()
+            if self.btf_file is not None:
+                files[GUEST_BTF] = self.btf_file.read_bytes()
             prefix = f"{GUEST_DIR}/"
             assert all(path.startswith(prefix) for path in files)
             transport.put_files({p.removeprefix(prefix): d for p, d in files.items()}, GUEST_DIR)

@@ -148,7 +148,7 @@ def discover_artifacts(inputs: list[Path], manifest: Path | None = None) -> list
 
 
 def kernel_key(spec: KernelSpec, package_version: str) -> str:
-    return f"{spec.id}|{spec.package}={package_version}|{spec.cmdline}"
+    return f"{spec.id}|{spec.package or spec.source_kind}={package_version}|{spec.cmdline}"
 
 
 def cache_key(
@@ -157,6 +157,8 @@ def cache_key(
     package_version: str,
     validator_version: str,
     image_digest: str,
+    *,
+    btf_sha256: str | None = None,
 ) -> str:
     parts = [
         artifact.sha256,
@@ -165,4 +167,6 @@ def cache_key(
         validator_version,
         image_digest,
     ]
+    if btf_sha256 is not None:  # an external BTF file changes what libbpf relocates against
+        parts.append(f"btf={btf_sha256}")
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()

@@ -24,7 +24,7 @@ from bpfcompat.matrix.policy import EXIT_INTERRUPTED, CellOutcome, run_exit_code
 from bpfcompat.matrix.store import Cell, Run, RunKernel, Store, ValidatorResult, utcnow
 from bpfcompat.validator import VALIDATOR_VERSION
 from bpfcompat.vm.image import GuestImage, build_image
-from bpfcompat.vm.kernels import KernelBuild, fetch_kernel
+from bpfcompat.vm.kernels import KernelBuild, btf_digest, btf_file_for, fetch_kernel
 from bpfcompat.vm.qemu import QemuVM, detect_accel
 from bpfcompat.vm.spec import KernelSpec
 
@@ -126,12 +126,16 @@ class MatrixRunner:
         # Every kernel gets a thread so fetches overlap with running VMs; the semaphore
         # bounds how many VMs run at once. The image build overlaps with the fetches.
         with ThreadPoolExecutor(max_workers=len(kernels) + 1, thread_name_prefix="bpfc") as pool:
-            image_future: Future[GuestImage] = pool.submit(self._build_image)
+            # One guest image per architecture in the plan (vm/image.py keys them).
+            images: dict[str, Future[GuestImage]] = {
+                arch: pool.submit(self._build_image, arch)
+                for arch in dict.fromkeys(spec.arch for spec in kernels)
+            }
             gate = threading.Semaphore(workers)
             # Rows are made here, in plan order, so every report lists kernels as planned.
             rows = [self._kernel_row(spec) for spec in kernels]
             futures = [
-                pool.submit(self._kernel_job, spec, row, image_future, gate)
+                pool.submit(self._kernel_job, spec, row, images[spec.arch], gate)
                 for spec, row in zip(kernels, rows, strict=True)
             ]
             try:
@@ -146,17 +150,17 @@ class MatrixRunner:
                 if f.exception() is not None and not isinstance(f.exception(), KeyboardInterrupt):
                     raise f.exception()  # type: ignore[misc]
 
-    def _build_image(self) -> GuestImage:
-        self.options.progress("*", "building", f"guest image ({self.plan.guest_suite})")
-        return build_image(self.plan.guest_suite)
+    def _build_image(self, arch: str) -> GuestImage:
+        self.options.progress("*", "building", f"guest image ({self.plan.guest_suite}, {arch})")
+        return build_image(self.plan.guest_suite, arch=arch)
 
     def _kernel_row(self, spec: KernelSpec) -> RunKernel:
         return self.store.add(
             RunKernel(
                 run_id=self.run_id,
                 kernel_id=spec.id,
-                suite=spec.suite,
-                package=spec.package,
+                suite=spec.suite or "",
+                package=spec.package or spec.source_label,
                 cmdline=spec.cmdline,
                 required=spec.required,
             )
@@ -188,20 +192,27 @@ class MatrixRunner:
         progress = self.options.progress
         try:
             progress(spec.id, "fetching")
-            kernel = fetch_kernel(spec)
-            self._update_kernel(
-                row,
-                release=kernel.release,
-                package_version=kernel.version,
-                btf=kernel.config_value("CONFIG_DEBUG_INFO_BTF") == "y",
+            kernel = fetch_kernel(
+                spec, stop=self.stop, progress=lambda step: progress(spec.id, "fetching", step)
             )
+            self._update_kernel(
+                row, release=kernel.release, package_version=kernel.version, btf=kernel.has_btf
+            )
+            btf_file = btf_file_for(spec, kernel)
             image = image_future.result()
         except BpfcompatError as exc:
             self._kernel_failed(spec, row, describe_error(exc), self.plan.artifacts)
             return
         todo: list[tuple[int, Artifact, str]] = []
         for index, artifact in enumerate(self.plan.artifacts):
-            key = cache_key(artifact, spec, kernel.version, VALIDATOR_VERSION, image.digest)
+            key = cache_key(
+                artifact,
+                spec,
+                kernel.version,
+                VALIDATOR_VERSION,
+                image.digest,
+                btf_sha256=btf_digest(btf_file),
+            )
             hit = self.store.cached_result(key) if self.options.use_cache else None
             if hit is not None:
                 self._record_cell(spec, artifact, hit, kernel, cached=True)
@@ -212,7 +223,7 @@ class MatrixRunner:
             progress(spec.id, "done", "all cells cached")
             return
         with gate:
-            self._validate_all(spec, row, kernel, image, todo)
+            self._validate_all(spec, row, kernel, image, todo, btf_file)
 
     def _validate_all(
         self,
@@ -221,11 +232,14 @@ class MatrixRunner:
         kernel: KernelBuild,
         image: GuestImage,
         todo: list[tuple[int, Artifact, str]],
+        btf_file: Path | None = None,
     ) -> None:
         progress = self.options.progress
         workdir = self.options.workdir / f"run-{self.run_id}"
         workdir.mkdir(parents=True, exist_ok=True)
-        session = GuestSession(spec, kernel, image, workdir, self.stop, self.live_vms)
+        session = GuestSession(
+            spec, kernel, image, workdir, self.stop, self.live_vms, btf_file=btf_file
+        )
         try:
             progress(spec.id, "booting")
             try:

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfcompat.errors import GuestCrash, VMError
+from bpfcompat.vm.arch import get_arch, host_arch
 from bpfcompat.vm.console import ConsoleWatch
 
 ACCEL_ENV = "BPFCOMPAT_ACCEL"
-QEMU_BINARY = "qemu-system-x86_64"
 # A guest printing without end is stopped here rather than filling the host's disk.
 MAX_CONSOLE_BYTES = 64 << 20
 PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
@@ -79,6 +79,12 @@ class BootSpec:
     console_log: Path
     accel: str = field(default_factory=detect_accel)
     with_network: bool = True
+    arch: str = "x86_64"
+
+    @property
+    def effective_accel(self) -> str:
+        """KVM runs only guests of the host's own architecture; others are emulated."""
+        return self.accel if self.arch == host_arch() else "tcg"
 
 
 class QemuVM:
@@ -95,19 +101,19 @@ class QemuVM:
 
     def command(self) -> list[str]:
         spec = self.spec
+        arch = get_arch(spec.arch)
         cpu = (
             ["-accel", "kvm", "-cpu", "host"]
-            if spec.accel == "kvm"
-            else ["-accel", "tcg,thread=multi,tb-size=64", "-cpu", "max"]
+            if spec.effective_accel == "kvm"
+            else ["-accel", "tcg,thread=multi,tb-size=64", "-cpu", arch.tcg_cpu]
         )
         cmd = [
-            QEMU_BINARY,
+            arch.qemu_binary,
             "-nodefaults",
             "-no-user-config",
             "-display",
             "none",
-            "-machine",
-            "pc",
+            *arch.machine,
             *cpu,
             "-smp",
             str(spec.cpus),
@@ -139,8 +145,11 @@ class QemuVM:
         return cmd
 
     def start(self) -> None:
-        if shutil.which(QEMU_BINARY) is None:
-            raise VMError(f"{QEMU_BINARY} not found: run scripts/setup.sh (qemu-system-x86)")
+        arch = get_arch(self.spec.arch)
+        if shutil.which(arch.qemu_binary) is None:
+            raise VMError(
+                f"{arch.qemu_binary} not found: run scripts/setup.sh ({arch.qemu_package})"
+            )
         self.spec.console_log.parent.mkdir(parents=True, exist_ok=True)
         self.spec.console_log.write_bytes(b"")
         self.ssh_port = free_local_port()
