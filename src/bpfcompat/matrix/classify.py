@@ -929,8 +929,10 @@ RULES: tuple[Rule, ...] = (
          "The kernel exposes no BTF and the object needs it (CO-RE, fentry/tp_btf/lsm, "
          "kfuncs, typed ksyms).",
          "A kernel built without CONFIG_DEBUG_INFO_BTF (no /sys/kernel/btf/vmlinux).",
-         "Use a kernel with CONFIG_DEBUG_INFO_BTF=y or ship its BTF (BTFHub, "
-         "bpf_object_open_opts.btf_custom_path).",
+         "Use a kernel with CONFIG_DEBUG_INFO_BTF=y, or give libbpf this kernel's BTF file "
+         "for CO-RE (`matrix run --btf KERNEL_ID=PATH` or `btf:` in kernels.yaml: "
+         "bpf_object_open_opts.btf_custom_path); fentry/fexit, tp_btf, LSM and kfunc "
+         "programs need BTF inside the kernel itself and fail either way.",
          (KBTF_MISSING, KBTF_NONE, KBTF_READ, VMLINUX_LOAD, VMLINUX_NOT_FOUND),
          "btf.kernel_btf_available is not true"),
     Rule("core-relocation", "CORE_RELOCATION_FAILURE", _L, _core, "high",
@@ -1331,6 +1333,10 @@ def notes_for(result: dict[str, Any]) -> list[str]:
                 else ""
             )
         )
+    btf = result.get("btf") or {}
+    if btf.get("core_btf_source") == "custom":
+        notes.append(f"external BTF ({btf.get('custom_btf_size')} bytes) given to libbpf as "
+                     "btf_custom_path: CO-RE relocations use it instead of kernel BTF")  # fmt: skip
     attach = result.get("attach") or {}
     if attach.get("status") == "warn":
         failed = [p.get("name") for p in (result.get("discovery") or {}).get("programs") or []
