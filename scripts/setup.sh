@@ -59,5 +59,14 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
 fi
 
 make -s -C examples
-.venv/bin/bpfcompat kernels fetch
+# Building the kernels of `source: build` takes minutes of CPU: it runs beside the
+# downloads of the other kernels and the guest image builds, which leave cores idle.
+.venv/bin/bpfcompat kernels build &
+build_pid=$!
+trap 'kill "$build_pid" 2>/dev/null || true' EXIT  # a failing step below stops it too
+others=$(.venv/bin/bpfcompat kernels list --json | .venv/bin/python -c \
+  'import json, sys; print(" ".join(k["id"] for k in json.load(sys.stdin) if k["source"] != "build"))')
+# shellcheck disable=SC2086  # one word per kernel id
+.venv/bin/bpfcompat kernels fetch $others
 .venv/bin/bpfcompat image build
+wait "$build_pid"

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import hashlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -192,6 +193,7 @@ class _StepRunner:
         self.log.flush()
         tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
         started = time.monotonic()
+        cpu_before = _children_cpu()
         last = [started]
         parent = os.getpid()
         try:
@@ -219,20 +221,24 @@ class _StepRunner:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         why = None
-        while proc.poll() is None:
-            now = time.monotonic()
-            if self.stop.is_set():
-                why = "interrupted"
-            elif now > self.deadline:
-                why = f"the build took longer than {self.timeout_s:.0f} s (build.timeout_s)"
-            elif now - last[0] > self.stall_s:
-                why = f"no output for {self.stall_s:.0f} s (stalled; build.stall_s)"
-            if why:
+        try:
+            while proc.poll() is None:
+                now = time.monotonic()
+                if self.stop.is_set():
+                    why = "interrupted"
+                elif now > self.deadline:
+                    why = f"the build took longer than {self.timeout_s:.0f} s (build.timeout_s)"
+                elif now - last[0] > self.stall_s:
+                    why = f"no output for {self.stall_s:.0f} s (stalled; build.stall_s)"
+                if why:
+                    break
+                time.sleep(0.25)
+        finally:  # also on Ctrl-C in this thread: the whole process group goes
+            if proc.poll() is None:
                 _kill(proc)
-                break
-            time.sleep(0.25)
         reader.join(timeout=10)
-        self.log.write(f"# {name}: {time.monotonic() - started:.1f} s\n")
+        cpu = _children_cpu() - cpu_before
+        self.log.write(f"# {name}: {time.monotonic() - started:.1f} s wall, {cpu:.1f} s CPU\n")
         self.log.flush()
         if why:
             raise BuildError(f"build step {name}: {why} (log: {self.log_path})")
@@ -241,6 +247,12 @@ class _StepRunner:
                 f"build step {name} failed ({' '.join(cmd[:1] + cmd[-1:])}, exit "
                 f"{proc.returncode}): {_first_error(tail)} (log: {self.log_path})"
             )
+
+
+def _children_cpu() -> float:
+    """CPU seconds of waited-for children: the build's cost apart from other load."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

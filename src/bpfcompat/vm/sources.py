@@ -146,8 +146,8 @@ def _files(spec: KernelSpec, src: FilesSource) -> KernelFiles:
     vmlinuz = Path(src.vmlinuz)
     if not vmlinuz.is_file():
         raise FetchError(f"vmlinuz {vmlinuz}: no such file")
-    if src.sha256 is not None and sha256_file(vmlinuz) != src.sha256:
-        raise FetchError(f"vmlinuz {vmlinuz}: sha256 mismatch (expected {src.sha256})")
+    if src.sha256 is not None and (got := sha256_file(vmlinuz)) != src.sha256:
+        raise FetchError(f"vmlinuz {vmlinuz}: sha256 mismatch (expected {src.sha256}, got {got})")
     check_image_arch(vmlinuz, spec.arch)
     config = Path(src.config) if src.config else None
     if config is not None and not config.is_file():
