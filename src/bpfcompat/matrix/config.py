@@ -12,9 +12,25 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bpfcompat.errors import ConfigError
+from bpfcompat.validator.limits import (
+    FUNCTIONAL_TIMEOUT_DEFAULT,
+    FUNCTIONAL_TIMEOUT_MAX,
+    MAX_HELPER_ID,
+    MAX_MAP_ENTRIES,
+    MAX_RINGBUF_BYTES,
+    command_problem,
+    name_problem,
+)
 from bpfcompat.vm.spec import SUITE_PATTERN, KernelSpec, Strict
 
 M = TypeVar("M", bound=BaseModel)
@@ -46,9 +62,23 @@ class KernelMatrix(Strict):
 
 # --- manifests ---------------------------------------------------------------------------
 
-MAX_MAP_ENTRIES = 2**32 - 1  # the kernel's u32 max_entries
-MAX_RINGBUF_BYTES = 2**30  # 1 GiB: more than any guest we boot could hold
-MAX_HELPER_ID = 1023
+
+def _flag_safe(value: str) -> str:
+    """Names travel to the guest inside `<name>=<value>` flags: the validator's own rule."""
+    problem = name_problem(value)
+    if problem:
+        raise ValueError(f"{value!r} {problem}")
+    return value
+
+
+def _runnable(value: str) -> str:
+    problem = command_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Name = Annotated[str, AfterValidator(_flag_safe)]
 
 
 def _parse_duration(value: Any) -> float:
@@ -65,13 +95,15 @@ def _parse_duration(value: Any) -> float:
         seconds = number / 1000 if unit == "ms" else number * 60 if unit == "m" else number
     else:
         raise ValueError("must be a duration like 5s or 500ms")
-    if not 0 < seconds <= 600:
-        raise ValueError(f"duration must be between 0 and 600 seconds, got {seconds:g}")
+    if not 0 < seconds <= FUNCTIONAL_TIMEOUT_MAX:
+        raise ValueError(
+            f"duration must be between 0 and {FUNCTIONAL_TIMEOUT_MAX:g} seconds, got {seconds:g}"
+        )
     return seconds
 
 
 class MapFixup(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=255)]
+    name: Name
     max_entries: Literal["cpus"] | Annotated[int, Field(ge=1, le=MAX_MAP_ENTRIES)] | None = None
     inner_ringbuf_bytes: Annotated[int, Field(ge=4096, le=MAX_RINGBUF_BYTES)] | None = None
 
@@ -90,7 +122,7 @@ class MapFixup(Strict):
 
 
 class VariantProgram(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=255)]
+    name: Name
     requires_helper: str | Annotated[int, Field(ge=0, le=MAX_HELPER_ID)] | None = None
 
     @field_validator("requires_helper")
@@ -105,15 +137,15 @@ class VariantProgram(Strict):
 
 
 class VariantGroup(Strict):
-    group: Annotated[str, Field(min_length=1, max_length=255)]
+    group: Name
     programs: Annotated[list[VariantProgram], Field(min_length=1)]
 
 
 class FunctionalTest(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=255)]
-    command: Annotated[str, Field(min_length=1, max_length=4096)]
+    name: Name
+    command: Annotated[str, AfterValidator(_runnable)]
     required: bool = True
-    timeout: float = 10.0
+    timeout: float = FUNCTIONAL_TIMEOUT_DEFAULT
     expect_exit_code: Annotated[int, Field(ge=0, le=255)] = 0
     expect_stdout_contains: str | None = None
     expect_stderr_contains: str | None = None
@@ -129,7 +161,7 @@ class AttachExpectation(Strict):
 
 
 class ProgramExpectation(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=255)]
+    name: Name
     attach: AttachExpectation = AttachExpectation()
 
 

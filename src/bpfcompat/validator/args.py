@@ -10,6 +10,13 @@ import argparse
 import json
 import os
 
+from .limits import (
+    FUNCTIONAL_TIMEOUT_DEFAULT,
+    FUNCTIONAL_TIMEOUT_MAX,
+    MAX_MAP_ENTRIES,
+    command_problem,
+    name_problem,
+)
 from .result import VALIDATOR_VERSION
 from .tables import helper_id_from_name, helper_name_from_id
 
@@ -47,7 +54,14 @@ def _split_assignment(value: str, what: str) -> tuple[str, str]:
     name, rhs = name.strip(), rhs.strip()
     if not sep or not name or not rhs:
         raise argparse.ArgumentTypeError(f"invalid value {value!r}: expected {what}")
+    _check_name(value, name)
     return name, rhs
+
+
+def _check_name(value: str, name: str) -> None:
+    problem = name_problem(name)
+    if problem:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: name {name!r} {problem}")
 
 
 def _positive_int(text: str, limit: int) -> int | None:
@@ -62,7 +76,7 @@ def parse_map_max_entries(value: str) -> tuple[str, str]:
     name, rhs = _split_assignment(value, "<map>=<n|cpus>")
     if rhs.lower() == "cpus":
         return name, "cpus"
-    if _positive_int(rhs, 0xFFFFFFFF) is None:
+    if _positive_int(rhs, MAX_MAP_ENTRIES) is None:
         raise argparse.ArgumentTypeError(
             f"invalid value {value!r}: max entries must be 'cpus' or an integer 1..4294967295"
         )
@@ -104,6 +118,7 @@ def parse_prog_variants(value: str) -> dict[str, Any]:
         prog = prog.strip()
         if not prog:
             raise argparse.ArgumentTypeError(f"invalid value {value!r}: empty program name")
+        _check_name(value, prog)
         if prog in seen:
             raise argparse.ArgumentTypeError(
                 f"invalid value {value!r}: program {prog!r} listed twice"
@@ -241,9 +256,12 @@ def parse_functional_plan(data: object) -> list[dict[str, Any]]:
         for key in ("name", "command"):
             if not test.get(key, "").strip():
                 raise ValueError(f"{where}: {key} is required and must be non-empty")
-        timeout = float(test.get("timeout_seconds", 10.0))
-        if not 0 < timeout <= 3600:
-            raise ValueError(f"{where}.timeout_seconds: must be in (0, 3600]")
+        problem = command_problem(test["command"])
+        if problem:
+            raise ValueError(f"{where}.command: {problem}")
+        timeout = float(test.get("timeout_seconds", FUNCTIONAL_TIMEOUT_DEFAULT))
+        if not 0 < timeout <= FUNCTIONAL_TIMEOUT_MAX:
+            raise ValueError(f"{where}.timeout_seconds: must be in (0, {FUNCTIONAL_TIMEOUT_MAX:g}]")
         if test["name"] in names:
             raise ValueError(f"{where}: duplicate test name {test['name']!r}")
         names.add(test["name"])
