@@ -28,6 +28,7 @@ from bpfcompat.validator.limits import (
     MAX_HELPER_ID,
     MAX_MAP_ENTRIES,
     MAX_RINGBUF_BYTES,
+    MAX_TEST_RETRIES,
     command_problem,
     name_problem,
 )
@@ -173,6 +174,9 @@ class Manifest(Strict):
     maps: list[MapFixup] = Field(default_factory=list)
     program_variants: list[VariantGroup] = Field(default_factory=list)
     functional_tests: list[FunctionalTest] = Field(default_factory=list)
+    # A failing functional test is run again (links still alive) this many times; one that
+    # passes on a retry is reported as flaky, never as a plain pass.
+    retries: Annotated[int, Field(ge=0, le=MAX_TEST_RETRIES)] = 1
 
     def validator_args(self) -> list[str]:
         """The contract's flags, generated from `maps` and `program_variants`."""
@@ -204,6 +208,7 @@ class Manifest(Strict):
                     "expect_exit_code": t.expect_exit_code,
                     "expect_stdout_contains": t.expect_stdout_contains,
                     "expect_stderr_contains": t.expect_stderr_contains,
+                    "retries": self.retries,
                 }
                 for t in self.functional_tests
             ]

@@ -14,6 +14,7 @@ from .limits import (
     FUNCTIONAL_TIMEOUT_DEFAULT,
     FUNCTIONAL_TIMEOUT_MAX,
     MAX_MAP_ENTRIES,
+    MAX_TEST_RETRIES,
     command_problem,
     name_problem,
 )
@@ -226,6 +227,7 @@ _PLAN_TEST_KEYS = {
     "expect_exit_code": (int,),
     "expect_stdout_contains": (str, type(None)),
     "expect_stderr_contains": (str, type(None)),
+    "retries": (int,),
 }
 
 
@@ -259,6 +261,9 @@ def parse_functional_plan(data: object) -> list[dict[str, Any]]:
         problem = command_problem(test["command"])
         if problem:
             raise ValueError(f"{where}.command: {problem}")
+        retries = test.get("retries", 0)
+        if not 0 <= retries <= MAX_TEST_RETRIES:
+            raise ValueError(f"{where}.retries: must be in [0, {MAX_TEST_RETRIES}]")
         timeout = float(test.get("timeout_seconds", FUNCTIONAL_TIMEOUT_DEFAULT))
         if not 0 < timeout <= FUNCTIONAL_TIMEOUT_MAX:
             raise ValueError(f"{where}.timeout_seconds: must be in (0, {FUNCTIONAL_TIMEOUT_MAX:g}]")
@@ -274,6 +279,7 @@ def parse_functional_plan(data: object) -> list[dict[str, Any]]:
                 "expect_exit_code": test.get("expect_exit_code", 0),
                 "expect_stdout_contains": test.get("expect_stdout_contains"),
                 "expect_stderr_contains": test.get("expect_stderr_contains"),
+                "retries": retries,
             }
         )
     return parsed

@@ -36,6 +36,7 @@ MAX_NAME_CHARS = 255  # BPF object, map and program names, variant groups, test 
 MAX_COMMAND_CHARS = 4096
 FUNCTIONAL_TIMEOUT_DEFAULT = 10.0
 FUNCTIONAL_TIMEOUT_MAX = 600.0
+MAX_TEST_RETRIES = 5  # a functional test that fails is run again up to this many times
 # The contract's flags pack names into `<map>=<n>` and `<group>=<prog>:<helper>,...`:
 # these characters would be read as separators.
 NAME_SEPARATORS = "=,:"

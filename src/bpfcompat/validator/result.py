@@ -116,7 +116,7 @@ def skeleton(
             "skipped": 0,
             "required_failed": [],
         },
-        "functional": {"status": "skipped", "tests": []},
+        "functional": {"status": "skipped", "tests": [], "flaky": False},
         "logs": {
             "libbpf": "",
             "libbpf_load": "",
