@@ -214,6 +214,9 @@ class ParamikoTransport:
                     chan.recv_stderr(65536)
                     continue
                 if chan.exit_status_ready() and not chan.recv_ready():
+                    if chan.recv_exit_status() == -1 and not transport.is_active():
+                        # Closed without an exit status: the connection, not the command, ended.
+                        raise TransportError(f"{self.where}: SSH connection dropped")
                     if buffer:
                         yield buffer.decode("utf-8", "replace")
                     return
