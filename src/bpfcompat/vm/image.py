@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -31,6 +30,7 @@ from bpfcompat.vm.cache import (
 )
 from bpfcompat.vm.cpio import CpioWriter
 from bpfcompat.vm.kernels import KernelBuild
+from bpfcompat.vm.proc import run_bounded
 
 RECIPE_VERSION = 4
 GUEST_PACKAGES = (
@@ -226,17 +226,12 @@ def _build(suite: str, root: Path | None, mirror: str | None) -> GuestImage:
     return built
 
 
-def _run(cmd: list[str], what: str, timeout: float = 900) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise ImageError(f"{what}: {cmd[0]} not found") from None
-    except subprocess.TimeoutExpired:
-        raise ImageError(f"{what}: timed out after {timeout:.0f} s") from None
+def _run(cmd: list[str], what: str, timeout: float = 900, stall: float = 300) -> str:
+    proc = run_bounded(cmd, what, error=ImageError, timeout=timeout, stall=stall)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        tail = (proc.err or proc.out).strip().splitlines()[-3:]
         raise ImageError(f"{what} failed (exit {proc.returncode}): {' | '.join(tail)}")
-    return proc.stdout
+    return proc.out
 
 
 def _mmdebstrap(suite: str, tree: Path, sources: Path) -> None:
@@ -397,18 +392,14 @@ def _needed_libs(tree: Path, binary: str) -> list[str]:
     """The shared libraries `binary` loads, as the tree's own dynamic loader resolves
     them (never call this on a static executable: the loader crashes on those)."""
     loader = "/usr/lib64/ld-linux-x86-64.so.2"
-    try:
-        proc = subprocess.run(
-            ["chroot", str(tree), loader, "--list", binary],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ImageError(f"guest image: listing the libraries of {binary}: {exc}") from None
+    proc = run_bounded(
+        ["chroot", str(tree), loader, "--list", binary],
+        f"guest image: listing the libraries of {binary}",
+        error=ImageError,
+        timeout=60,
+    )
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+        tail = (proc.err or proc.out).strip().splitlines()[-1:]
         why = " ".join(tail) or f"exit {proc.returncode}"
         raise ImageError(f"guest image: listing the libraries of {binary}: {why}")
     libs = []
