@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -306,13 +307,53 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(path: Path) -> Any:
+MAX_CONFIG_BYTES = 1 << 20  # a kernels.yaml or manifest; real ones are a few KiB
+
+
+def file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_regular(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, checked before reading (a
+    FIFO would block, /dev/zero would never end), or ConfigError naming the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        st = path.stat()
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ConfigError(f"{path}: broken symlink ({what})") from None
         raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: {file_kind(st.st_mode)}, not a {what} file")
+    if st.st_size > limit:
+        raise ConfigError(f"{path}: {st.st_size} bytes, over the {limit} byte limit for a {what}")
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{path}: over the {limit} byte limit for a {what}")
+    return data
+
+
+def load_yaml(path: Path, what: str = "YAML") -> Any:
+    data = read_regular(path, MAX_CONFIG_BYTES, what)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read: not UTF-8 text ({exc.reason})") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
@@ -334,11 +375,11 @@ def _validate(model: type[M], path: Path, data: Any) -> M:
 
 
 def load_kernel_matrix(path: Path) -> KernelMatrix:
-    return _validate(KernelMatrix, path, load_yaml(path))
+    return _validate(KernelMatrix, path, load_yaml(path, "kernel matrix"))
 
 
 def load_manifest(path: Path) -> Manifest:
-    data = load_yaml(path)
+    data = load_yaml(path, "manifest")
     if data is None:
         return Manifest()
     return _validate(Manifest, path, data)

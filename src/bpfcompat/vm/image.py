@@ -11,6 +11,7 @@ copy. The dropbear host key is made at build time so the host can pin it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -26,6 +27,7 @@ from bpfcompat.vm.cache import (
     cache_root,
     entry_lock,
     read_verified_manifest,
+    sha256_file,
     write_manifest,
 )
 from bpfcompat.vm.cpio import CpioWriter
@@ -105,21 +107,29 @@ class GuestImage:
         return (self.entry / "hostkey.pub").read_text().strip()
 
     def initrd_for(self, kernel: KernelBuild) -> Path:
-        """rootfs + the kernel's NIC modules, concatenated (cpio archives stack)."""
+        """rootfs + the kernel's NIC modules, concatenated (cpio archives stack).
+
+        Reused only when its sha256 matches the one recorded when it was written: a
+        same-size corruption would make every boot of this kernel panic, unexplained."""
         target = kernel.entry / f"initrd-{self.digest}.cpio"
+        digest_file = target.with_name(target.name + ".sha256")
         parts = (self.rootfs_cpio, kernel.modules_cpio)
-        expected = sum(p.stat().st_size for p in parts)
         with entry_lock(target):  # kernels sharing a package share this file
-            if target.is_file() and target.stat().st_size == expected:
-                return target
+            with contextlib.suppress(OSError):
+                if target.is_file() and sha256_file(target) == digest_file.read_text().strip():
+                    return target
             fd, tmp_name = tempfile.mkstemp(prefix=".initrd-", dir=kernel.entry)
             tmp = Path(tmp_name)
             try:
+                digest = hashlib.sha256()
                 with os.fdopen(fd, "wb") as out:
                     for part in parts:
                         with part.open("rb") as src:
-                            shutil.copyfileobj(src, out, 1 << 20)
+                            for block in iter(lambda src=src: src.read(1 << 20), b""):
+                                digest.update(block)
+                                out.write(block)
                 os.replace(tmp, target)
+                digest_file.write_text(digest.hexdigest() + "\n")
             finally:
                 tmp.unlink(missing_ok=True)
         return target
