@@ -114,6 +114,7 @@ class GuestSession:
         vm_factory: VMFactory = QemuVM,
         connect: Connector = ssh_connect,
         artifact_timeout: float = 90.0,
+        attach_mode: str = "best-effort",
     ) -> None:
         self.spec = spec
         self.kernel = kernel
@@ -124,6 +125,7 @@ class GuestSession:
         self.vm_factory = vm_factory
         self.connect = connect
         self.artifact_timeout = artifact_timeout
+        self.attach_mode = attach_mode
         self.vm: GuestVM | None = None
         self.transport: GuestTransport | None = None
         self.boots = 0
@@ -284,6 +286,8 @@ class GuestSession:
             f"{cell_dir}/result.json",
             "--log-dir",
             cell_dir,
+            "--attach-mode",
+            self.attach_mode,
             *extra,
         ]
         tests = manifest.functional_tests

@@ -38,11 +38,17 @@ class Artifact:
     invalid_reason: str | None = None
 
 
+ATTACH_MODES = ("disabled", "best-effort", "required")
+
+
 @dataclass(frozen=True)
 class Plan:
     kernels: list[KernelSpec]
     artifacts: list[Artifact]
     guest_suite: str
+    # disabled: load only; best-effort: a program that does not attach is shown, not
+    # failed; required: every program must attach.
+    attach_mode: str = "best-effort"
 
 
 def artifact_name(path: Path) -> str:
@@ -180,6 +186,7 @@ def cache_key(
     package_version: str,
     validator_version: str,
     image_digest: str,
+    attach_mode: str = "best-effort",
 ) -> str:
     parts = [
         artifact.sha256,
@@ -188,4 +195,6 @@ def cache_key(
         validator_version,
         image_digest,
     ]
+    if attach_mode != "best-effort":  # keeps the keys of earlier best-effort runs
+        parts.append(f"attach={attach_mode}")
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()

@@ -71,6 +71,7 @@ class RunOptions:
     boot_per_artifact: bool = False  # one cold boot per cell, for benchmarks
     progress: Progress = _quiet
     backend: Backend = field(default_factory=Backend)
+    labels: dict[str, str] = field(default_factory=dict)  # e.g. git sha, branch: shown everywhere
 
 
 @dataclass
@@ -111,7 +112,15 @@ class MatrixRunner:
     # --- public ----------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
-        run = self.store.add(Run(accel=self.accel, tool_version=__version__, **process_identity()))
+        run = self.store.add(
+            Run(
+                accel=self.accel,
+                tool_version=__version__,
+                labels_json=json.dumps(self.options.labels),
+                attach_mode=self.plan.attach_mode,
+                **process_identity(),
+            )
+        )
         assert run.id is not None
         self.run_id = run.id
         for artifact in self.plan.artifacts:
@@ -236,7 +245,14 @@ class MatrixRunner:
             return
         todo: list[tuple[int, Artifact, str]] = []
         for index, artifact in enumerate(self.plan.artifacts):
-            key = cache_key(artifact, spec, kernel.version, VALIDATOR_VERSION, image.digest)
+            key = cache_key(
+                artifact,
+                spec,
+                kernel.version,
+                VALIDATOR_VERSION,
+                image.digest,
+                self.plan.attach_mode,
+            )
             hit = self.store.cached_result(key) if self.options.use_cache else None
             if hit is not None:
                 self._record_cell(spec, artifact, hit, kernel, cached=True)
@@ -269,6 +285,7 @@ class MatrixRunner:
             self.live_vms,
             vm_factory=self.backend.vm_factory,
             connect=self.backend.connect,
+            attach_mode=self.plan.attach_mode,
         )
         try:
             progress(spec.id, "booting")

@@ -69,6 +69,16 @@ class Run(SQLModel, table=True):
     pid: int | None = None
     proc_start: str | None = None
     hostname: str | None = None
+    labels_json: str | None = None  # {"key": "value"} given with --label
+    attach_mode: str | None = None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.labels_json or "{}")
+        except ValueError:
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 class RunKernel(SQLModel, table=True):
@@ -199,7 +209,7 @@ class Store:
                     continue
                 raise StoreError(f"{path}: not a usable bpfcompat store: {_reason(exc)}") from None
         if answer != ["ok"]:
-            first = str(answer[0] if answer else "no answer")[:200]
+            first = " ".join(str(answer[0] if answer else "no answer").split())[:200]
             raise StoreError(
                 f"{path}: the store is corrupt (SQLite integrity check: {first}); "
                 "move it aside and run again"
