@@ -346,6 +346,12 @@ class GuestSession:
                 yield current, self._failed(str(exc), started, crash=True, tail=exc.console_tail)
             else:
                 self._died_between_jobs = True
+        except OversizeError as exc:
+            # A guest flooding the protocol channel does it again on a retry: not retried.
+            self.shutdown()
+            if current is not None:
+                outcome = self._failed(str(exc), started, crash=False, tail=None)
+                yield current, replace(outcome, retryable=False)
         except (TransportError, VMError) as exc:
             crash, tail = self._crash_after_drop(vm)
             self.shutdown()
