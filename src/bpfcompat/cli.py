@@ -3,7 +3,6 @@ becomes one line on stderr and exit 1, never a traceback."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -289,6 +288,7 @@ def validate(
         )
     from bpfcompat.matrix.classify import classify_result
     from bpfcompat.matrix.policy import cell_exit_code
+    from bpfcompat.matrix.result import ResultProblem, parse_result
 
     with tempfile.TemporaryDirectory(prefix="bpfcompat-validate-") as tmp:
         result_path = out or Path(tmp) / "result.json"
@@ -310,7 +310,9 @@ def validate(
         proc = subprocess.run(args, check=False)
         if not result_path.is_file():
             raise BpfcompatError(f"{artifact}: validator wrote no result (exit {proc.returncode})")
-        result = json.loads(result_path.read_text())
+        result = parse_result(result_path.read_bytes())
+    if isinstance(result, ResultProblem):
+        raise BpfcompatError(f"{result_path}: {result.reason}")
     verdict = classify_result(result, os.uname().release)
     typer.echo(
         f"{loaded.name} on host {os.uname().release}: {verdict.status}"

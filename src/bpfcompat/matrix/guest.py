@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bpfcompat.errors import BpfcompatError, GuestCrash, TransportError, VMError
 from bpfcompat.matrix.plan import Artifact
+from bpfcompat.matrix.result import ResultModel, parse_result
 from bpfcompat.vm.image import GUEST_DRIVER_COMMAND, GuestImage
 from bpfcompat.vm.kernels import KernelBuild
 from bpfcompat.vm.qemu import BootSpec, QemuVM
@@ -42,7 +42,7 @@ KILLED = 128 + 9
 class RawOutcome:
     """What one validator process produced; evidence only, classified later."""
 
-    result: dict[str, Any] | None
+    result: ResultModel | None
     raw_json: str | None
     exit_code: int | None
     signal: int | None
@@ -296,14 +296,11 @@ class GuestSession:
         return RawOutcome(result, raw, exit_code, signal, None, False, None, seconds)
 
 
-def _parse_result(raw: str | None) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+def _parse_result(raw: str | None) -> ResultModel | None:
+    """The typed result, or None when there is none or it is unusable (parse_result
+    bounds its size and nesting before parsing, so hostile JSON cannot raise here)."""
+    parsed = parse_result(raw) if raw else None
+    return parsed if isinstance(parsed, ResultModel) else None
 
 
 def describe_error(exc: BaseException) -> str:

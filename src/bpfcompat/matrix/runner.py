@@ -17,11 +17,13 @@ from typing import Protocol
 
 from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError
-from bpfcompat.matrix.classify import CLASSIFIER_VERSION, Verdict, cell_fields, classify
+from bpfcompat.matrix.classify import CLASSIFIER_VERSION, cell_fields, classify, kernel_failed
 from bpfcompat.matrix.guest import GuestSession, RawOutcome, describe_error
 from bpfcompat.matrix.plan import Artifact, Plan, cache_key
 from bpfcompat.matrix.policy import EXIT_INTERRUPTED, CellOutcome, run_exit_code
+from bpfcompat.matrix.result import ResultModel, ResultProblem
 from bpfcompat.matrix.store import Cell, Run, RunKernel, Store, ValidatorResult, utcnow
+from bpfcompat.matrix.verdict import Verdict
 from bpfcompat.validator import VALIDATOR_VERSION
 from bpfcompat.vm.image import GuestImage, build_image
 from bpfcompat.vm.kernels import KernelBuild, fetch_kernel
@@ -313,16 +315,8 @@ class MatrixRunner:
         with self._lock:
             self.messages.append(f"kernel {spec.id}: {message}")
         self._update_kernel(row, status="error", error=message, boots=boots)
+        verdict = kernel_failed(message)
         for artifact in artifacts:
-            verdict = Verdict(
-                "error",
-                "INFRA_ERROR",
-                "high",
-                "boot",
-                None,
-                message[:500],
-                "Check the console log and the kernel entry; rerun.",
-            )
             self._add_cell(spec, artifact, verdict, None, 0.0, cached=False)
 
     def _store_result(
@@ -393,7 +387,7 @@ class MatrixRunner:
         seconds: float,
         *,
         cached: bool,
-        result: dict | None = None,
+        result: ResultModel | ResultProblem | None = None,
     ) -> None:
         self.store.add(
             Cell(

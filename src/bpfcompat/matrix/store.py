@@ -23,6 +23,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from bpfcompat.errors import StoreError
+from bpfcompat.matrix.result import ResultModel, ResultProblem, parse_result
 
 DEFAULT_DB = Path(".bpfcompat/bpfcompat.db")
 T = TypeVar("T")
@@ -80,14 +81,10 @@ class ValidatorResult(SQLModel, table=True):
     seconds: float = 0.0
     created_at: str = Field(default_factory=utcnow)
 
-    def result(self) -> dict[str, Any] | None:
-        if not self.raw_json:
-            return None
-        try:
-            data = json.loads(self.raw_json)
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
+    def result(self) -> ResultModel | ResultProblem | None:
+        """The typed result, or why the stored JSON is unusable; None when the guest
+        wrote none."""
+        return parse_result(self.raw_json) if self.raw_json else None
 
 
 class Cell(SQLModel, table=True):
