@@ -155,6 +155,7 @@ def add_recorded_run(
                             seconds=row.seconds,
                             cached=False,
                             result_id=row.id,
+                            artifact_problem=problem,
                             **cell_fields(verdict, result),
                         )
                     )

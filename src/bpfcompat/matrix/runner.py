@@ -401,6 +401,7 @@ class MatrixRunner:
                 seconds=round(seconds, 3),
                 cached=cached,
                 result_id=stored.id if stored else None,
+                artifact_problem=artifact.invalid_reason,
                 **cell_fields(verdict, result),
             )
         )

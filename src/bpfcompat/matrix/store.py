@@ -106,6 +106,9 @@ class Cell(SQLModel, table=True):
     rule: str | None = None
     detail: str | None = None
     classifier_version: str = ""
+    # The host's ELF pre-check of the artifact as this cell's run read it (None: it passed,
+    # or a store from before this column), so reclassify never reads artifact files.
+    artifact_problem: str | None = None
     notes_json: str = "[]"
     details_json: str = "{}"
     seconds: float = 0.0
