@@ -244,7 +244,7 @@ def test_an_oversize_or_deeply_nested_result_costs_its_cell_only(
     got = cells(summary)
     assert got["ringbuf"].code == "INFRA_ERROR" and "byte cap" in (got["ringbuf"].evidence or "")
     assert got["bloom-filter-map"].code == "INFRA_ERROR"
-    assert "nested" in (got["bloom-filter-map"].evidence or "")
+    assert "levels deep" in (got["bloom-filter-map"].evidence or "")
     assert got["simple-pass"].status == "pass"
     assert world.boots == 1, "a result over a cap is not a reason to reboot"
 

@@ -22,6 +22,8 @@ from bpfcompat.errors import OversizeError, TransportError
 from bpfcompat.vm.ssh import MAX_LINE_BYTES, ParamikoTransport, RunKey
 
 Handler = Callable[[paramiko.Channel, str], None]
+# The server's own threads see the connections these tests drop on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 
 
 class _SFTPHandle(paramiko.SFTPHandle):

@@ -30,6 +30,7 @@ from typing import Any
 
 from bpfcompat.errors import BpfcompatError, GuestCrash, OversizeError, TransportError, VMError
 from bpfcompat.matrix.plan import Artifact
+from bpfcompat.matrix.result import MAX_RESULT_BYTES, ResultModel, parse_result
 from bpfcompat.vm.image import GUEST_DRIVER_COMMAND, GuestImage
 from bpfcompat.vm.kernels import KernelBuild
 from bpfcompat.vm.qemu import BootSpec, GuestVM, QemuVM
@@ -46,7 +47,6 @@ BASE_CMDLINE = (
     "console=ttyS0 panic=-1 oops=panic quiet random.trust_cpu=on acpi=noirq init_on_alloc=0"
 )
 KILLED = 128 + 9
-MAX_RESULT_BYTES = 16 << 20  # a real result is well under 1 MiB: its logs are capped
 MAX_IGNORED_LINES = 20  # protocol lines that named no live job, kept as evidence
 # Kernel crashes outside any job (between jobs, while staging) before the kernel itself is
 # called unstable and its remaining cells are given up.
@@ -60,7 +60,7 @@ Connector = Callable[[GuestVM, RunKey, str, float, str], GuestTransport]
 class RawOutcome:
     """What one validator process produced; evidence only, classified later."""
 
-    result: dict[str, Any] | None
+    result: ResultModel | None
     raw_json: str | None
     exit_code: int | None
     signal: int | None
@@ -451,17 +451,16 @@ class GuestSession:
         return RawOutcome(result, raw, exit_code, signal, None, False, None, seconds)
 
 
-def _parse_result(raw: str | None) -> tuple[dict[str, Any] | None, str | None]:
-    """(result, None), or (None, why) for a result that is there but unusable."""
+def _parse_result(raw: str | None) -> tuple[ResultModel | None, str | None]:
+    """(result, None); or (None, why) for a result that is there but over a cap (nesting,
+    size); (None, None) when there is none or it is not a JSON object (a validator that
+    died mid-write: its stderr says why)."""
     if not raw:
         return None, None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None, None
-    except RecursionError:
-        return None, "result.json is nested too deeply to read"
-    return (data, None) if isinstance(data, dict) else (None, None)
+    parsed = parse_result(raw)
+    if isinstance(parsed, ResultModel):
+        return parsed, None
+    return None, (parsed.reason if parsed.kind in ("too-large", "too-deep") else None)
 
 
 def describe_error(exc: BaseException) -> str:

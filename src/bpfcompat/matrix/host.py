@@ -6,24 +6,23 @@ tests would run as root on the host, so they run only when the user says so.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from bpfcompat.errors import BpfcompatError, ConfigError
 from bpfcompat.matrix.plan import Artifact
+from bpfcompat.matrix.result import ResultModel, ResultProblem, parse_result
 
 HOST_TIMEOUT_S = 900.0
 
 
 @dataclass(frozen=True)
 class HostRun:
-    result: dict[str, Any]
+    result: ResultModel
     release: str
     exit_code: int
 
@@ -81,5 +80,7 @@ def validate_on_host(
             raise BpfcompatError(
                 f"{artifact.path}: validator wrote no result (exit {proc.returncode})"
             )
-        result = json.loads(result_path.read_text())
+        result = parse_result(result_path.read_bytes())
+    if isinstance(result, ResultProblem):
+        raise BpfcompatError(f"{result_path}: {result.reason}")
     return HostRun(result, os.uname().release, proc.returncode)

@@ -22,10 +22,11 @@ from typing import Protocol
 
 from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError
-from bpfcompat.matrix.classify import CLASSIFIER_VERSION, Verdict, cell_fields, classify
+from bpfcompat.matrix.classify import CLASSIFIER_VERSION, cell_fields, classify, kernel_failed
 from bpfcompat.matrix.guest import Connector, GuestSession, RawOutcome, VMFactory, describe_error
 from bpfcompat.matrix.plan import Artifact, Plan, cache_key
 from bpfcompat.matrix.policy import EXIT_INTERRUPTED, CellOutcome, run_exit_code
+from bpfcompat.matrix.result import ResultModel, ResultProblem
 from bpfcompat.matrix.store import (
     Cell,
     Run,
@@ -35,6 +36,7 @@ from bpfcompat.matrix.store import (
     process_identity,
     utcnow,
 )
+from bpfcompat.matrix.verdict import Verdict
 from bpfcompat.validator import VALIDATOR_VERSION
 from bpfcompat.vm.image import GuestImage, build_image
 from bpfcompat.vm.kernels import KernelBuild, fetch_kernel
@@ -385,16 +387,8 @@ class MatrixRunner:
         with self._lock:
             self.messages.append(f"kernel {spec.id}: {message}")
         self._update_kernel(row, status="error", error=message, boots=boots)
+        verdict = kernel_failed(message)
         for artifact in artifacts:
-            verdict = Verdict(
-                "error",
-                "INFRA_ERROR",
-                "high",
-                "boot",
-                None,
-                message[:500],
-                "Check the console log and the kernel entry; rerun.",
-            )
             self._add_cell(spec, artifact, verdict, None, 0.0, cached=False)
 
     def _store_result(
@@ -475,7 +469,7 @@ class MatrixRunner:
         seconds: float,
         *,
         cached: bool,
-        result: dict | None = None,
+        result: ResultModel | ResultProblem | None = None,
     ) -> Cell:
         return self.store.add(
             Cell(
@@ -489,6 +483,7 @@ class MatrixRunner:
                 seconds=round(seconds, 3),
                 cached=cached,
                 result_id=stored.id if stored else None,
+                artifact_problem=artifact.invalid_reason,
                 **cell_fields(verdict, result),
             )
         )
@@ -506,9 +501,8 @@ def is_final(status: str, code: str | None, flaky: bool) -> bool:
     return status == "pass" or (status == "fail" and code not in _NOT_FINAL_CODES)
 
 
-def is_flaky(result: dict | None) -> bool:
-    functional = result.get("functional") if isinstance(result, dict) else None
-    return isinstance(functional, dict) and functional.get("flaky") is True
+def is_flaky(result: ResultModel | ResultProblem | None) -> bool:
+    return isinstance(result, ResultModel) and result.functional.flaky
 
 
 def run_plan(plan: Plan, store: Store, options: RunOptions) -> tuple[MatrixRunner, RunSummary]:

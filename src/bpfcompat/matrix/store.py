@@ -30,6 +30,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from bpfcompat.errors import StoreError
+from bpfcompat.matrix.result import ResultModel, ResultProblem, parse_result
 
 DEFAULT_DB = Path(".bpfcompat/bpfcompat.db")
 # Bump when a change is not just added tables or columns (those migrate themselves).
@@ -123,14 +124,10 @@ class ValidatorResult(SQLModel, table=True):
     created_at: str = Field(default_factory=utcnow)
     final: bool | None = None  # may be reused by a later run (see runner.is_final)
 
-    def result(self) -> dict[str, Any] | None:
-        if not self.raw_json:
-            return None
-        try:
-            data = json.loads(self.raw_json)
-        except (ValueError, RecursionError):
-            return None
-        return data if isinstance(data, dict) else None
+    def result(self) -> ResultModel | ResultProblem | None:
+        """The typed result, or why the stored JSON is unusable; None when the guest
+        wrote none."""
+        return parse_result(self.raw_json) if self.raw_json else None
 
 
 class Cell(SQLModel, table=True):
@@ -152,6 +149,9 @@ class Cell(SQLModel, table=True):
     rule: str | None = None
     detail: str | None = None
     classifier_version: str = ""
+    # The host's ELF pre-check of the artifact as this cell's run read it (None: it passed,
+    # or a store from before this column), so reclassify never reads artifact files.
+    artifact_problem: str | None = None
     notes_json: str = "[]"
     details_json: str = "{}"
     seconds: float = 0.0
