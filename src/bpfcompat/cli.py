@@ -66,6 +66,14 @@ AttachOpt = Annotated[
         "required: a program that does not attach fails the cell.",
     ),
 ]
+NoAutoOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-auto-fixups",
+        help="Do not size maps compiled with a zero size (the loader's job) when the manifest "
+        "does not: such objects then fail with LOADER_SETUP_REQUIRED.",
+    ),
+]
 LabelOpt = Annotated[
     list[str] | None,
     typer.Option("--label", help="KEY=VALUE recorded with the run (repeatable), e.g. git=abc123."),
@@ -222,6 +230,7 @@ def matrix_run(
         ),
     ] = False,
     attach_mode: AttachOpt = AttachMode.best_effort,
+    no_auto_fixups: NoAutoOpt = False,
     manifest: Annotated[
         Path | None,
         typer.Option("--manifest", help="Apply this manifest to every artifact given."),
@@ -235,7 +244,7 @@ def matrix_run(
     matrix = _matrix(kernels)
     specs = matrix.select(kernel)
     found = discover_artifacts(artifacts, manifest)
-    plan = Plan(specs, found, matrix.guest_suite, attach_mode.value)
+    plan = Plan(specs, found, matrix.guest_suite, attach_mode.value, not no_auto_fixups)
     store = Store(db)
     printer = _Printer([s.id for s in specs])
     options = RunOptions(
@@ -333,6 +342,7 @@ def validate(
         Path | None, typer.Option("--out", help="Write the validator result JSON here.")
     ] = None,
     attach_mode: AttachOpt = AttachMode.best_effort,
+    no_auto_fixups: NoAutoOpt = False,
     allow_host_commands: Annotated[
         bool,
         typer.Option(
@@ -352,7 +362,13 @@ def validate(
         from bpfcompat.matrix.runner import RunOptions, run_plan
 
         matrix = _matrix(kernels)
-        plan = Plan(matrix.select([kernel]), [loaded], matrix.guest_suite, attach_mode.value)
+        plan = Plan(
+            matrix.select([kernel]),
+            [loaded],
+            matrix.guest_suite,
+            attach_mode.value,
+            not no_auto_fixups,
+        )
         store = Store(db)
         options = RunOptions(
             use_cache=False, workdir=work_dir(db, Path(".bpfcompat/out")), labels=_labels(label)
@@ -382,7 +398,11 @@ def validate(
         for command in host_commands(loaded):
             _say(f"bpfcompat: will run as root on this host: {command}")
     ran = validate_on_host(
-        loaded, out=out, attach_mode=attach_mode.value, allow_commands=allow_host_commands
+        loaded,
+        out=out,
+        attach_mode=attach_mode.value,
+        auto_fixups=not no_auto_fixups,
+        allow_commands=allow_host_commands,
     )
     verdict = classify_result(ran.result, ran.release)
     typer.echo(

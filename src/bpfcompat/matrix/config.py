@@ -28,11 +28,13 @@ from bpfcompat.validator.limits import (
     FUNCTIONAL_TIMEOUT_MAX,
     MAX_HELPER_ID,
     MAX_MAP_ENTRIES,
+    MAX_MAP_VALUE_BYTES,
     MAX_RINGBUF_BYTES,
     MAX_TEST_RETRIES,
     command_problem,
     name_problem,
 )
+from bpfcompat.validator.tables import ATTACH_TYPE_NAMES, PROG_TYPE_NAMES, type_id
 from bpfcompat.vm.spec import SUITE_PATTERN, KernelSpec, Strict
 
 M = TypeVar("M", bound=BaseModel)
@@ -104,10 +106,15 @@ def _parse_duration(value: Any) -> float:
     return seconds
 
 
+MapSize = Annotated[int, Field(ge=1, le=MAX_MAP_VALUE_BYTES)]
+
+
 class MapFixup(Strict):
     name: Name
     max_entries: Literal["cpus"] | Annotated[int, Field(ge=1, le=MAX_MAP_ENTRIES)] | None = None
     inner_ringbuf_bytes: Annotated[int, Field(ge=4096, le=MAX_RINGBUF_BYTES)] | None = None
+    value_size: MapSize | None = None
+    key_size: MapSize | None = None
 
     @field_validator("inner_ringbuf_bytes")
     @classmethod
@@ -118,8 +125,11 @@ class MapFixup(Strict):
 
     @model_validator(mode="after")
     def _something(self) -> MapFixup:
-        if self.max_entries is None and self.inner_ringbuf_bytes is None:
-            raise ValueError("needs max_entries or inner_ringbuf_bytes")
+        if all(
+            v is None
+            for v in (self.max_entries, self.inner_ringbuf_bytes, self.value_size, self.key_size)
+        ):
+            raise ValueError("needs max_entries, inner_ringbuf_bytes, value_size or key_size")
         return self
 
 
@@ -162,9 +172,35 @@ class AttachExpectation(Strict):
     required: bool = False
 
 
+def _known(names: tuple[str, ...], what: str) -> Any:
+    def check(value: str | None) -> str | None:
+        if value is not None and type_id(names, value) is None:
+            raise ValueError(f"unknown {what} {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
 class ProgramExpectation(Strict):
+    """One program: what must hold for it, and what the project's loader sets on it."""
+
     name: Name
     attach: AttachExpectation = AttachExpectation()
+    # bpf_program__set_attach_target: the function a tracing program (fentry/fexit/
+    # fmod_ret/lsm/tp_btf/freplace) really attaches to, for objects compiled with a
+    # placeholder the loader replaces.
+    attach_target: Name | None = None
+    autoload: bool | None = None
+    # For sections libbpf cannot type (another loader's convention): libbpf's program
+    # type name, e.g. socket_filter, sched_cls, and the expected attach type if needed.
+    type: Annotated[str | None, _known(PROG_TYPE_NAMES, "program type")] = None
+    expected_attach_type: Annotated[str | None, _known(ATTACH_TYPE_NAMES, "attach type")] = None
+
+    @model_validator(mode="after")
+    def _type_first(self) -> ProgramExpectation:
+        if self.expected_attach_type is not None and self.type is None:
+            raise ValueError("expected_attach_type needs type")
+        return self
 
 
 class Manifest(Strict):
@@ -180,13 +216,27 @@ class Manifest(Strict):
     retries: Annotated[int, Field(ge=0, le=MAX_TEST_RETRIES)] = 1
 
     def validator_args(self) -> list[str]:
-        """The contract's flags, generated from `maps` and `program_variants`."""
+        """The contract's flags, generated from `maps`, `programs` and `program_variants`."""
         args: list[str] = []
         for fixup in self.maps:
             if fixup.max_entries is not None:
                 args += ["--set-map-max-entries", f"{fixup.name}={fixup.max_entries}"]
             if fixup.inner_ringbuf_bytes is not None:
                 args += ["--set-map-inner-ringbuf", f"{fixup.name}={fixup.inner_ringbuf_bytes}"]
+            if fixup.value_size is not None:
+                args += ["--set-map-value-size", f"{fixup.name}={fixup.value_size}"]
+            if fixup.key_size is not None:
+                args += ["--set-map-key-size", f"{fixup.name}={fixup.key_size}"]
+        for prog in self.programs:
+            if prog.attach_target is not None:
+                args += ["--set-prog-attach-target", f"{prog.name}={prog.attach_target}"]
+            if prog.autoload is not None:
+                args += ["--set-prog-autoload", f"{prog.name}={str(prog.autoload).lower()}"]
+            if prog.type is not None:
+                kind = prog.type + (
+                    f"/{prog.expected_attach_type}" if prog.expected_attach_type else ""
+                )
+                args += ["--set-prog-type", f"{prog.name}={kind}"]
         for group in self.program_variants:
             entries = [
                 p.name if p.requires_helper is None else f"{p.name}:{p.requires_helper}"

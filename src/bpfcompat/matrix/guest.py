@@ -115,6 +115,7 @@ class GuestSession:
         connect: Connector = ssh_connect,
         artifact_timeout: float = 90.0,
         attach_mode: str = "best-effort",
+        auto_fixups: bool = True,
     ) -> None:
         self.spec = spec
         self.kernel = kernel
@@ -126,6 +127,7 @@ class GuestSession:
         self.connect = connect
         self.artifact_timeout = artifact_timeout
         self.attach_mode = attach_mode
+        self.auto_fixups = auto_fixups
         self.vm: GuestVM | None = None
         self.transport: GuestTransport | None = None
         self.boots = 0
@@ -288,6 +290,7 @@ class GuestSession:
             cell_dir,
             "--attach-mode",
             self.attach_mode,
+            *([] if self.auto_fixups else ["--no-auto-fixups"]),
             *extra,
         ]
         tests = manifest.functional_tests

@@ -37,6 +37,7 @@ def validate_on_host(
     *,
     out: Path | None = None,
     attach_mode: str = "best-effort",
+    auto_fixups: bool = True,
     allow_commands: bool = False,
 ) -> HostRun:
     """Run the validator on this kernel; `out` keeps its result JSON."""
@@ -68,6 +69,7 @@ def validate_on_host(
             tmp,
             "--attach-mode",
             attach_mode,
+            *([] if auto_fixups else ["--no-auto-fixups"]),
             *extra,
         ]
         try:

@@ -49,6 +49,9 @@ class Plan:
     # disabled: load only; best-effort: a program that does not attach is shown, not
     # failed; required: every program must attach.
     attach_mode: str = "best-effort"
+    # Size maps the object compiled with size 0 as its loader would (when the manifest
+    # does not say): the kernel's own answer instead of the loader's.
+    auto_fixups: bool = True
 
 
 def artifact_name(path: Path) -> str:
@@ -187,6 +190,7 @@ def cache_key(
     validator_version: str,
     image_digest: str,
     attach_mode: str = "best-effort",
+    auto_fixups: bool = True,
 ) -> str:
     parts = [
         artifact.sha256,
@@ -197,4 +201,6 @@ def cache_key(
     ]
     if attach_mode != "best-effort":  # keeps the keys of earlier best-effort runs
         parts.append(f"attach={attach_mode}")
+    if not auto_fixups:
+        parts.append("no-auto-fixups")
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()

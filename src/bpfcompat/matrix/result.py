@@ -272,6 +272,34 @@ class MapFixup(_Part):
     requested: Name | None = None
     applied_entries: Int | None = None
     inner_ringbuf_bytes: Int | None = None
+    value_size: Int | None = None
+    key_size: Int | None = None
+    status: Name | None = None
+    error: Text | None = None
+
+
+class AutoFixup(_Part):
+    """A map the validator sized because the object left it zero and no manifest did."""
+
+    name: Name | None = None
+    type: Name | None = None
+    field: Name | None = None
+    compiled: Int | None = None
+    applied: Int | None = None
+    reason: Text | None = None
+    manifest: Text | None = None
+    status: Name | None = None
+    error: Text | None = None
+
+
+class ProgramSetup(_Part):
+    """What the manifest had the validator set on a program before load."""
+
+    name: Name | None = None
+    attach_target: Name | None = None
+    autoload: bool | None = None
+    type: Name | None = None
+    expected_attach_type: Name | None = None
     status: Name | None = None
     error: Text | None = None
 
@@ -371,6 +399,8 @@ class Map(_Part):
     type: Name | None = None
     type_id: Int | None = None
     max_entries: Int | None = None
+    value_size: Int | None = None
+    key_size: Int | None = None
 
 
 class Discovery(_Part):
@@ -462,7 +492,8 @@ class ResultModel(_Part):
     input: Input = Input()
     artifact: ArtifactInfo = ArtifactInfo()
     map_fixups: _objects(MapFixup) = ()
-    auto_sized_maps: Free = ()
+    auto_sized_maps: _objects(AutoFixup) = ()
+    program_setup: _objects(ProgramSetup) = ()
     auto_typed_programs: Free = ()
     program_type_overrides: Free = ()
     program_variants: _objects(Variant) = ()

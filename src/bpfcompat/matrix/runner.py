@@ -254,6 +254,7 @@ class MatrixRunner:
                 VALIDATOR_VERSION,
                 image.digest,
                 self.plan.attach_mode,
+                self.plan.auto_fixups,
             )
             hit = self.store.cached_result(key) if self.options.use_cache else None
             if hit is not None:
@@ -288,6 +289,7 @@ class MatrixRunner:
             vm_factory=self.backend.vm_factory,
             connect=self.backend.connect,
             attach_mode=self.plan.attach_mode,
+            auto_fixups=self.plan.auto_fixups,
         )
         try:
             progress(spec.id, "booting")

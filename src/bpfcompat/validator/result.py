@@ -56,6 +56,7 @@ def skeleton(
         "map_fixups": [],
         "auto_sized_maps": [],
         "auto_typed_programs": [],
+        "program_setup": [],
         "program_type_overrides": [],
         "program_variants": [],
         "btf": {
