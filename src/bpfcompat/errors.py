@@ -8,7 +8,8 @@ BpfcompatError
 ├── VMError            QEMU missing, boot failure, boot timeout
 │   └── GuestCrash     the guest panicked or oopsed (console evidence attached)
 ├── TransportError     SSH to the guest failed or dropped
-└── StoreError         the SQLite store cannot be used
+├── StoreError         the SQLite store cannot be used
+└── ReportError        a report cannot be written, or a run export cannot be read
 
 The CLI catches BpfcompatError, prints its one-line message and exits 1.
 """
@@ -53,4 +54,8 @@ class TransportError(BpfcompatError):
 
 
 class StoreError(BpfcompatError):
+    pass
+
+
+class ReportError(BpfcompatError):
     pass
