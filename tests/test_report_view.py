@@ -10,6 +10,7 @@ import pytest
 
 from bpfcompat.errors import ReportError
 from bpfcompat.matrix.store import Store
+from bpfcompat.report import write_reports
 from bpfcompat.report.export import run_export
 from bpfcompat.report.view import SCHEMA, RunView
 from report_fixtures import add_recorded_run
@@ -135,3 +136,50 @@ def test_malformed_summaries_become_text(store: Store, run_id: int, tmp_path: Pa
         "applied_entries": "[1]",
         "status": "false",
     }
+
+
+def _count_reads(store: Store, monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """Record every call of the store's read methods (with its arguments)."""
+    calls: dict[str, list] = {}
+    for name in ("run", "runs", "kernels", "cells", "result", "results"):
+        original = getattr(store, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls.setdefault(_name, []).append(args)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, counted)
+    return calls
+
+
+def test_write_reports_reads_the_store_once(
+    store: Store, run_id: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_reads(store, monkeypatch)
+    paths = write_reports(
+        store,
+        run_id,
+        html=tmp_path / "r.html",
+        json_path=tmp_path / "r.json",
+        markdown=tmp_path / "r.md",
+        junit=tmp_path / "r.xml",
+    )
+    assert len(paths) == 4
+    assert {name: len(args) for name, args in calls.items()} == {
+        "run": 1,
+        "kernels": 1,
+        "cells": 1,
+        "results": 1,  # every raw result in one bulk read, never one query per cell
+    }
+
+
+def test_write_reports_with_base_reads_each_run_once(
+    store: Store, run_id: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = add_recorded_run(store)
+    calls = _count_reads(store, monkeypatch)
+    write_reports(
+        store, head, markdown=tmp_path / "r.md", json_path=tmp_path / "r.json", base_run=run_id
+    )
+    assert sorted(calls["cells"]) == sorted([(head,), (run_id,)])
+    assert "results" not in calls and "result" not in calls  # no HTML: no raw results
