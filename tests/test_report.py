@@ -49,7 +49,7 @@ def _view(store: Store, run_id: int, *, results: bool = False) -> RunView:
     return RunView.from_store(store, run_id, with_results=results)
 
 
-def run_export(store: Store, run_id: int) -> dict[str, Any]:
+def json_export(store: Store, run_id: int) -> dict[str, Any]:
     """The JSON export, as `report --json` writes it."""
     return _view(store, run_id).export()
 
@@ -62,7 +62,7 @@ def _cells(export: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def test_export_schema_keys(store: Store, run_id: int) -> None:
-    export = run_export(store, run_id)
+    export = json_export(store, run_id)
     assert export["schema"] == SCHEMA == "bpfcompat.run.v1"
     assert {"id", "started_at", "finished_at", "status", "exit_code", "accel"} <= set(export["run"])
     assert [k["id"] for k in export["kernels"]] == list(ALL_KERNELS)
@@ -91,7 +91,7 @@ def test_export_schema_keys(store: Store, run_id: int) -> None:
 
 
 def test_export_carries_variants_and_map_fixups(store: Store, run_id: int) -> None:
-    cells = _cells(run_export(store, run_id))
+    cells = _cells(json_export(store, run_id))
     old = cells[("program-variants", "debian-11-5.10")]["variants"]
     new = cells[("program-variants", "debian-12-6.1")]["variants"]
     assert old == [{"group": "loop_x", "chosen": "loop_old_x", "disabled": ["loop_x"]}]
@@ -113,7 +113,7 @@ def _junit(store: Store, run_id: int, tmp_path: Path) -> JUnitXml:
 
 
 def test_junit_counts_and_messages(store: Store, run_id: int, tmp_path: Path) -> None:
-    export = run_export(store, run_id)
+    export = json_export(store, run_id)
     cells = _cells(export)
     xml = _junit(store, run_id, tmp_path)
     required_fail = [
@@ -204,7 +204,7 @@ def _table_rows(text: str, header_start: str) -> list[list[str]]:
 
 
 def test_markdown_matrix_shape(store: Store, run_id: int) -> None:
-    export = run_export(store, run_id)
+    export = json_export(store, run_id)
     text = render_markdown(_view(store, run_id))
     assert text.startswith(f"## bpfcompat run {run_id}: completed, exit code ")
     rows = _table_rows(text, "| artifact | debian-11-5.10")
@@ -474,7 +474,7 @@ def test_runs_list(store: Store, two_runs: tuple[int, int]) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert [int(ln.split()[0]) for ln in lines] == sorted(two_runs, reverse=True)
-    export = run_export(store, two_runs[0])
+    export = json_export(store, two_runs[0])
     n = {s: sum(1 for c in export["cells"] if c["status"] == s) for s in ("pass", "fail", "error")}
     assert f"{len(ARTIFACTS)} artifacts x {len(ALL_KERNELS)} kernels" in lines[0]
     assert lines[0].endswith(f"pass {n['pass']} fail {n['fail']} error {n['error']}")
