@@ -250,7 +250,8 @@ class RunView(_Model):
         if not isinstance(data, dict):
             raise ValueError(f"the top level is a JSON {type(data).__name__}, not an object")
         if data.get("schema") != SCHEMA:
-            raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+            schema = repr(data.get("schema"))[:TEXT_CHARS]
+            raise ValueError(f"schema is {schema}, expected {SCHEMA!r}")
         cells = data.get("cells")
         if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
             raise ValueError("cells: expected a list of objects")
