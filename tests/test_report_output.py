@@ -147,6 +147,15 @@ def test_write_file_onto_a_directory(tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == []
 
 
+def test_write_file_onto_the_root_or_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for target in (Path("/"), Path(".")):
+        with pytest.raises(ReportError) as info:
+            write_file(target, "x")
+        assert str(info.value) == f"{target}: cannot write the report: Is a directory"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_write_file_under_a_file(tmp_path: Path) -> None:
     (tmp_path / "plain").write_text("not a directory")
     with pytest.raises(ReportError) as info:

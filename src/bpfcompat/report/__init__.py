@@ -19,13 +19,13 @@ def write_file(path: Path, text: str) -> Path:
     """Write atomically so a CI artifact is never half a file: a temporary file beside
     `path`, synced, then renamed over it. Any failure is one line naming `path`, and the
     temporary file never outlives the call."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         if path.parent.exists() and not path.parent.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_dir():
+        if not path.name or path.is_dir():  # "/" and "." have no name
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        tmp = path.with_name(f".{path.name[:200]}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         # A lone surrogate (an undecodable file name) is written as its escape.
         data = text.encode("utf-8", errors="backslashreplace")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
