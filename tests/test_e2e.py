@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from bpfcompat.matrix.config import load_kernel_matrix
+from bpfcompat.report.terminal import failure_line
+from bpfcompat.report.view import RunView
 from conftest import EXAMPLES, ROOT, require_tool, run_cli
 from expectations import expected
 
@@ -67,6 +69,17 @@ def test_default_matrix_is_complete(default_run: dict[str, Any]) -> None:
         assert kernel["btf"] is True and kernel["release"]
     assert (default_run["tmp"] / "out" / "report.html").is_file()
     assert "report.html" in default_run["proc"].stdout
+
+
+def test_terminal_lists_every_failing_cell_whole(default_run: dict[str, Any]) -> None:
+    """After the grid, one line per failing cell with its full code and evidence."""
+    view = RunView.from_export(default_run["tmp"] / "run.json")
+    printed = default_run["proc"].stdout.splitlines()
+    failing = view.failing()
+    assert failing
+    for cell in failing:
+        assert failure_line(view, cell) in printed
+        assert f"{cell.verdict.code}: {cell.verdict.evidence}" in failure_line(view, cell)
 
 
 def test_every_cell_matches_its_expectation(default_run: dict[str, Any]) -> None:

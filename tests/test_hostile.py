@@ -10,6 +10,7 @@ in the test's directory; docs/robustness.md quotes a measured run.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import time
@@ -196,6 +197,15 @@ def test_names_never_reach_a_shell(hostile_run: dict[str, Any]) -> None:
     assert not pwned, pwned
     html = (hostile_run["out"] / "report.html").read_text()
     assert "<img src=x onerror=alert(1)>" not in html  # escaped, not markup
+
+
+def test_terminal_output_is_escaped(hostile_run: dict[str, Any]) -> None:
+    """Names reach the terminal as escapes: each printed line is one line, no raw control."""
+    proc = hostile_run["proc"]
+    for stream in (proc.stdout, proc.stderr):
+        for line in stream.split("\n"):
+            assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]", line), repr(line)
+    assert any(line.startswith("line\\nbreak ") for line in proc.stdout.splitlines())
 
 
 def test_symlink_out_of_the_input_dir_is_refused(hostile_run: dict[str, Any]) -> None:

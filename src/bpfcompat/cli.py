@@ -23,6 +23,7 @@ from bpfcompat.errors import BpfcompatError, ConfigError
 from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
 from bpfcompat.matrix.plan import Plan, discover_artifacts, load_artifact
 from bpfcompat.matrix.store import DEFAULT_DB, Store
+from bpfcompat.report.terminal import printable
 
 app = typer.Typer(
     add_completion=False,
@@ -93,8 +94,15 @@ def _labels(values: list[str] | None) -> dict[str, str]:
     return labels
 
 
-def _say(message: str) -> None:
-    typer.echo(message, err=True)
+def _out(line: str) -> None:
+    """Print one line to stdout. Every line goes through `printable`: names, codes and
+    evidence come from file names, manifests and guests, and must not drive the terminal."""
+    typer.echo(printable(line))
+
+
+def _say(line: str) -> None:
+    """Print one line to stderr, escaped like `_out`."""
+    typer.echo(printable(line), err=True)
 
 
 def _matrix(path: Path | None):  # type: ignore[no-untyped-def]
@@ -111,7 +119,7 @@ def kernels_list(kernels: KernelsOpt = None) -> None:
         hit = cached_kernel(spec, deep=False)
         state = f"cached {hit.release}" if hit else "not fetched"
         req = "required" if spec.required else "optional"
-        typer.echo(
+        _out(
             f"{spec.id:28} {spec.suite:10} {req:9} {spec.package}  [{state}]"
             + (f"  cmdline: {spec.cmdline}" if spec.cmdline else "")
         )
@@ -129,7 +137,7 @@ def kernels_fetch(
         started = time.monotonic()
         build = fetch_kernel(spec)
         took = time.monotonic() - started
-        typer.echo(f"{spec.id}: {build.release} ({build.version}) in {took:.1f} s -> {build.entry}")
+        _out(f"{spec.id}: {build.release} ({build.version}) in {took:.1f} s -> {build.entry}")
 
 
 @image_app.command("build")
@@ -140,7 +148,7 @@ def image_build(kernels: KernelsOpt = None) -> None:
     suite = _matrix(kernels).guest_suite
     started = time.monotonic()
     image = build_image(suite)
-    typer.echo(
+    _out(
         f"guest image {suite} {image.digest}: {image.rootfs_cpio} "
         f"({image.rootfs_cpio.stat().st_size // 1024} KiB) in {time.monotonic() - started:.1f} s"
     )
@@ -160,12 +168,14 @@ class _Printer:
 
     def _table(self):  # type: ignore[no-untyped-def]
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title="bpfcompat matrix")
         table.add_column("kernel")
         table.add_column("state")
         for kid, state in self.state.items():
-            table.add_row(kid, state)
+            # Text, not str: rich would read "[...]" in a kernel id or detail as markup.
+            table.add_row(Text(printable(kid)), Text(printable(state)))
         return table
 
     def __call__(self, kernel: str, stage: str, detail: str = "") -> None:
@@ -181,21 +191,6 @@ class _Printer:
     def close(self) -> None:
         if self.live is not None:
             self.live.stop()
-
-
-def _write_reports(
-    store: Store,
-    run_id: int,
-    html: Path | None,
-    json_path: Path | None,
-    markdown: Path | None,
-    junit: Path | None,
-) -> list[Path]:
-    from bpfcompat.report import write_reports
-
-    return write_reports(
-        store, run_id, html=html, json_path=json_path, markdown=markdown, junit=junit
-    )
 
 
 @matrix_app.command("run")
@@ -238,7 +233,11 @@ def matrix_run(
     label: LabelOpt = None,
 ) -> None:
     """Validate every artifact on every kernel: each kernel booted once for all artifacts."""
+    from bpfcompat.matrix.policy import EXIT_MEANINGS
     from bpfcompat.matrix.runner import RunOptions, run_plan
+    from bpfcompat.report import write_view
+    from bpfcompat.report.terminal import terminal_lines
+    from bpfcompat.report.view import RunView
 
     labels = _labels(label)
     matrix = _matrix(kernels)
@@ -264,12 +263,23 @@ def matrix_run(
         signal.signal(signal.SIGTERM, previous)
     for message in summary.messages:
         _say(f"bpfcompat: {message}")
-    html = html or out_dir / "report.html"
-    written = _write_reports(store, summary.run_id, html, json_path, markdown, junit)
-    _print_matrix(store, summary.run_id)
+    view = RunView.from_store(store, summary.run_id, with_results=True)
+    for line in terminal_lines(view):
+        _out(line)
+    written = write_view(
+        view,
+        html=html or out_dir / "report.html",
+        json_path=json_path,
+        markdown=markdown,
+        junit=junit,
+    )
     for path in written:
-        typer.echo(f"wrote {path}")
-    typer.echo(f"run {summary.run_id}: {summary.status}, exit code {summary.exit_code}")
+        _out(f"wrote {path}")
+    meaning = EXIT_MEANINGS.get(summary.exit_code)
+    _out(
+        f"run {summary.run_id}: {summary.status}, exit code {summary.exit_code}"
+        + (f" ({meaning})" if meaning else "")
+    )
     raise typer.Exit(summary.exit_code)
 
 
@@ -305,22 +315,6 @@ def work_dir(db: Path, out_dir: Path) -> Path:
     in one output directory never mix their files."""
     digest = hashlib.sha256(str(db.resolve()).encode()).hexdigest()[:12]
     return out_dir / "work" / f"{db.stem}-{digest}"
-
-
-def _print_matrix(store: Store, run_id: int) -> None:
-    cells = store.cells(run_id)
-    kernels = [k.kernel_id for k in store.kernels(run_id)]
-    names = list(dict.fromkeys(c.artifact for c in cells))
-    by = {(c.artifact, c.kernel_id): c for c in cells}
-    width = max([len(n) for n in names] + [8])
-    typer.echo(" " * width + "  " + "  ".join(f"{k:22}" for k in kernels))
-    for name in names:
-        row = []
-        for k in kernels:
-            c = by.get((name, k))
-            label = "-" if c is None else c.status + (f" {c.code}" if c.code else "")
-            row.append(f"{label[:22]:22}")
-        typer.echo(f"{name:{width}}  " + "  ".join(row))
 
 
 @app.command("validate")
@@ -378,18 +372,18 @@ def validate(
         for message in summary.messages:
             _say(f"bpfcompat: {message}")
         for cell in summary.cells:
-            typer.echo(
+            _out(
                 f"{cell.artifact} on {cell.kernel_id}: {cell.status}"
                 + (f" {cell.code}: {cell.evidence}" if cell.code else "")
             )
             for note in cell.notes:
-                typer.echo(f"  note: {note}")
+                _out(f"  note: {note}")
             if out is not None:
                 stored = store.result(cell.result_id)
                 if stored is None or stored.raw_json is None:
                     raise BpfcompatError(f"{out}: no validator result to write ({cell.evidence})")
                 _write_text(out, stored.raw_json)
-                typer.echo(f"wrote {out}")
+                _out(f"wrote {out}")
         raise typer.Exit(summary.exit_code)
     from bpfcompat.matrix.classify import classify_result
     from bpfcompat.matrix.host import host_commands, validate_on_host
@@ -405,7 +399,7 @@ def validate(
         allow_commands=allow_host_commands,
     )
     verdict = classify_result(ran.result, ran.release)
-    typer.echo(
+    _out(
         f"{loaded.name} on host {ran.release}: {verdict.status}"
         + (f" {verdict.code}: {verdict.evidence}" if verdict.code else "")
     )
@@ -448,7 +442,7 @@ def report(
     for path in write_reports(
         store, run_id, html=html, json_path=json_path, markdown=markdown, junit=junit, base_run=base
     ):
-        typer.echo(f"wrote {path}")
+        _out(f"wrote {path}")
 
 
 @app.command("compare")
@@ -471,7 +465,7 @@ def compare(
     assert head_id is not None
     comparison = compare_runs(store, base, head_id)
     for line in comparison.lines():
-        typer.echo(line)
+        _out(line)
     # SystemExit, not typer.Exit: with standalone_mode=False typer returns an Exit's code
     # from app() instead of raising it, and main() drops that return value.
     raise SystemExit(comparison.exit_code)
@@ -497,7 +491,7 @@ def runs_list(db: DbOpt = DEFAULT_DB) -> None:
         shape = f"{len({c.artifact for c in cells})} artifacts x {n_kernels} kernels"
         exit_code = "-" if run.exit_code is None else run.exit_code
         labels = " ".join(f"{k}={v}" for k, v in run.labels.items())
-        typer.echo(
+        _out(
             f"{run.id:5}  {run.started_at}  {run.status:11} exit {exit_code:<3}  {shape}  "
             f"pass {counts['pass']} fail {counts['fail']} error {counts['error']}"
             + (f"  {labels}" if labels else "")
@@ -516,9 +510,9 @@ def reclassify(
     run_id = store.run(run).id
     assert run_id is not None
     changed = reclassify_run(store, run_id)
-    typer.echo(f"run {run_id}: {len(changed)} cell(s) changed")
+    _out(f"run {run_id}: {len(changed)} cell(s) changed")
     for line in changed:
-        typer.echo(f"  {line}")
+        _out(f"  {line}")
 
 
 @app.callback(invoke_without_command=True)
@@ -526,7 +520,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
 ) -> None:
     if version:
-        typer.echo(f"bpfcompat {__version__}")
+        _out(f"bpfcompat {__version__}")
         raise typer.Exit(0)
 
 

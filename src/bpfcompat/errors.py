@@ -9,7 +9,8 @@ BpfcompatError
 │   └── GuestCrash     the guest panicked or oopsed (console evidence attached)
 ├── TransportError     SSH to the guest failed or dropped
 │   └── OversizeError  the guest offered more bytes than the host accepts
-└── StoreError         the SQLite store cannot be used
+├── StoreError         the SQLite store cannot be used
+└── ReportError        a report cannot be written, or a run export cannot be read
 
 The CLI catches BpfcompatError, prints its one-line message and exits 1.
 """
@@ -62,4 +63,8 @@ class OversizeError(TransportError):
 
 
 class StoreError(BpfcompatError):
+    pass
+
+
+class ReportError(BpfcompatError):
     pass

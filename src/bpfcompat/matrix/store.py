@@ -18,7 +18,7 @@ import random
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -393,6 +393,17 @@ class Store:
             return None
         with self.session() as session:
             return session.get(ValidatorResult, result_id)
+
+    def results(self, result_ids: Iterable[int]) -> dict[int, ValidatorResult]:
+        """Many results by id in a few queries (a report reads every cell's result)."""
+        wanted = sorted(set(result_ids))
+        found: dict[int, ValidatorResult] = {}
+        with self.session() as session:
+            for start in range(0, len(wanted), 500):  # under SQLite's bound-variable limit
+                chunk = wanted[start : start + 500]
+                stmt = select(ValidatorResult).where(ValidatorResult.id.in_(chunk))  # type: ignore[union-attr]
+                found.update((row.id, row) for row in session.exec(stmt) if row.id is not None)
+        return found
 
     def integrity_ok(self) -> bool:
         with self.engine.connect() as conn:

@@ -31,6 +31,13 @@ class Verdict(BaseModel):
     rule: str | None = None
     detail: str | None = None  # the inputs that decided it (probe, lockdown, release), in words
 
+    @classmethod
+    def stored(cls, source: object) -> Verdict:
+        """The verdict a store row or export entry holds (its fields by name): a verdict
+        read back, never a new judgement."""
+        get = source.get if isinstance(source, dict) else lambda f: getattr(source, f, None)
+        return cls(**{f: get(f) for f in cls.model_fields})
+
     @property
     def label(self) -> str:
         """`pass`, or the status with its code (`fail VERIFIER_REJECTION`)."""

@@ -1,6 +1,6 @@
-"""The run export (`bpfcompat.run.v1`): the one view model every report format reads.
-
-Keys are only ever added, never renamed: CI scripts parse this file.
+"""The run export (`bpfcompat.run.v1`) as the tool wrote it before RunView, reading the
+store directly: the oracle that RunView.export keeps every key and value CI scripts
+parse. A key added to the export is added here too; none is ever renamed or removed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from bpfcompat.matrix.store import Store
 SCHEMA = "bpfcompat.run.v1"
 
 
-def run_export(
+def reference_export(
     store: Store, run_id: int | None = None, *, include_results: bool = False
 ) -> dict[str, Any]:
     """The stored run as plain data; `include_results` adds each cell's validator result."""
