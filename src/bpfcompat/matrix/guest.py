@@ -357,12 +357,16 @@ class GuestSession:
                 yield current, replace(outcome, retryable=False)
         except (TransportError, VMError) as exc:
             crash, tail = self._crash_after_drop(vm)
+            message = str(exc)
+            if not crash and not vm.alive() and not isinstance(exc, VMError):
+                # The connection went because QEMU did: say so, not what SSH saw of it.
+                message = f"QEMU exited while the guest worked ({exc})"
             self.shutdown()
             if current is not None:
                 if crash:
                     yield current, self._failed(f"guest crashed: {crash}", started, True, tail)
                 else:
-                    yield current, self._failed(str(exc), started, crash=False, tail=tail)
+                    yield current, self._failed(message, started, crash=False, tail=tail)
             elif crash:
                 # Died between jobs: nobody's verdict; the caller reruns what is left.
                 self._died_between_jobs = True
@@ -370,7 +374,7 @@ class GuestSession:
             elif pending:
                 # Failed before the next job started (staging, a lost connection): the next
                 # job pays, once; it is retried on a fresh boot.
-                yield pending[0], self._failed(str(exc), started, crash=False, tail=tail)
+                yield pending[0], self._failed(message, started, crash=False, tail=tail)
 
     def _crash_after_drop(self, vm: GuestVM) -> tuple[str | None, str | None]:
         """After a lost connection: a kernel crash only if QEMU has really stopped with a
