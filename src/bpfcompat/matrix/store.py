@@ -157,6 +157,7 @@ class Cell(SQLModel, table=True):
     seconds: float = 0.0
     cached: bool = False
     flaky: bool | None = None  # a functional test passed only on a retry
+    attached: str | None = None  # for a pass: all | some | none | off (Verdict.attached)
     result_id: int | None = Field(default=None, foreign_key="validatorresult.id")
 
     @property

@@ -57,6 +57,8 @@ class RunInfo(_Model):
     accel: str
     tool_version: str
     error: str | None
+    labels: dict[str, str] = {}
+    attach_mode: str | None = None
 
 
 class KernelInfo(_Model):
@@ -73,6 +75,7 @@ class KernelInfo(_Model):
     error: str | None
     boots: int
     peak_rss_mb: float | None
+    notes: list[str] = []
 
 
 class ArtifactInfo(_Model):
@@ -127,6 +130,7 @@ class CellInfo(_Model):
     cached: bool
     classifier_version: str
     raw: RawEvidence | None = None  # loaded only when asked for (the HTML report)
+    flaky: bool = False  # a functional test passed only on a retry
 
     text_lists = field_validator("notes", mode="before")(_texts)
 
@@ -155,6 +159,8 @@ class CellInfo(_Model):
             "classifier_version": self.classifier_version,
             "variants": [s.model_dump() for s in self.variants],
             "map_fixups": [s.model_dump() for s in self.map_fixups],
+            "attached": v.attached,
+            "flaky": self.flaky,
         }
         if include_results:
             if self.raw is None:
@@ -206,6 +212,8 @@ class RunView(_Model):
                     accel=run.accel or "",
                     tool_version=run.tool_version or "",
                     error=run.error,
+                    labels=run.labels,
+                    attach_mode=run.attach_mode,
                 ),
                 kernels=[
                     KernelInfo(
@@ -222,6 +230,7 @@ class RunView(_Model):
                         error=k.error,
                         boots=k.boots or 0,
                         peak_rss_mb=k.peak_rss_mb,
+                        notes=k.notes,
                     )
                     for k in kernels
                 ],
@@ -335,6 +344,7 @@ def _stored_cell(cell: Cell, results: dict[int, ValidatorResult] | None) -> Cell
         cached=bool(cell.cached),
         classifier_version=cell.classifier_version or "",
         raw=raw,
+        flaky=bool(cell.flaky),
     )
 
 
@@ -365,6 +375,7 @@ def _exported_cell(cell: dict[str, Any]) -> dict[str, Any]:
         "cached": cell.get("cached"),
         "classifier_version": cell.get("classifier_version"),
         "raw": {k: cell.get(k) for k in _RAW_KEYS} if "result" in cell else None,
+        "flaky": cell.get("flaky", False),
     }
 
 

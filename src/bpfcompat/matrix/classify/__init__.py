@@ -82,7 +82,7 @@ def classify_result(
             detail = "no verdict"
         return rule("infra").verdict(evidence=evidence, detail=detail, program=facts.program)
     if facts.stage == "pass":
-        return PASS
+        return PASS.model_copy(update={"attached": attached(model)})
     for r in RULES:
         if r.match is None or facts.stage not in r.stages:
             continue
@@ -145,6 +145,16 @@ def kernel_failed(message: str) -> Verdict:
     return rule("boot-failure").verdict(evidence=message[:500])
 
 
+def attached(model: ResultModel) -> str:
+    """How much of a loaded object attached (see Verdict.attached)."""
+    attach = model.attach
+    if attach.mode == "disabled":
+        return "off"
+    if attach.passed and not attach.failed:
+        return "all"
+    return "some" if attach.passed else "none"
+
+
 def notes_for(result: Result) -> list[str]:
     """Variant choices, map fixups and attach warnings, in words, for reports."""
     model = _model(result)
@@ -196,6 +206,7 @@ def cell_fields(verdict: Verdict, result: Result) -> dict[str, Any]:
         "remediation": verdict.remediation,
         "rule": verdict.rule,
         "detail": verdict.detail,
+        "attached": verdict.attached,
         "classifier_version": CLASSIFIER_VERSION,
         "notes_json": json.dumps(notes_for(model)),
         "details_json": json.dumps(details),
