@@ -103,12 +103,20 @@ def _cells(export: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["artifact"]: c for c in export["cells"]}
 
 
+def _verdict(cell: dict[str, Any]) -> tuple[str, str | None]:
+    return cell["status"], cell["code"]
+
+
+def _expected(name: str) -> tuple[str, str | None]:
+    want = expected(name, KERNEL)
+    return want["status"], want["code"]
+
+
 def test_no_neighbour_changes_its_verdict(attacked: dict[str, Any]) -> None:
     for _, export in attacked["runs"]:
         cells = _cells(export)
         for name in NEIGHBOURS:
-            want = expected(name, KERNEL)
-            assert (cells[name]["status"], cells[name]["code"]) == want, (name, cells[name])
+            assert _verdict(cells[name]) == _expected(name), (name, cells[name])
 
 
 def test_nobody_is_blamed_for_a_forged_panic(attacked: dict[str, Any]) -> None:
@@ -121,9 +129,12 @@ def test_nobody_is_blamed_for_a_forged_panic(attacked: dict[str, Any]) -> None:
 def test_each_attacker_ran_alone_and_its_forgeries_were_ignored(attacked: dict[str, Any]) -> None:
     _, export = attacked["runs"][0]
     cells = _cells(export)
-    # One boot for the trusted artifacts, one fresh guest per attacker.
-    assert export["kernels"][0]["boots"] == 1 + len(ATTACKS)
-    assert cells["attack-lines"]["status"] == "pass"
+    # One boot for the trusted artifacts, one fresh guest per attacker, one more for the
+    # retry of the attacker that ended its own job with a forged line.
+    assert export["kernels"][0]["boots"] == 1 + len(ATTACKS) + 1
+    # Forging "done" for its own token only ends its own job early (no result yet): its
+    # cell is an error, retried once, and nobody else's.
+    assert _verdict(cells["attack-lines"]) == ("error", "INFRA_ERROR")
     assert cells["attack-console"]["status"] == "pass"
     with sqlite3.connect(attacked["tmp"] / "store.db") as conn:
         (notes,) = conn.execute("select notes_json from runkernel order by id limit 1").fetchone()
@@ -138,10 +149,8 @@ def test_nothing_forged_or_failed_is_replayed_from_the_cache(attacked: dict[str,
     before, again = _cells(first), _cells(second)
     for name in NEIGHBOURS:
         assert again[name]["cached"], name
-        assert (again[name]["status"], again[name]["code"]) == expected(name, KERNEL)
-    assert not again["attack-flood"]["cached"], "an error is never final"
+        assert _verdict(again[name]) == _expected(name)
+    for name in ("attack-flood", "attack-lines"):
+        assert not again[name]["cached"], f"{name}: an error is never final"
     for name in ("attack-lines", "attack-console"):  # their own verdicts, stable
-        assert (again[name]["status"], again[name]["code"]) == (
-            before[name]["status"],
-            before[name]["code"],
-        )
+        assert _verdict(again[name]) == _verdict(before[name])
