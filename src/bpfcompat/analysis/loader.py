@@ -28,8 +28,10 @@ STACK_TRACE_VALUE_SIZE = PERF_MAX_STACK_DEPTH * 8  # u64 per frame
 # Map types (uapi values) for which a zero in the compiled definition is not a loader step.
 _STORAGE = {19, 21, 24, 28, 29, 32}  # cgroup/percpu cgroup/sk/inode/task/cgrp storage
 _ZERO_MAX_OK = _STORAGE | {4, 26}  # perf_event_array: libbpf uses the CPU count; struct_ops
-_ZERO_KEY_OK = {3, 4, 12, 13, 22, 23, 26, 27, 30, 31, 33}  # prog array, maps-of-maps, ...
-_ZERO_VALUE_OK = {3, 4, 12, 13, 26, 27, 31, 33}
+# Key and value sizes libbpf 1.5 leaves as compiled (it sets value_size 4 only for maps
+# declared with `values`: prog arrays and maps-of-maps): zero is valid only for these.
+_ZERO_KEY_OK = {22, 23, 26, 27, 30, 31, 33}  # queue, stack, struct_ops, ringbufs, bloom, arena
+_ZERO_VALUE_OK = {26, 27, 31, 33}
 _PER_CPU = {5, 6, 10, 12, 13}  # percpu hash/array, lru percpu hash, maps-of-maps
 STACK_TRACE, RINGBUF, PROG_ARRAY, STRUCT_OPS = 7, 27, 3, 26
 
@@ -195,7 +197,8 @@ def _map_findings(mdef: MapDef) -> list[Finding]:
             else "a guess: use the size your loader sets"
         )
         whys.append("max_entries 0: the kernel refuses it, so the loader sets the size")
-    if not mdef.value_size and mtype not in _ZERO_VALUE_OK and not mdef.values_are_programs:
+    has_values = mdef.values_are_programs or mdef.inner is not None
+    if not mdef.value_size and mtype not in _ZERO_VALUE_OK and not has_values:
         if mtype == STACK_TRACE:
             entry["value_size"] = STACK_TRACE_VALUE_SIZE
             notes["value_size"] = f"PERF_MAX_STACK_DEPTH ({PERF_MAX_STACK_DEPTH}) x u64"
