@@ -80,44 +80,48 @@ def function_uses(obj: ObjectFile, func: Function) -> Uses:
     count = len(code) // 8
     uses.insns = count
     little = obj.data[5] == 1
-    end = "<" if little else ">"
     relocs = {
         off - func.offset: (sym, rtype)
         for off, sym, rtype in obj.relocs.get(func.sec_index, [])
         if func.offset <= off < func.offset + func.size
     }
-    edges: list[list[int]] = [[] for _ in range(count)]
-    unpack = struct.Struct(end + "BBhi").unpack_from
+    recs = list(struct.iter_unpack(("<" if little else ">") + "BBhi", code[: count * 8]))
+    jumps: list[tuple[int, int, bool]] = []  # (insn, target, falls through)
+    exits: list[int] = []
     feats = uses.features
     i = 0
     while i < count:
-        op, regs, off, imm = unpack(code, i * 8)
-        src = regs >> 4 if little else regs & 0x0F
+        op, regs, off, imm = recs[i]
         cls = op & 0x07
-        width = 2 if op == LD_IMM64 else 1
-        rel = relocs.get(i * 8)
-        nxt = i + width
         if op == LD_IMM64:
+            rel = relocs.get(i * 8)
             if rel is not None:
                 _ld_imm64_target(obj, rel[0], imm, uses)
-        elif cls in (JMP, JMP32):
+            i += 2
+            continue
+        if cls in (JMP, JMP32):
             jop = op & 0xF0
             if cls == JMP32:
                 feats["jmp32"] = None
             if jop == OP_CALL and cls == JMP:
-                _call(obj, func, i, src, imm, rel, uses)
+                src = regs >> 4 if little else regs & 0x0F
+                _call(obj, func, i, src, imm, relocs.get(i * 8), uses)
             elif jop == OP_EXIT and cls == JMP:
-                nxt = -1
+                exits.append(i)
+            elif cls == JMP32 and jop == OP_JA:
+                feats["isa_v4"] = None  # gotol: the 32-bit jump offset is in imm
+                jumps.append((i, i + imm + 1, False))
             else:
-                if cls == JMP32 and jop == OP_JA:
-                    feats["isa_v4"] = None  # gotol: 32-bit jump offset in imm
-                    target = i + imm + 1
-                else:
-                    target = i + off + 1
-                if 0 <= target < count:
-                    edges[i].append(target)
-                if jop == OP_JA:
-                    nxt = -1
+                jumps.append((i, i + off + 1, jop != OP_JA))
+        elif cls in (ALU, ALU64):
+            if off or op == (ALU64 | OP_END):  # plain ALU ops (the bulk of code) have off 0
+                aop = op & 0xF0
+                if (
+                    (aop in (OP_DIV, OP_MOD) and off == 1)
+                    or (aop == OP_MOV and off in (8, 16, 32))
+                    or (aop == OP_END and cls == ALU64)
+                ):
+                    feats["isa_v4"] = None
         elif cls == STX and op & 0xE0 == MODE_ATOMIC:
             if imm in (LOAD_ACQ, STORE_REL):
                 feats["load_acquire_store_release"] = None
@@ -125,18 +129,8 @@ def function_uses(obj: ObjectFile, func: Function) -> Uses:
                 feats["atomics"] = None
         elif cls == LDX and op & 0xE0 == MODE_MEMSX:
             feats["isa_v4"] = None
-        elif cls in (ALU, ALU64):
-            aop = op & 0xF0
-            if (
-                (aop in (OP_DIV, OP_MOD) and off == 1)
-                or (aop == OP_MOV and off in (8, 16, 32))
-                or (aop == OP_END and cls == ALU64)
-            ):
-                feats["isa_v4"] = None
-        if 0 <= nxt < count:
-            edges[i].append(nxt)
-        i += width
-    if _has_cycle(edges):
+        i += 1
+    if any(target <= at for at, target, _ft in jumps) and _has_cycle(count, jumps, exits):
         feats["bounded_loops"] = None
     return uses
 
@@ -194,26 +188,46 @@ def _ld_imm64_target(obj: ObjectFile, sym: int, imm: int, uses: Uses) -> None:
         uses.features["global_data"] = None
 
 
-def _has_cycle(edges: list[list[int]]) -> bool:
-    """Whether the control-flow graph has a back edge: the loop the verifier before 5.3
-    refused ("back-edge from insn X to Y"). Iterative DFS, linear in the instructions."""
-    count = len(edges)
-    if not count:
-        return False
-    state = bytearray(count)  # 0 new, 1 on the stack, 2 done
+def _has_cycle(count: int, jumps: list[tuple[int, int, bool]], exits: list[int]) -> bool:
+    """Whether the control-flow graph has a cycle: the loop the verifier before 5.3 refused
+    ("back-edge from insn X to Y"). Built over basic blocks (a block ends at each jump and
+    exit), so the work grows with the jumps, not the instructions."""
+    leaders = {0}
+    for at, target, _ft in jumps:
+        if 0 <= target < count:
+            leaders.add(target)
+        leaders.add(at + 1)
+    leaders.update(e + 1 for e in exits)
+    starts = sorted(x for x in leaders if x < count)
+    index = {start: k for k, start in enumerate(starts)}
+    ends_with = {at: (target, ft) for at, target, ft in jumps}
+    exit_set = set(exits)
+    succ: list[list[int]] = []
+    for k in range(len(starts)):
+        last = (starts[k + 1] if k + 1 < len(starts) else count) - 1
+        nxt: list[int] = []
+        if last in ends_with:
+            target, falls = ends_with[last]
+            if target in index:
+                nxt.append(index[target])
+            if falls and k + 1 < len(starts):
+                nxt.append(k + 1)
+        elif last not in exit_set and k + 1 < len(starts):
+            nxt.append(k + 1)
+        succ.append(nxt)
+    state = bytearray(len(starts))  # 0 new, 1 on the DFS stack, 2 done
     stack = [(0, 0)]
     state[0] = 1
     while stack:
         node, pos = stack[-1]
-        succ = edges[node]
-        if pos < len(succ):
+        if pos < len(succ[node]):
             stack[-1] = (node, pos + 1)
-            nxt = succ[pos]
-            if state[nxt] == 1:
+            child = succ[node][pos]
+            if state[child] == 1:
                 return True
-            if state[nxt] == 0:
-                state[nxt] = 1
-                stack.append((nxt, 0))
+            if state[child] == 0:
+                state[child] = 1
+                stack.append((child, 0))
         else:
             state[node] = 2
             stack.pop()
