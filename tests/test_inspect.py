@@ -156,7 +156,13 @@ def findings(report: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
 def test_zero_sized_maps(fixture_reports: dict[str, dict[str, Any]]) -> None:
     report = fixture_reports["zero_sized_maps"]
     sized = findings(report, "map_sized_at_runtime")
-    assert set(sized) == {"scratch", "seen", "stacks"}
+    assert set(sized) == {"scratch", "seen", "stacks", "events", "opaque"}
+    assert sized["events"]["manifest"]["maps"][0] == {
+        "name": "events",
+        "key_size": 4,
+        "value_size": 4,
+    }
+    assert "no known size" in sized["opaque"]["why"] and "opaque_value" in sized["opaque"]["why"]
     assert sized["scratch"]["manifest"] == {"maps": [{"name": "scratch", "max_entries": "cpus"}]}
     assert sized["stacks"]["manifest"]["maps"][0] == {"name": "stacks", "value_size": 127 * 8}
     assert "PERF_MAX_STACK_DEPTH" in "\n".join(sized["stacks"]["manifest_lines"])
@@ -348,3 +354,11 @@ def test_manifest_suggest(analysis_objects: dict[str, Path], built_examples: Pat
         "manifest", "suggest", str(built_examples / "truncated-elf" / "truncated-elf.bpf.o")
     )
     assert proc.returncode == 1 and "truncated ELF" in proc.stderr
+
+
+def test_unused_map_sets_the_plain_load_floor(fixture_reports: dict[str, dict[str, Any]]) -> None:
+    report = fixture_reports["unused_map"]
+    assert report["floor"] == "5.16" and "used by no program" in report["floor_reason"]
+    assert report["floor_without_unused_maps"] == "4.1"  # kprobe
+    (finding,) = [f for f in report["loader_setup"] if f["kind"] == "map_unused"]
+    assert finding["subject"] == "probe_bloom" and "bpf_map__set_autocreate" in finding["why"]

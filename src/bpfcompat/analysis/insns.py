@@ -10,6 +10,7 @@ callbacks.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from dataclasses import dataclass, field
 
@@ -80,11 +81,10 @@ def function_uses(obj: ObjectFile, func: Function) -> Uses:
     count = len(code) // 8
     uses.insns = count
     little = obj.data[5] == 1
-    relocs = {
-        off - func.offset: (sym, rtype)
-        for off, sym, rtype in obj.relocs.get(func.sec_index, [])
-        if func.offset <= off < func.offset + func.size
-    }
+    section_relocs = obj.relocs.get(func.sec_index, [])  # sorted by offset
+    lo = bisect.bisect_left(section_relocs, (func.offset,))
+    hi = bisect.bisect_left(section_relocs, (func.offset + func.size,))
+    relocs = {off - func.offset: (sym, rtype) for off, sym, rtype in section_relocs[lo:hi]}
     recs = list(struct.iter_unpack(("<" if little else ">") + "BBhi", code[: count * 8]))
     jumps: list[tuple[int, int, bool]] = []  # (insn, target, falls through)
     exits: list[int] = []

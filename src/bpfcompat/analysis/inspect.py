@@ -18,11 +18,12 @@ from bpfcompat.analysis import features as F
 from bpfcompat.analysis import requirements as R
 from bpfcompat.analysis.insns import Uses, analyse
 from bpfcompat.analysis.kernelset import KernelSet
-from bpfcompat.analysis.loader import loader_setup, program_types
+from bpfcompat.analysis.loader import Finding, loader_setup, program_types
 from bpfcompat.analysis.objfile import MapDef, ObjectFile, read_object
 from bpfcompat.validator import btf as B
 
 MAX_CORE_RECORDS = 200  # CO-RE relocations listed one by one; the counts cover the rest
+MAX_PROBLEMS = 50  # partial-read problems listed per artifact
 _FIELD_KINDS = range(0, 6)
 _ENUM_KINDS = (10, 11)
 
@@ -60,6 +61,10 @@ def inspect_object(path: Path, kernels: KernelSet | None = None) -> dict[str, An
     reqs = R.collect(obj, uses, {k: (v[0], v[1]) for k, v in types.items()})
     since, top = R.floor(reqs)
     findings = loader_setup(obj, uses, types, kernels)
+    used_only = [r for r in reqs if r.programs or r.kind != "map_type"]
+    lower, lower_top = R.floor(used_only)
+    if top is not None and top.kind == "map_type" and not top.programs and lower != since:
+        findings.append(_unused_map_finding(top, lower, lower_top))
     programs = _programs(obj, uses, types)
     for entry in programs:
         entry["floor"] = R.floor([r for r in reqs if entry["name"] in r.programs])[0]
@@ -81,10 +86,29 @@ def inspect_object(path: Path, kernels: KernelSet | None = None) -> dict[str, An
         },
         core_relocations=_core(obj, problems),
         kernel_checks=_kernel_checks(kernels, obj),
-        problems=problems,
+        floor_without_unused_maps=lower if lower != since else None,
+        problems=problems[:MAX_PROBLEMS] + (["..."] if len(problems) > MAX_PROBLEMS else []),
     )
     report["seconds"] = round(time.monotonic() - started, 4)
     return report
+
+
+def _unused_map_finding(
+    top: R.Requirement, lower: str | None, lower_top: R.Requirement | None
+) -> Finding:
+    """The floor is set by a map no program uses: created by a plain libbpf load all the
+    same, but typically a feature probe whose creation the project's loader turns off."""
+    maps = (top.note or "").removeprefix("maps: ")
+    return Finding(
+        "map_unused",
+        maps,
+        f"map type {top.name} ({top.since}) sets the floor but no program uses {maps}: a plain "
+        f"libbpf load still creates it and fails before {top.since}; a loader that turns its "
+        "creation off (bpf_map__set_autocreate) needs only "
+        + (f"{lower} ({R.floor_reason(lower_top)})" if lower else "what the programs need"),
+        "info",
+        detail={"map_type": top.name, "since": top.since, "floor_without": lower},
+    )
 
 
 def _btf_summary(obj: ObjectFile) -> dict[str, Any]:
@@ -173,27 +197,36 @@ def _core(obj: ObjectFile, problems: list[str]) -> dict[str, Any]:
     except ValueError as exc:
         problems.append(f"CO-RE relocations: {exc}")
         return out
-    kinds: Counter[str] = Counter()
-    types: dict[str, None] = {}
+    kinds: Counter[str] = Counter(r.kind_name for _sec, r in relos)
+    roots: dict[int, tuple[int, str] | None] = {}  # local type id -> (root id, name)
     for sec, r in relos:
-        kinds[r.kind_name] += 1
+        if r.type_id not in roots:
+            try:
+                root = btf.resolve(r.type_id)
+                roots[r.type_id] = (root, btf.name(root).split("___")[0] or btf.render(root))
+            except ValueError as exc:
+                roots[r.type_id] = None
+                problems.append(f"CO-RE relocation at {sec}+{r.insn_off}: {exc}")
+        found = roots[r.type_id]
+        if found is None or len(out["records"]) >= MAX_CORE_RECORDS:
+            continue
+        root, tname = found
         try:
-            root = btf.resolve(r.type_id)
-            tname = btf.name(root).split("___")[0] or btf.render(root)
-            types[tname] = None
-            if len(out["records"]) < MAX_CORE_RECORDS:
-                out["records"].append(
-                    {
-                        "section": sec,
-                        "insn": r.insn_off // 8,
-                        "type": tname,
-                        "kind": r.kind_name,
-                        "access": r.access,
-                        "spec": _spec(btf, root, r.access, r.kind),
-                    }
-                )
+            spec = _spec(btf, root, r.access, r.kind)
         except ValueError as exc:
             problems.append(f"CO-RE relocation at {sec}+{r.insn_off}: {exc}")
+            continue
+        out["records"].append(
+            {
+                "section": sec,
+                "insn": r.insn_off // 8,
+                "type": tname,
+                "kind": r.kind_name,
+                "access": r.access,
+                "spec": spec,
+            }
+        )
+    types = {found[1]: None for found in roots.values() if found is not None}
     out.update(count=len(relos), kinds=dict(kinds), types=list(types))
     return out
 

@@ -33,6 +33,10 @@ _ZERO_MAX_OK = _STORAGE | {4, 26}  # perf_event_array: libbpf uses the CPU count
 _ZERO_KEY_OK = {22, 23, 26, 27, 30, 31, 33}  # queue, stack, struct_ops, ringbufs, bloom, arena
 _ZERO_VALUE_OK = {26, 27, 31, 33}
 _PER_CPU = {5, 6, 10, 12, 13}  # percpu hash/array, lru percpu hash, maps-of-maps
+# Sizes the kernel fixes for fd and index maps (4-byte index or fd). cilium/ebpf fills
+# them in when a definition leaves them 0; libbpf does not.
+_KEY_4 = {3, 4, 8, 12, 14, 15, 16, 17, 20, 24, 28, 29, 32}
+_VALUE_4 = {3, 4, 8, 12, 13, 17}
 STACK_TRACE, RINGBUF, PROG_ARRAY, STRUCT_OPS = 7, 27, 3, 26
 
 # Where libbpf looks up each BTF-attached section's target in kernel BTF.
@@ -202,19 +206,29 @@ def _map_findings(mdef: MapDef) -> list[Finding]:
         if mtype == STACK_TRACE:
             entry["value_size"] = STACK_TRACE_VALUE_SIZE
             notes["value_size"] = f"PERF_MAX_STACK_DEPTH ({PERF_MAX_STACK_DEPTH}) x u64"
+        elif mtype in _VALUE_4:
+            entry["value_size"] = 4
+            notes["value_size"] = "the kernel requires 4 (cilium/ebpf fills it in, libbpf not)"
         else:
             entry["value_size"] = 8
             notes["value_size"] = "a guess: use the size your loader sets"
         whys.append("value_size 0: sized by the loader at run time")
     if not mdef.key_size and mtype not in _ZERO_KEY_OK:
         entry["key_size"] = 4
-        notes["key_size"] = "a guess: use the size your loader sets"
+        notes["key_size"] = (
+            "the kernel requires 4 (cilium/ebpf fills it in, libbpf not)"
+            if mtype in _KEY_4
+            else "a guess: use the size your loader sets"
+        )
         whys.append("key_size 0: sized by the loader at run time")
+    whys += mdef.notes
     inner = mdef.inner
     if inner is not None and inner.type == RINGBUF and not inner.max_entries:
         entry["inner_ringbuf_bytes"] = 8 << 20
         notes["inner_ringbuf_bytes"] = "a guess: the ring buffer size your loader uses"
         whys.append("its inner ring buffer template has max_entries 0")
+    elif inner is not None:
+        whys += [f"inner map template: {note}" for note in inner.notes]
     if whys:
         out.append(
             Finding(
@@ -377,8 +391,9 @@ def _check_target(
             Finding(
                 "attach_target_placeholder",
                 prog,
-                f"{section}: {symbol} {where}; the loader probably picks the real target at run "
-                "time (bpf_program__set_attach_target), or the program is not meant to load",
+                f"{section}: {symbol} {where}; the loader probably sets the real target at run "
+                "time (a kernel function, or a function of a loaded BPF program, with "
+                "bpf_program__set_attach_target), or the program is not meant to load",
                 "required" if not have else "info",
                 {"programs": [entry]},
                 entry_lines("programs", entry, {"attach_target": _SET_TARGET}),

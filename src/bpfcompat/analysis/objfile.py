@@ -62,6 +62,7 @@ class MapDef:
     inner: MapDef | None = None
     values_are_programs: bool = False  # PROG_ARRAY with __array(values, int (void *))
     initial_values: list[str] = field(default_factory=list)  # static slots (.rel.maps)
+    notes: list[str] = field(default_factory=list)  # what libbpf cannot size, and why
 
 
 @dataclass
@@ -144,7 +145,7 @@ def read_object(path: Path) -> ObjectFile:
             raise ValueError(f"{size} bytes is larger than any BPF object ({MAX_OBJECT_BYTES})")
         data = path.read_bytes()
     except OSError as exc:
-        raise ValueError(f"cannot read: {exc.strerror or exc}") from None
+        raise ValueError(str(exc.strerror or exc)) from None
     try:
         headers = E.elf_section_headers(data)
     except (ValueError, struct.error) as exc:
@@ -168,10 +169,23 @@ def _read_symbols(obj: ObjectFile) -> None:
         target = h[6]
         if not 0 < target < len(obj.headers):
             raise ValueError(f"relocation section {h[0]!r} targets invalid section #{target}")
+        if not _relocations_matter(obj.headers[target]):
+            continue  # DWARF and BTF relocations: often most of them, never needed here
         relocs = E.elf_relocations(obj.data, h)
-        if any(sym >= nsyms for _off, sym, _t in relocs):
+        if relocs and max(sym for _off, sym, _t in relocs) >= nsyms:
             raise ValueError(f"relocation section {h[0]!r} names a symbol beyond the table")
         obj.relocs.setdefault(target, []).extend(relocs)
+    for relocs in obj.relocs.values():
+        relocs.sort()
+
+
+def _relocations_matter(target: tuple[Any, ...]) -> bool:
+    """Code (calls, map and global references), map definitions and struct_ops slots."""
+    return (
+        bool(target[2] & E.SHF_EXECINSTR)
+        or target[0] in (".maps", "maps")
+        or (target[0].startswith(".struct_ops"))
+    )
 
 
 def _read_license(obj: ObjectFile) -> None:
@@ -249,7 +263,11 @@ def _read_maps(obj: ObjectFile) -> None:
         if btf.kind(var_id) != B.VAR:
             continue
         name = btf.name(var_id)
-        mdef = parse_btf_map(btf, btf.size_or_type(var_id), name, 0)
+        try:  # one malformed definition must not hide the others
+            mdef = parse_btf_map(btf, btf.size_or_type(var_id), name, 0)
+        except ValueError as exc:
+            obj.problems.append(f"map {name!r}: {exc}")
+            continue
         mdef.initial_values = slots.get(where.get(name, -1), [])
         obj.maps.append(mdef)
 
@@ -293,9 +311,11 @@ def parse_btf_map(btf: B.Btf, struct_id: int, name: str, depth: int) -> MapDef:
             if btf.kind(ptr) != B.PTR:
                 raise ValueError(f"map {name!r}: {mname} is not declared with __type()")
             target = btf.size_or_type(ptr)
-            size = btf.size_of(target)
             setattr(mdef, f"{mname}_type", btf.render(target))
-            setattr(mdef, f"{mname}_size", size)
+            try:
+                setattr(mdef, f"{mname}_size", btf.size_of(target))
+            except ValueError:  # e.g. a struct only declared: libbpf cannot size it either
+                mdef.notes.append(f"{mname} type {btf.render(target)} has no known size")
             if mname == "value":
                 mdef.value_type_id = target
         elif mname == "values":

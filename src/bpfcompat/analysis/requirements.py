@@ -173,6 +173,8 @@ def floor_reason(req: Requirement | None) -> str | None:
     if req.programs:
         shown = ", ".join(req.programs[:3]) + (" ..." if len(req.programs) > 3 else "")
         text += f" (program{'s' if len(req.programs) > 1 else ''} {shown})"
+    elif req.kind == "map_type":
+        text += f" ({req.note or 'a map'}, used by no program)"
     return text
 
 

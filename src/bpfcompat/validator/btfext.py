@@ -118,9 +118,12 @@ class BtfExt:
 
     def _records(self, block: tuple[str, int, int, int], fmt: str) -> Iterator[tuple[int, ...]]:
         _sec, pos, count, rec_size = block
-        unpack = struct.Struct(self.endian + fmt).unpack_from
-        for i in range(count):
-            yield unpack(self.data, pos + i * rec_size)
+        layout = struct.Struct(self.endian + fmt)
+        if layout.size == rec_size:  # the usual case: one C-level pass over the block
+            yield from layout.iter_unpack(self.data[pos : pos + count * rec_size])
+            return
+        for i in range(count):  # newer, larger records: read the fields we know
+            yield layout.unpack_from(self.data, pos + i * rec_size)
 
     @property
     def func_info(self) -> dict[str, list[tuple[int, int]]]:

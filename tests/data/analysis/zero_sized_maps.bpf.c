@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Maps whose sizes the project's loader sets at run time: a per-CPU scratch array and a
- * hash compiled with max_entries 0, and a stack-trace map whose value size (the stack
- * depth) is chosen by the loader. */
+ * hash compiled with max_entries 0, a stack-trace map whose value size (the stack depth)
+ * is chosen by the loader, a perf event array without key/value sizes (a Go loader fills
+ * them in) and a map whose value type is only declared. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
@@ -25,6 +26,19 @@ struct {
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, 0);
 } stacks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+} events SEC(".maps");
+
+struct opaque_value;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__type(key, __u32);
+	__type(value, struct opaque_value);
+} opaque SEC(".maps");
 
 SEC("perf_event")
 int sample_stack(void *ctx)
