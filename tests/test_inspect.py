@@ -362,3 +362,34 @@ def test_unused_map_sets_the_plain_load_floor(fixture_reports: dict[str, dict[st
     assert report["floor_without_unused_maps"] == "4.1"  # kprobe
     (finding,) = [f for f in report["loader_setup"] if f["kind"] == "map_unused"]
     assert finding["subject"] == "probe_bloom" and "bpf_map__set_autocreate" in finding["why"]
+
+
+def test_unfetched_kernels_are_reported_unchecked(
+    tmp_path: Path,
+    built_examples: Path,
+    analysis_objects: dict[str, Path],  # noqa: F811
+) -> None:
+    matrix = tmp_path / "kernels.yaml"
+    matrix.write_text(
+        "kernels:\n"
+        "  - {id: never-fetched, suite: bookworm, package: linux-image-0.0-bpfcompat-none,"
+        " required: true, memory_mb: 512, cpus: 1}\n"
+    )
+    obj = built_examples / "fentry-missing-target" / "fentry-missing-target.bpf.o"
+    proc = run_cli("inspect", str(obj), "--json", "--kernels", str(matrix))
+    report = json.loads(proc.stdout)
+    checks = report["kernel_checks"]
+    assert checks["checked"] is False and "never-fetched: not fetched" in checks["unchecked"][0]
+    assert report["loader_setup"] == []  # no evidence either way: nothing is claimed
+    proc = run_cli("inspect", str(obj), "--kernels", str(matrix))
+    assert "not checked against: never-fetched: not fetched" in proc.stdout
+    # A placeholder-looking name is still reported, and says it was not checked.
+    proc = run_cli(
+        "inspect", str(analysis_objects["attach_targets"]), "--json", "--kernels", str(matrix)
+    )
+    (finding,) = [
+        f
+        for f in json.loads(proc.stdout)["loader_setup"]
+        if f["kind"] == "attach_target_placeholder"
+    ]
+    assert "not checked against kernel BTF" in finding["why"]
