@@ -230,14 +230,15 @@ def _map_findings(mdef: MapDef) -> list[Finding]:
     elif inner is not None:
         whys += [f"inner map template: {note}" for note in inner.notes]
     if whys:
+        declarable = len(entry) > 1  # an inner map's own sizes have no manifest key
         out.append(
             Finding(
                 "map_sized_at_runtime",
                 mdef.name,
                 f"{tname} map: " + "; ".join(whys),
                 "required",
-                {"maps": [entry]},
-                entry_lines("maps", entry, notes),
+                {"maps": [entry]} if declarable else {},
+                entry_lines("maps", entry, notes) if declarable else [],
                 {"map_type": tname, "guessed": sorted(k for k, v in notes.items() if "guess" in v)},
             )
         )
