@@ -10,6 +10,7 @@ each edit is described where it is made.
 
 from __future__ import annotations
 
+import ast
 import copy
 import errno
 import importlib.util
@@ -25,15 +26,18 @@ from bpfcompat.matrix.classify import (
     CODES,
     NOISE,
     OUTCOME_RULES,
+    REGISTRY,
     RULES,
-    Verdict,
     classify,
     classify_result,
     is_noise,
+    kernel_failed,
     rule_table,
     verifier_summary,
 )
 from bpfcompat.matrix.plan import elf_problem
+from bpfcompat.matrix.store import ValidatorResult
+from bpfcompat.matrix.verdict import Verdict
 from expectations import EXAMPLES, examples, expected
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -556,6 +560,67 @@ def test_codes_doc_is_generated_from_the_rule_table() -> None:
     )
     for code in CODES:
         assert f"`{code}`" in gen.render()
+
+
+def test_every_registered_rule_is_documented() -> None:
+    doc = (ROOT / "docs" / "codes.md").read_text()
+    for name, r in REGISTRY.items():
+        assert f"| `{r.code}` | {name} |" in doc, name
+
+
+def _calls(name: str) -> list[tuple[str, ast.Call]]:
+    """Every call of the bare name `name` in src/bpfcompat, with its module's path."""
+    src = ROOT / "src" / "bpfcompat"
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == name:
+                found.append((path.relative_to(src).as_posix(), node))
+    return found
+
+
+def test_every_verdict_the_code_can_produce_names_a_registered_rule() -> None:
+    # Only Rule.verdict() makes verdicts (verdict.py makes the one PASS), and it always
+    # names its rule; every rule looked up by name is in the registry.
+    assert {path for path, _ in _calls("Verdict")} == {
+        "matrix/classify/rules.py",
+        "matrix/verdict.py",
+    }
+    named = set()
+    for path, call in _calls("rule"):
+        arg = call.args[0] if call.args else None
+        assert isinstance(arg, ast.Constant) and arg.value in REGISTRY, (path, ast.unparse(call))
+        named.add(arg.value)
+    assert {r.name for r in OUTCOME_RULES} <= named  # the evidence rules run from RULES
+
+
+def test_each_outcome_is_a_verdict_of_its_own_rule() -> None:
+    oom = "Out of memory: Killed process 106 (python3) total-vm:42568kB"
+    truncated = ValidatorResult(cache_key="k", artifact_sha256="", kernel_id="k",
+                                raw_json='{"status": "pass", "load": {')  # fmt: skip
+    outcomes = {
+        "kernel-crash": classify(Stored(None, crash=True, console_tail="Kernel panic - x\n")),
+        "oom-kill": classify(Stored(None, signal=9, infra_error=f"killed by SIGKILL: {oom}")),
+        "validator-signal": classify(Stored(None, signal=11), artifact_problem="truncated ELF"),
+        "validator-killed": classify(Stored(None, signal=11)),
+        "artifact-unreadable": classify(Stored(None), artifact_problem="empty file"),
+        "malformed-result": classify(truncated),
+        "infra": classify(Stored(None, infra_error="ssh: connection reset")),
+        "boot-failure": kernel_failed("boot failed: no login prompt within 300 s"),
+        "unknown": classify_result({"load": {"status": "fail", "stage": "load"}}),
+    }
+    for name, verdict in outcomes.items():
+        r = REGISTRY[name]
+        assert (verdict.rule, verdict.code, verdict.remediation) == (name, r.code, r.remediation)
+        assert verdict.status == r.status and verdict.evidence, verdict
+    boot = outcomes["boot-failure"]
+    assert (boot.status, boot.stage, boot.evidence) == (
+        "error",
+        "boot",
+        "boot failed: no login prompt within 300 s",
+    )
+    assert outcomes["malformed-result"].evidence.startswith("validator result is not JSON")
+    assert outcomes["oom-kill"].evidence == oom
 
 
 def test_invalid_artifact_prefers_libbpfs_own_line() -> None:

@@ -80,7 +80,7 @@ def test_unknown_kernel_id_selection() -> None:
     [
         ("maps:\n  - name: m\n    max_entries: lots\n", "maps[0] (m).max_entries"),
         ("maps:\n  - name: m\n    max_entries: 1099511627776\n", "maps[0] (m).max_entries"),
-        ("maps:\n  - name: m\n", "maps[0] (m): needs max_entries or inner_ringbuf_bytes"),
+        ("maps:\n  - name: m\n", "maps[0] (m): needs max_entries, inner_ringbuf_bytes, value_size"),
         ("maps:\n  - name: m\n    max_entries: 1\n    inner_ringbuf_bytes: 5000\n", "power of two"),
         (
             "program_variants:\n  - group: g\n    programs:\n      - name: p\n"

@@ -38,7 +38,7 @@ TOP_LEVEL_KEYS = {
     "auto_sized_maps", "auto_typed_programs", "program_type_overrides", "program_variants",
     "btf", "capabilities", "discovery", "load", "attach", "functional", "logs",
     # additions
-    "validator_version", "artifact", "security", "timings", "errors", "warnings",
+    "validator_version", "artifact", "security", "timings", "errors", "warnings", "program_setup",
 }  # fmt: skip
 PROGRAM_KEYS = {
     "name", "section", "attach_status", "attach_error", "load_status", "load_errno", "load_log",
@@ -217,6 +217,8 @@ def test_runtime_sized_maps_pass_with_fixups(examples: Path, tracefs: Path, tmp_
         "requested": "cpus",
         "applied_entries": cpus,
         "inner_ringbuf_bytes": None,
+        "value_size": None,
+        "key_size": None,
         "status": "applied",
         "error": None,
     }

@@ -3,14 +3,16 @@ becomes one line on stderr and exit 1, never a traceback."""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import hashlib
 import os
+import re
 import signal
-import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,19 +54,53 @@ MdOpt = Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown
 JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML.")]
 
 
+class AttachMode(StrEnum):
+    disabled = "disabled"
+    best_effort = "best-effort"
+    required = "required"
+
+
+AttachOpt = Annotated[
+    AttachMode,
+    typer.Option(
+        "--attach-mode",
+        help="disabled: load only; best-effort: show programs that did not attach; "
+        "required: a program that does not attach fails the cell.",
+    ),
+]
+NoAutoOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-auto-fixups",
+        help="Do not size maps compiled with a zero size (the loader's job) when the manifest "
+        "does not: such objects then fail with LOADER_SETUP_REQUIRED.",
+    ),
+]
+LabelOpt = Annotated[
+    list[str] | None,
+    typer.Option("--label", help="KEY=VALUE recorded with the run (repeatable), e.g. git=abc123."),
+]
+
+
+def _labels(values: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for value in values or []:
+        key, sep, text = value.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key) or len(text) > 256:
+            raise ConfigError(
+                f"--label {value!r}: expected KEY=VALUE (KEY: letters, digits, _ . -; "
+                "VALUE: at most 256 characters)"
+            )
+        labels[key] = text
+    return labels
+
+
 def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
 def _matrix(path: Path | None):  # type: ignore[no-untyped-def]
     return load_kernel_matrix(path or default_kernels_file())
-
-
-def _default_examples() -> list[Path]:
-    for candidate in (Path("examples"), Path(__file__).resolve().parents[2] / "examples"):
-        if candidate.is_dir():
-            return [candidate]
-    raise ConfigError("no artifacts given and no examples/ directory here")
 
 
 @kernels_app.command("list")
@@ -167,9 +203,9 @@ def _write_reports(
 @matrix_app.command("run")
 def matrix_run(
     artifacts: Annotated[
-        list[Path] | None,
-        typer.Argument(help="Artifacts (.bpf.o) or directories of them (default: examples/)."),
-    ] = None,
+        list[Path],
+        typer.Argument(help="Artifacts (.bpf.o) or directories of them."),
+    ],
     kernels: KernelsOpt = None,
     kernel: Annotated[
         list[str] | None, typer.Option("--kernel", help="Only these kernel ids (repeatable).")
@@ -195,26 +231,36 @@ def matrix_run(
             help="Cold-boot for every cell (the slow approach, for benchmarks).",
         ),
     ] = False,
+    attach_mode: AttachOpt = AttachMode.best_effort,
+    no_auto_fixups: NoAutoOpt = False,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="Apply this manifest to every artifact given."),
+    ] = None,
+    label: LabelOpt = None,
 ) -> None:
     """Validate every artifact on every kernel: each kernel booted once for all artifacts."""
     from bpfcompat.matrix.runner import RunOptions, run_plan
 
+    labels = _labels(label)
     matrix = _matrix(kernels)
     specs = matrix.select(kernel)
-    found = discover_artifacts(artifacts or _default_examples())
-    plan = Plan(specs, found, matrix.guest_suite)
+    found = discover_artifacts(artifacts, manifest)
+    plan = Plan(specs, found, matrix.guest_suite, attach_mode.value, not no_auto_fixups)
     store = Store(db)
     printer = _Printer([s.id for s in specs])
     options = RunOptions(
         concurrency=concurrency,
         use_cache=not no_cache,
-        workdir=out_dir / "work",
+        workdir=work_dir(db, out_dir),
         boot_per_artifact=boot_per_artifact,
         progress=printer,
+        labels=labels,
     )
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        _, summary = run_plan(plan, store, options)
+        with _one_interrupt():
+            _, summary = run_plan(plan, store, options)
     finally:
         printer.close()
         signal.signal(signal.SIGTERM, previous)
@@ -231,6 +277,36 @@ def matrix_run(
 
 def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _one_interrupt() -> Iterator[None]:
+    """The first Ctrl-C stops the run; later ones while it winds down (killing guests,
+    recording the interrupted run, writing reports) are acknowledged, not obeyed, so the
+    interrupted line and the reports are never lost."""
+    state = {"count": 0}
+
+    def handler(signum: int, frame: Any) -> None:
+        state["count"] += 1
+        if state["count"] == 1:
+            raise KeyboardInterrupt
+        _say("bpfcompat: still stopping: finishing the record of this run and its reports")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        if state["count"]:
+            signal.signal(signal.SIGINT, handler)  # stays until the reports are written
+        else:
+            signal.signal(signal.SIGINT, previous)
+
+
+def work_dir(db: Path, out_dir: Path) -> Path:
+    """Guest consoles and logs: beside the store, one directory per store, so two stores
+    in one output directory never mix their files."""
+    digest = hashlib.sha256(str(db.resolve()).encode()).hexdigest()[:12]
+    return out_dir / "work" / f"{db.stem}-{digest}"
 
 
 def _print_matrix(store: Store, run_id: int) -> None:
@@ -258,7 +334,8 @@ def validate(
     manifest: Annotated[
         Path | None,
         typer.Option(
-            "--manifest", help="Manifest YAML (default: manifest.yaml beside the artifact)."
+            "--manifest",
+            help="Manifest YAML (default: <name>.manifest.yaml, else manifest.yaml beside it).",
         ),
     ] = None,
     kernels: KernelsOpt = None,
@@ -266,15 +343,40 @@ def validate(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the validator result JSON here.")
     ] = None,
+    attach_mode: AttachOpt = AttachMode.best_effort,
+    no_auto_fixups: NoAutoOpt = False,
+    allow_host_commands: Annotated[
+        bool,
+        typer.Option(
+            "--allow-host-commands",
+            help="Let the manifest's functional tests run as root on this host (--kernel host).",
+        ),
+    ] = False,
+    label: LabelOpt = None,
 ) -> None:
     """Validate one artifact on the host kernel (root) or on one kernel in a VM."""
+    from bpfcompat.matrix.policy import cell_exit_code
+
     loaded = load_artifact(artifact, manifest)
+    if loaded.invalid_reason:
+        raise ConfigError(f"{artifact}: {loaded.invalid_reason}")
     if kernel != "host":
         from bpfcompat.matrix.runner import RunOptions, run_plan
 
         matrix = _matrix(kernels)
-        plan = Plan(matrix.select([kernel]), [loaded], matrix.guest_suite)
-        _, summary = run_plan(plan, Store(db), RunOptions(use_cache=False))
+        plan = Plan(
+            matrix.select([kernel]),
+            [loaded],
+            matrix.guest_suite,
+            attach_mode.value,
+            not no_auto_fixups,
+        )
+        store = Store(db)
+        options = RunOptions(
+            use_cache=False, workdir=work_dir(db, Path(".bpfcompat/out")), labels=_labels(label)
+        )
+        with _one_interrupt():
+            _, summary = run_plan(plan, store, options)
         for message in summary.messages:
             _say(f"bpfcompat: {message}")
         for cell in summary.cells:
@@ -284,41 +386,45 @@ def validate(
             )
             for note in cell.notes:
                 typer.echo(f"  note: {note}")
+            if out is not None:
+                stored = store.result(cell.result_id)
+                if stored is None or stored.raw_json is None:
+                    raise BpfcompatError(f"{out}: no validator result to write ({cell.evidence})")
+                _write_text(out, stored.raw_json)
+                typer.echo(f"wrote {out}")
         raise typer.Exit(summary.exit_code)
-    if os.geteuid() != 0:
-        raise ConfigError(
-            "validate --kernel host needs root (BPF loading needs CAP_BPF/CAP_SYS_ADMIN)"
-        )
     from bpfcompat.matrix.classify import classify_result
-    from bpfcompat.matrix.policy import cell_exit_code
+    from bpfcompat.matrix.host import host_commands, validate_on_host
 
-    with tempfile.TemporaryDirectory(prefix="bpfcompat-validate-") as tmp:
-        result_path = out or Path(tmp) / "result.json"
-        extra, files = loaded.manifest.validator_inputs(tmp)
-        for path, data in files.items():
-            Path(path).write_bytes(data)
-        args = [
-            sys.executable,
-            "-m",
-            "bpfcompat.validator",
-            "--artifact",
-            str(artifact),
-            "--out",
-            str(result_path),
-            "--log-dir",
-            tmp,
-            *extra,
-        ]
-        proc = subprocess.run(args, check=False)
-        if not result_path.is_file():
-            raise BpfcompatError(f"{artifact}: validator wrote no result (exit {proc.returncode})")
-        result = json.loads(result_path.read_text())
-    verdict = classify_result(result, os.uname().release)
+    if allow_host_commands:
+        for command in host_commands(loaded):
+            _say(f"bpfcompat: will run as root on this host: {command}")
+    ran = validate_on_host(
+        loaded,
+        out=out,
+        attach_mode=attach_mode.value,
+        auto_fixups=not no_auto_fixups,
+        allow_commands=allow_host_commands,
+    )
+    verdict = classify_result(ran.result, ran.release)
     typer.echo(
-        f"{loaded.name} on host {os.uname().release}: {verdict.status}"
+        f"{loaded.name} on host {ran.release}: {verdict.status}"
         + (f" {verdict.code}: {verdict.evidence}" if verdict.code else "")
     )
     raise typer.Exit(cell_exit_code(verdict.status))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically; errors as one line naming the file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BpfcompatError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @app.command("report")
@@ -392,9 +498,11 @@ def runs_list(db: DbOpt = DEFAULT_DB) -> None:
         n_kernels = len(store.kernels(run.id or 0))
         shape = f"{len({c.artifact for c in cells})} artifacts x {n_kernels} kernels"
         exit_code = "-" if run.exit_code is None else run.exit_code
+        labels = " ".join(f"{k}={v}" for k, v in run.labels.items())
         typer.echo(
             f"{run.id:5}  {run.started_at}  {run.status:11} exit {exit_code:<3}  {shape}  "
             f"pass {counts['pass']} fail {counts['fail']} error {counts['error']}"
+            + (f"  {labels}" if labels else "")
         )
 
 

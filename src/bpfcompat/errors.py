@@ -8,6 +8,7 @@ BpfcompatError
 ├── VMError            QEMU missing, boot failure, boot timeout
 │   └── GuestCrash     the guest panicked or oopsed (console evidence attached)
 ├── TransportError     SSH to the guest failed or dropped
+│   └── OversizeError  the guest offered more bytes than the host accepts
 └── StoreError         the SQLite store cannot be used
 
 The CLI catches BpfcompatError, prints its one-line message and exits 1.
@@ -50,6 +51,14 @@ class GuestCrash(VMError):
 
 class TransportError(BpfcompatError):
     pass
+
+
+class OversizeError(TransportError):
+    """A guest file or line over the host's cap; `size` is what the guest offered."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 class StoreError(BpfcompatError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -27,10 +28,13 @@ from bpfcompat.validator.limits import (
     FUNCTIONAL_TIMEOUT_MAX,
     MAX_HELPER_ID,
     MAX_MAP_ENTRIES,
+    MAX_MAP_VALUE_BYTES,
     MAX_RINGBUF_BYTES,
+    MAX_TEST_RETRIES,
     command_problem,
     name_problem,
 )
+from bpfcompat.validator.tables import ATTACH_TYPE_NAMES, PROG_TYPE_NAMES, type_id
 from bpfcompat.vm.spec import SUITE_PATTERN, KernelSpec, Strict
 
 M = TypeVar("M", bound=BaseModel)
@@ -102,10 +106,15 @@ def _parse_duration(value: Any) -> float:
     return seconds
 
 
+MapSize = Annotated[int, Field(ge=1, le=MAX_MAP_VALUE_BYTES)]
+
+
 class MapFixup(Strict):
     name: Name
     max_entries: Literal["cpus"] | Annotated[int, Field(ge=1, le=MAX_MAP_ENTRIES)] | None = None
     inner_ringbuf_bytes: Annotated[int, Field(ge=4096, le=MAX_RINGBUF_BYTES)] | None = None
+    value_size: MapSize | None = None
+    key_size: MapSize | None = None
 
     @field_validator("inner_ringbuf_bytes")
     @classmethod
@@ -116,8 +125,11 @@ class MapFixup(Strict):
 
     @model_validator(mode="after")
     def _something(self) -> MapFixup:
-        if self.max_entries is None and self.inner_ringbuf_bytes is None:
-            raise ValueError("needs max_entries or inner_ringbuf_bytes")
+        if all(
+            v is None
+            for v in (self.max_entries, self.inner_ringbuf_bytes, self.value_size, self.key_size)
+        ):
+            raise ValueError("needs max_entries, inner_ringbuf_bytes, value_size or key_size")
         return self
 
 
@@ -160,9 +172,35 @@ class AttachExpectation(Strict):
     required: bool = False
 
 
+def _known(names: tuple[str, ...], what: str) -> Any:
+    def check(value: str | None) -> str | None:
+        if value is not None and type_id(names, value) is None:
+            raise ValueError(f"unknown {what} {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
 class ProgramExpectation(Strict):
+    """One program: what must hold for it, and what the project's loader sets on it."""
+
     name: Name
     attach: AttachExpectation = AttachExpectation()
+    # bpf_program__set_attach_target: the function a tracing program (fentry/fexit/
+    # fmod_ret/lsm/tp_btf/freplace) really attaches to, for objects compiled with a
+    # placeholder the loader replaces.
+    attach_target: Name | None = None
+    autoload: bool | None = None
+    # For sections libbpf cannot type (another loader's convention): libbpf's program
+    # type name, e.g. socket_filter, sched_cls, and the expected attach type if needed.
+    type: Annotated[str | None, _known(PROG_TYPE_NAMES, "program type")] = None
+    expected_attach_type: Annotated[str | None, _known(ATTACH_TYPE_NAMES, "attach type")] = None
+
+    @model_validator(mode="after")
+    def _type_first(self) -> ProgramExpectation:
+        if self.expected_attach_type is not None and self.type is None:
+            raise ValueError("expected_attach_type needs type")
+        return self
 
 
 class Manifest(Strict):
@@ -173,15 +211,32 @@ class Manifest(Strict):
     maps: list[MapFixup] = Field(default_factory=list)
     program_variants: list[VariantGroup] = Field(default_factory=list)
     functional_tests: list[FunctionalTest] = Field(default_factory=list)
+    # A failing functional test is run again (links still alive) this many times; one that
+    # passes on a retry is reported as flaky, never as a plain pass.
+    retries: Annotated[int, Field(ge=0, le=MAX_TEST_RETRIES)] = 1
 
     def validator_args(self) -> list[str]:
-        """The contract's flags, generated from `maps` and `program_variants`."""
+        """The contract's flags, generated from `maps`, `programs` and `program_variants`."""
         args: list[str] = []
         for fixup in self.maps:
             if fixup.max_entries is not None:
                 args += ["--set-map-max-entries", f"{fixup.name}={fixup.max_entries}"]
             if fixup.inner_ringbuf_bytes is not None:
                 args += ["--set-map-inner-ringbuf", f"{fixup.name}={fixup.inner_ringbuf_bytes}"]
+            if fixup.value_size is not None:
+                args += ["--set-map-value-size", f"{fixup.name}={fixup.value_size}"]
+            if fixup.key_size is not None:
+                args += ["--set-map-key-size", f"{fixup.name}={fixup.key_size}"]
+        for prog in self.programs:
+            if prog.attach_target is not None:
+                args += ["--set-prog-attach-target", f"{prog.name}={prog.attach_target}"]
+            if prog.autoload is not None:
+                args += ["--set-prog-autoload", f"{prog.name}={str(prog.autoload).lower()}"]
+            if prog.type is not None:
+                kind = prog.type + (
+                    f"/{prog.expected_attach_type}" if prog.expected_attach_type else ""
+                )
+                args += ["--set-prog-type", f"{prog.name}={kind}"]
         for group in self.program_variants:
             entries = [
                 p.name if p.requires_helper is None else f"{p.name}:{p.requires_helper}"
@@ -204,6 +259,7 @@ class Manifest(Strict):
                     "expect_exit_code": t.expect_exit_code,
                     "expect_stdout_contains": t.expect_stdout_contains,
                     "expect_stderr_contains": t.expect_stderr_contains,
+                    "retries": self.retries,
                 }
                 for t in self.functional_tests
             ]
@@ -301,13 +357,53 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(path: Path) -> Any:
+MAX_CONFIG_BYTES = 1 << 20  # a kernels.yaml or manifest; real ones are a few KiB
+
+
+def file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_regular(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, checked before reading (a
+    FIFO would block, /dev/zero would never end), or ConfigError naming the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        st = path.stat()
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ConfigError(f"{path}: broken symlink ({what})") from None
         raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: {file_kind(st.st_mode)}, not a {what} file")
+    if st.st_size > limit:
+        raise ConfigError(f"{path}: {st.st_size} bytes, over the {limit} byte limit for a {what}")
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{path}: over the {limit} byte limit for a {what}")
+    return data
+
+
+def load_yaml(path: Path, what: str = "YAML") -> Any:
+    data = read_regular(path, MAX_CONFIG_BYTES, what)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read: not UTF-8 text ({exc.reason})") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
@@ -329,11 +425,11 @@ def _validate(model: type[M], path: Path, data: Any) -> M:
 
 
 def load_kernel_matrix(path: Path) -> KernelMatrix:
-    return _validate(KernelMatrix, path, load_yaml(path))
+    return _validate(KernelMatrix, path, load_yaml(path, "kernel matrix"))
 
 
 def load_manifest(path: Path) -> Manifest:
-    data = load_yaml(path)
+    data = load_yaml(path, "manifest")
     if data is None:
         return Manifest()
     return _validate(Manifest, path, data)

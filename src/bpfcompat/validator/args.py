@@ -14,11 +14,19 @@ from .limits import (
     FUNCTIONAL_TIMEOUT_DEFAULT,
     FUNCTIONAL_TIMEOUT_MAX,
     MAX_MAP_ENTRIES,
+    MAX_MAP_VALUE_BYTES,
+    MAX_TEST_RETRIES,
     command_problem,
     name_problem,
 )
 from .result import VALIDATOR_VERSION
-from .tables import helper_id_from_name, helper_name_from_id
+from .tables import (
+    ATTACH_TYPE_NAMES,
+    PROG_TYPE_NAMES,
+    helper_id_from_name,
+    helper_name_from_id,
+    type_id,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs an import under emulation; annotations are strings anyway
@@ -92,6 +100,48 @@ def parse_inner_ringbuf(value: str) -> tuple[str, int]:
             f"invalid value {value!r}: bytes must be an integer 1..4294967295"
         )
     return name, size
+
+
+def parse_map_size(value: str) -> tuple[str, int]:
+    """``<map>=<bytes>`` for a map's value or key size."""
+    name, rhs = _split_assignment(value, "<map>=<bytes>")
+    size = _positive_int(rhs, MAX_MAP_VALUE_BYTES)
+    if size is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {value!r}: size must be an integer 1..{MAX_MAP_VALUE_BYTES}"
+        )
+    return name, size
+
+
+def parse_attach_target(value: str) -> tuple[str, str]:
+    """``<prog>=<function>``: the kernel function a tracing program attaches to."""
+    name, rhs = _split_assignment(value, "<prog>=<function>")
+    _check_name(value, rhs)
+    return name, rhs
+
+
+def parse_autoload(value: str) -> tuple[str, bool]:
+    name, rhs = _split_assignment(value, "<prog>=<true|false>")
+    return name, parse_bool(rhs)
+
+
+def parse_prog_type(value: str) -> tuple[str, dict[str, Any]]:
+    """``<prog>=<type>[/<expected attach type>]``: what a loader sets for a section libbpf
+    cannot type (``socket/x``, ``classifier``), by libbpf's names or the kernel's."""
+    name, rhs = _split_assignment(value, "<prog>=<type>[/<attach type>]")
+    type_name, _, attach_name = rhs.partition("/")
+    type_num = type_id(PROG_TYPE_NAMES, type_name)
+    if type_num is None:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: unknown program type")
+    attach_num = type_id(ATTACH_TYPE_NAMES, attach_name) if attach_name else None
+    if attach_name and attach_num is None:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: unknown attach type")
+    return name, {
+        "type": PROG_TYPE_NAMES[type_num],
+        "type_id": type_num,
+        "expected_attach_type": ATTACH_TYPE_NAMES[attach_num] if attach_num is not None else None,
+        "expected_attach_type_id": attach_num,
+    }
 
 
 def resolve_helper(token: str) -> tuple[str | None, int]:
@@ -187,6 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="<group>=<prog>:<helper_id>,...",
         help="keep the first program whose helper the kernel supports (repeatable)",
     )
+    for flag, kind, meta, what in (
+        ("--set-map-value-size", parse_map_size, "<map>=<bytes>", "set a map's value size"),
+        ("--set-map-key-size", parse_map_size, "<map>=<bytes>", "set a map's key size"),
+        ("--set-prog-attach-target", parse_attach_target, "<prog>=<function>",
+         "set a tracing program's attach target (bpf_program__set_attach_target)"),
+        ("--set-prog-autoload", parse_autoload, "<prog>=<bool>", "load a program or not"),
+        ("--set-prog-type", parse_prog_type, "<prog>=<type>[/<attach type>]",
+         "set a program's type (and expected attach type)"),
+    ):  # fmt: skip
+        parser.add_argument(
+            flag, type=kind, action="append", default=[], metavar=meta, help=what + " (repeatable)"
+        )
+    parser.add_argument(
+        "--no-auto-fixups",
+        action="store_true",
+        help="do not size maps compiled with max_entries/value_size 0 (the loader's job)",
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {VALIDATOR_VERSION}")
     return parser
 
@@ -226,6 +293,7 @@ _PLAN_TEST_KEYS = {
     "expect_exit_code": (int,),
     "expect_stdout_contains": (str, type(None)),
     "expect_stderr_contains": (str, type(None)),
+    "retries": (int,),
 }
 
 
@@ -259,6 +327,9 @@ def parse_functional_plan(data: object) -> list[dict[str, Any]]:
         problem = command_problem(test["command"])
         if problem:
             raise ValueError(f"{where}.command: {problem}")
+        retries = test.get("retries", 0)
+        if not 0 <= retries <= MAX_TEST_RETRIES:
+            raise ValueError(f"{where}.retries: must be in [0, {MAX_TEST_RETRIES}]")
         timeout = float(test.get("timeout_seconds", FUNCTIONAL_TIMEOUT_DEFAULT))
         if not 0 < timeout <= FUNCTIONAL_TIMEOUT_MAX:
             raise ValueError(f"{where}.timeout_seconds: must be in (0, {FUNCTIONAL_TIMEOUT_MAX:g}]")
@@ -274,6 +345,7 @@ def parse_functional_plan(data: object) -> list[dict[str, Any]]:
                 "expect_exit_code": test.get("expect_exit_code", 0),
                 "expect_stdout_contains": test.get("expect_stdout_contains"),
                 "expect_stderr_contains": test.get("expect_stderr_contains"),
+                "retries": retries,
             }
         )
     return parsed
@@ -318,6 +390,28 @@ class Config:
             if entry["inner"] is not None:
                 raise UsageError(f"argument --set-map-inner-ringbuf: map {name!r} given twice")
             entry["inner"] = size
+        for flag, key, pairs in (
+            ("--set-map-value-size", "value_size", args.set_map_value_size),
+            ("--set-map-key-size", "key_size", args.set_map_key_size),
+        ):
+            for name, size in pairs:
+                entry = self.fixups.setdefault(name, {"requested": None, "inner": None})
+                if entry.get(key) is not None:
+                    raise UsageError(f"argument {flag}: map {name!r} given twice")
+                entry[key] = size
+        # program name -> what the loader sets on it, in first-mention order
+        self.programs: dict[str, dict[str, Any]] = {}
+        for flag, key, pairs in (
+            ("--set-prog-attach-target", "attach_target", args.set_prog_attach_target),
+            ("--set-prog-autoload", "autoload", args.set_prog_autoload),
+            ("--set-prog-type", "type", args.set_prog_type),
+        ):
+            for name, value in pairs:
+                entry = self.programs.setdefault(name, {})
+                if key in entry:
+                    raise UsageError(f"argument {flag}: program {name!r} given twice")
+                entry[key] = value
+        self.auto_fixups: bool = not args.no_auto_fixups
         groups = [g["group"] for g in self.variant_groups]
         for group in groups:
             if groups.count(group) > 1:

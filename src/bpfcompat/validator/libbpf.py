@@ -234,6 +234,36 @@ class Libbpf:
         )
         return _int_result(func(bpf_map, entries)) if func else -errno.ENOSYS
 
+    def map_value_size(self, bpf_map: int) -> int | None:
+        func = self.sym("bpf_map__value_size", _c.c_uint32, _c.c_void_p)
+        return int(func(bpf_map)) if func else None
+
+    def map_key_size(self, bpf_map: int) -> int | None:
+        func = self.sym("bpf_map__key_size", _c.c_uint32, _c.c_void_p)
+        return int(func(bpf_map)) if func else None
+
+    def set_value_size(self, bpf_map: int, size: int) -> int:
+        func = self.sym("bpf_map__set_value_size", _c.c_int, _c.c_void_p, _c.c_uint32)
+        return _int_result(func(bpf_map, size)) if func else -errno.ENOSYS
+
+    def set_key_size(self, bpf_map: int, size: int) -> int:
+        func = self.sym("bpf_map__set_key_size", _c.c_int, _c.c_void_p, _c.c_uint32)
+        return _int_result(func(bpf_map, size)) if func else -errno.ENOSYS
+
+    def set_attach_target(self, prog: int, function: str) -> int:
+        func = self.sym(
+            "bpf_program__set_attach_target", _c.c_int, _c.c_void_p, _c.c_int, _c.c_char_p
+        )
+        return _int_result(func(prog, 0, function.encode())) if func else -errno.ENOSYS
+
+    def set_prog_type(self, prog: int, type_id: int) -> int:
+        func = self.sym("bpf_program__set_type", _c.c_int, _c.c_void_p, _c.c_int)
+        return _int_result(func(prog, type_id)) if func else -errno.ENOSYS
+
+    def set_expected_attach_type(self, prog: int, attach_id: int) -> int:
+        func = self.sym("bpf_program__set_expected_attach_type", _c.c_int, _c.c_void_p, _c.c_int)
+        return _int_result(func(prog, attach_id)) if func else -errno.ENOSYS
+
     def set_inner_map_fd(self, bpf_map: int, fd: int) -> int:
         func = self.sym("bpf_map__set_inner_map_fd", _c.c_int, _c.c_void_p, _c.c_int)
         return _int_result(func(bpf_map, fd)) if func else -errno.ENOSYS

@@ -56,6 +56,7 @@ def skeleton(
         "map_fixups": [],
         "auto_sized_maps": [],
         "auto_typed_programs": [],
+        "program_setup": [],
         "program_type_overrides": [],
         "program_variants": [],
         "btf": {
@@ -116,7 +117,7 @@ def skeleton(
             "skipped": 0,
             "required_failed": [],
         },
-        "functional": {"status": "skipped", "tests": []},
+        "functional": {"status": "skipped", "tests": [], "flaky": False},
         "logs": {
             "libbpf": "",
             "libbpf_load": "",

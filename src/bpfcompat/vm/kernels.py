@@ -10,7 +10,6 @@ from __future__ import annotations
 import lzma
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from bpfcompat.vm.cache import (
     write_manifest,
 )
 from bpfcompat.vm.cpio import CpioWriter
+from bpfcompat.vm.proc import run_bounded
 from bpfcompat.vm.spec import KernelSpec
 
 # The guest talks SSH over virtio-net; on some releases virtio_pci is a module too.
@@ -148,12 +148,10 @@ def _download_with_deps(ws: AptWorkspace, package: str, dest: Path) -> tuple[lis
 
 def _extract_deb(deb: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    try:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True, capture_output=True)
-    except FileNotFoundError:
-        raise FetchError("dpkg-deb not found: a Debian host (dpkg) is required") from None
-    except subprocess.CalledProcessError as exc:
-        raise FetchError(f"{deb.name}: dpkg-deb -x failed: {exc.stderr.decode()[-300:]}") from None
+    what = f"{deb.name}: dpkg-deb -x"
+    proc = run_bounded(["dpkg-deb", "-x", str(deb), str(dest)], what, error=FetchError, timeout=600)
+    if proc.returncode != 0:
+        raise FetchError(f"{what} failed: {proc.err.strip()[-300:]}")
 
 
 def _find_vmlinuz(tree: Path) -> tuple[Path, str]:
@@ -192,10 +190,10 @@ def _module_bytes(path: Path) -> bytes:
     if path.name.endswith(".xz"):
         return lzma.decompress(data)
     if path.name.endswith(".zst"):
-        try:
-            out = subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True)
-        except (FileNotFoundError, subprocess.CalledProcessError) as exc:
-            raise FetchError(f"{path.name}: cannot decompress (.zst needs zstd): {exc}") from None
+        what = f"{path.name}: zstd -dc"
+        out = run_bounded(["zstd", "-dc", str(path)], what, error=FetchError, timeout=300)
+        if out.returncode != 0:
+            raise FetchError(f"{what} failed: {out.err.strip()[-300:]}")
         return out.stdout
     return data
 
