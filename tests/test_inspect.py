@@ -47,6 +47,34 @@ EXAMPLE_FLOORS = {
     "verifier-limit": ("4.7", "program_type", "tracepoint"),
     "unsupported-attach": ("4.1", "program_type", "kprobe"),
     "unsupported-attach-required": ("4.1", "program_type", "kprobe"),
+    # The loader-contract examples: what they need once the loader has done its part.
+    "zero-sized-maps": ("5.8", "map_type", "ringbuf"),
+    "stack-trace-map": ("4.7", "program_type", "tracepoint"),
+    "fentry-placeholder": ("5.5", "program_type", "tracing"),
+    "fentry-retarget": ("5.5", "program_type", "tracing"),
+    "freplace-target": ("5.6", "program_type", "ext"),
+    "kconfig-externs": ("5.2", "feature", "global_data"),  # libbpf's .kconfig map
+    "loader-section": ("3.19", "program_type", "socket_filter"),  # suggested type
+    "loader-section-typed": ("3.19", "program_type", "socket_filter"),
+    "struct-ops-unknown": ("5.6", "program_type", "struct_ops"),
+}
+# Loader-contract examples: (finding kind, subject, declared by the example's manifest).
+EXAMPLE_FINDINGS = {
+    "zero-sized-maps": [
+        ("map_sized_at_runtime", "per_cpu_stats", False),
+        ("map_sized_at_runtime", "events", False),
+    ],
+    "stack-trace-map": [("map_sized_at_runtime", "stacks", False)],
+    "fentry-placeholder": [("attach_target_placeholder", "trace_read", False)],
+    "fentry-retarget": [("attach_target_placeholder", "trace_read", True)],
+    "freplace-target": [("freplace_target", "replacement_hook", False)],
+    "loader-section": [("untypable_section", "tail_filter", False)],
+    "loader-section-typed": [("untypable_section", "tail_filter", True)],
+    "struct-ops-unknown": [("struct_ops", "demo_ops", False)],
+    "runtime-sized-maps": [
+        ("map_sized_at_runtime", "auxiliary_maps", True),
+        ("map_sized_at_runtime", "ringbuf_maps", True),
+    ],
 }
 UNREADABLE = {"invalid-object": "no ELF magic", "truncated-elf": "truncated ELF"}
 
@@ -70,9 +98,29 @@ def test_every_example_has_its_floor(example_reports: dict[str, dict[str, Any]])
         assert what in report["floor_reason"] and since in report["floor_reason"]
 
 
+def test_loader_contract_examples(example_reports: dict[str, dict[str, Any]]) -> None:
+    for name, expected in EXAMPLE_FINDINGS.items():
+        required = [f for f in example_reports[name]["loader_setup"] if f["level"] != "info"]
+        got = [(f["kind"], f["subject"], f["declared_in"] is not None) for f in required]
+        assert got == expected, name
+    stacks = example_reports["stack-trace-map"]["loader_setup"][0]["manifest"]["maps"][0]
+    assert stacks["value_size"] == 1016
+    struct_ops = example_reports["struct-ops-unknown"]["loader_setup"][0]
+    assert struct_ops["level"] == "required" and struct_ops["detail"]["kernels_with"] == []
+    kconfig = {f["subject"] for f in example_reports["kconfig-externs"]["loader_setup"]}
+    assert "LINUX_KERNEL_VERSION" in kconfig
+
+
 def test_json_shape(example_reports: dict[str, dict[str, Any]]) -> None:
     for name, report in example_reports.items():
-        for key in ("artifact", "floor", "floor_reason", "requirements", "loader_setup"):
+        for key in (
+            "artifact",
+            "floor",
+            "floor_reason",
+            "requirements",
+            "loader_setup",
+            "manifest",
+        ):
             assert key in report, (name, key)
         for req in report["requirements"]:
             assert {"kind", "name", "since", "programs"} <= set(req), req

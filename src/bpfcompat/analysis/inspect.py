@@ -18,8 +18,10 @@ from bpfcompat.analysis import features as F
 from bpfcompat.analysis import requirements as R
 from bpfcompat.analysis.insns import Uses, analyse
 from bpfcompat.analysis.kernelset import KernelSet
-from bpfcompat.analysis.loader import Finding, loader_setup, program_types
+from bpfcompat.analysis.loader import Finding, loader_setup, mark_declared, program_types
 from bpfcompat.analysis.objfile import MapDef, ObjectFile, read_object
+from bpfcompat.errors import BpfcompatError
+from bpfcompat.matrix.config import load_manifest
 from bpfcompat.validator import btf as B
 
 MAX_CORE_RECORDS = 200  # CO-RE relocations listed one by one; the counts cover the rest
@@ -28,8 +30,11 @@ _FIELD_KINDS = range(0, 6)
 _ENUM_KINDS = (10, 11)
 
 
-def inspect_object(path: Path, kernels: KernelSet | None = None) -> dict[str, Any]:
-    """Everything `inspect` reports about one artifact; never raises for a bad artifact."""
+def inspect_object(
+    path: Path, kernels: KernelSet | None = None, manifest: Path | None = None
+) -> dict[str, Any]:
+    """Everything `inspect` reports about one artifact; never raises for a bad artifact.
+    `manifest`: the artifact's manifest, whose declared steps the findings then mark."""
     started = time.monotonic()
     report: dict[str, Any] = {
         "artifact": str(path),
@@ -39,6 +44,7 @@ def inspect_object(path: Path, kernels: KernelSet | None = None) -> dict[str, An
         "floor_reason": None,
         "requirements": [],
         "loader_setup": [],
+        "manifest": str(manifest) if manifest is not None else None,
     }
     try:
         obj = read_object(path)
@@ -61,6 +67,11 @@ def inspect_object(path: Path, kernels: KernelSet | None = None) -> dict[str, An
     reqs = R.collect(obj, uses, {k: (v[0], v[1]) for k, v in types.items()})
     since, top = R.floor(reqs)
     findings = loader_setup(obj, uses, types, kernels)
+    if manifest is not None:
+        try:
+            mark_declared(findings, load_manifest(manifest), str(manifest))
+        except BpfcompatError as exc:
+            problems.append(f"manifest: {exc}")
     used_only = [r for r in reqs if r.programs or r.kind != "map_type"]
     lower, lower_top = R.floor(used_only)
     if top is not None and top.kind == "map_type" and not top.programs and lower != since:
@@ -275,12 +286,23 @@ def run_inspect(paths: list[Path], kernels_file: Path | None, as_json: bool) -> 
     import json
 
     kernels = _kernel_set(kernels_file)
-    reports = [inspect_object(p, kernels) for p in paths]
+    reports = [inspect_object(p, kernels, _manifest_of(p)) for p in paths]
     code = 0 if all(r["readable"] for r in reports) else 1
     if as_json:
         body: Any = reports[0] if len(reports) == 1 else reports
         return json.dumps(body, indent=2, default=str), code
     return "\n\n".join(render_text(r) for r in reports), code
+
+
+def _manifest_of(path: Path) -> Path | None:
+    """The manifest that applies to `path`, as `matrix run` finds it (None if unusable:
+    inspect reports the object regardless)."""
+    from bpfcompat.matrix.plan import manifest_for
+
+    try:
+        return manifest_for(path)
+    except (BpfcompatError, OSError):
+        return None
 
 
 def run_suggest(path: Path, kernels_file: Path | None) -> str:
@@ -411,7 +433,10 @@ def _text_findings(report: dict[str, Any]) -> list[str]:
     if report["loader_setup"]:
         lines.append("  loader setup:")
         for f in report["loader_setup"]:
-            lines.append(f"    [{f['level']}] {f['kind']} {clean(f['subject'])}: {clean(f['why'])}")
+            level = f["level"] + (
+                f", declared in {clean(f['declared_in'])}" if f["declared_in"] else ""
+            )
+            lines.append(f"    [{level}] {f['kind']} {clean(f['subject'])}: {clean(f['why'])}")
             for text in f["manifest_lines"]:
                 lines.append(f"        {clean(text)}")
     else:

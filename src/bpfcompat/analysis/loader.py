@@ -72,6 +72,7 @@ class Finding:
     manifest: dict[str, Any] = field(default_factory=dict)
     manifest_lines: list[str] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)
+    declared_in: str | None = None  # the artifact's manifest already declares the step
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,8 +82,41 @@ class Finding:
             "why": self.why,
             "manifest": self.manifest,
             "manifest_lines": self.manifest_lines,
+            "declared_in": self.declared_in,
             **({"detail": self.detail} if self.detail else {}),
         }
+
+
+def mark_declared(findings: list[Finding], manifest: Any, where: str) -> None:
+    """Set `declared_in` on findings whose every manifest key the artifact's manifest sets
+    (a program it does not load needs nothing else). `manifest` is a matrix.config
+    Manifest; keys it does not model yet never count as declared."""
+    maps = {m.name: m for m in manifest.maps}
+    programs = {p.name: p for p in manifest.programs}
+    for finding in findings:
+        frag = finding.manifest
+        if not frag or frag.get("globals"):
+            continue
+        ok = True
+        for entry in frag.get("maps", []):
+            fixup = maps.get(entry["name"])
+            ok = (
+                ok
+                and fixup is not None
+                and all(getattr(fixup, key, None) is not None for key in entry if key != "name")
+            )
+        for entry in frag.get("programs", []):
+            prog = programs.get(entry["name"])
+            ok = (
+                ok
+                and prog is not None
+                and (
+                    prog.autoload is False
+                    or all(getattr(prog, key, None) is not None for key in entry if key != "name")
+                )
+            )
+        if ok:
+            finding.declared_in = where
 
 
 def scalar(value: Any) -> str:

@@ -128,12 +128,19 @@ def collect(
     c = _Collector()
     everyone = [p.name for p in obj.programs]
     _programs(c, obj, prog_types)
+    kconfig = {e.name for e in obj.externs if e.section == ".kconfig"}
+    data_sections: dict[str, None] = {}
     for prog, use in uses.items():
         _helpers(c, prog, use)
         for key in use.features:
             c.feature(key, [prog])
-        if use.data_sections:
-            c.rows[("feature", "global_data")].note = "uses " + ", ".join(use.data_sections)
+        data_sections.update(use.data_sections)
+        if kconfig.intersection(use.externs):
+            # libbpf keeps __kconfig values in its own .kconfig map: global data too.
+            c.feature("global_data", [prog])
+            data_sections[".kconfig"] = None
+    if data_sections:
+        c.rows[("feature", "global_data")].note = "uses " + ", ".join(data_sections)
     _kfuncs_and_ksyms(c, obj, uses)
     users = _map_users(uses)
     for mdef in obj.maps:
