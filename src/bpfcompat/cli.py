@@ -35,10 +35,12 @@ kernels_app = typer.Typer(no_args_is_help=True, help="The kernel matrix: list an
 matrix_app = typer.Typer(no_args_is_help=True, help="Run artifacts across kernels.")
 runs_app = typer.Typer(no_args_is_help=True, help="Stored runs.")
 image_app = typer.Typer(no_args_is_help=True, help="The guest image.")
+manifest_app = typer.Typer(no_args_is_help=True, help="Artifact manifests.")
 app.add_typer(kernels_app, name="kernels")
 app.add_typer(matrix_app, name="matrix")
 app.add_typer(runs_app, name="runs")
 app.add_typer(image_app, name="image")
+app.add_typer(manifest_app, name="manifest")
 
 KernelsOpt = Annotated[
     Path | None,
@@ -513,6 +515,31 @@ def reclassify(
     _out(f"run {run_id}: {len(changed)} cell(s) changed")
     for line in changed:
         _out(f"  {line}")
+
+
+@app.command("inspect")
+def inspect(
+    objects: Annotated[list[Path], typer.Argument(help="BPF objects (.bpf.o) to read.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    kernels: KernelsOpt = None,
+) -> None:
+    """Read objects statically (no VM): what each needs from a kernel and from its loader."""
+    from bpfcompat.analysis.inspect import run_inspect
+
+    text, code = run_inspect(objects, kernels, json_out)
+    typer.echo(text)
+    raise typer.Exit(code)
+
+
+@manifest_app.command("suggest")
+def manifest_suggest(
+    obj: Annotated[Path, typer.Argument(help="The BPF object (.bpf.o).")],
+    kernels: KernelsOpt = None,
+) -> None:
+    """Print a starting manifest (YAML with comments) from the object's loader findings."""
+    from bpfcompat.analysis.inspect import run_suggest
+
+    typer.echo(run_suggest(obj, kernels), nl=False)
 
 
 @app.callback(invoke_without_command=True)

@@ -38,6 +38,7 @@ __all__ = [
     "parse_release",
     "program_type",
     "section_def",
+    "section_defs",
     "section_defs_libbpf_version",
 ]
 
@@ -359,6 +360,11 @@ def section_def(section_name: str) -> SectionDef | None:
         if d.matches(name):
             return d
     return None
+
+
+def section_defs() -> tuple[SectionDef, ...]:
+    """Every libbpf 1.5 section_defs[] row, in table order (for near-miss suggestions)."""
+    return _db().section_defs
 
 
 def section_defs_libbpf_version() -> str:
