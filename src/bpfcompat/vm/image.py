@@ -413,7 +413,7 @@ def _needed_libs(tree: Path, binary: str) -> list[str]:
         why = " ".join(tail) or f"exit {proc.returncode}"
         raise ImageError(f"guest image: listing the libraries of {binary}: {why}")
     libs = []
-    for line in proc.stdout.splitlines():
+    for line in proc.out.splitlines():
         if "not found" in line:
             raise ImageError(f"guest image: {binary} needs a library the suite lacks: {line}")
         words = line.split()

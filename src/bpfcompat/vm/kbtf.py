@@ -17,7 +17,6 @@ import json
 import lzma
 import os
 import struct
-import subprocess
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -26,13 +25,13 @@ from pathlib import Path
 from bpfcompat.errors import BpfcompatError
 from bpfcompat.validator import btf as B
 from bpfcompat.validator.elf import elf_section_headers, section_bytes
+from bpfcompat.vm.proc import run_bounded
 
 BTF_FILE = "vmlinux.btf"
 STAMP_FILE = "vmlinux.btf.json"
 NAMES_FILE = "vmlinux.btf.names.json"
 STAMP_FORMAT = 1
 MAX_KERNEL_BYTES = 1 << 30  # a decompressed kernel is ~50-100 MB; refuse runaway output
-CHUNK = 1 << 20
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -182,35 +181,15 @@ def decompress(payload: bytes, method: str) -> bytes:
 
 
 def _decompress_cli(argv: list[str], payload: bytes) -> bytes:
-    """Run a decompressor over `payload` (fed from a temporary file, so no feeder thread is
-    needed) and read its output in chunks, stopping at MAX_KERNEL_BYTES."""
-    with tempfile.TemporaryFile() as feed:
-        feed.write(payload)
-        feed.seek(0)
-        try:
-            proc = subprocess.Popen(
-                argv, stdin=feed, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-            )
-        except FileNotFoundError:
-            raise KernelBtfError(
-                f"`{argv[0]}` is not installed (needed to decompress this kernel)"
-            ) from None
-        assert proc.stdout is not None
-        chunks: list[bytes] = []
-        total = 0
-        while block := proc.stdout.read(CHUNK):
-            total += len(block)
-            if total > MAX_KERNEL_BYTES:
-                proc.kill()
-                proc.wait()
-                raise KernelBtfError(f"{argv[0]} output exceeds {MAX_KERNEL_BYTES} bytes")
-            chunks.append(block)
-        code = proc.wait()
-    out = b"".join(chunks)
+    """Run a decompressor over `payload`, bounded in time and in what it may print."""
+    done = run_bounded(argv, f"decompressing the kernel ({argv[0]})", error=KernelBtfError,
+                       timeout=300, stdin=payload)  # fmt: skip
+    if len(done.stdout) > MAX_KERNEL_BYTES:
+        raise KernelBtfError(f"{argv[0]} output exceeds {MAX_KERNEL_BYTES} bytes")
     # Trailing bytes after the stream make some tools exit non-zero after a full decode.
-    if code != 0 and not out:
-        raise KernelBtfError(f"{argv[0]} -dc failed with exit code {code}")
-    return out
+    if done.returncode != 0 and not done.stdout:
+        raise KernelBtfError(f"{argv[0]} -dc failed with exit code {done.returncode}")
+    return done.stdout
 
 
 def btf_from_kernel(kernel: bytes) -> bytes | None:

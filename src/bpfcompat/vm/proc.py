@@ -12,6 +12,7 @@ import os
 import selectors
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,24 +51,26 @@ def run_bounded(
     """Run `cmd`; raise `error` naming `what` if it cannot start, runs past `timeout`
     seconds, prints nothing for `stall` seconds, or prints over MAX_OUTPUT_BYTES. The
     exit code is the caller's to judge."""
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # so a stop takes the program's children too
-        )
-    except FileNotFoundError:
-        raise error(f"{what}: {cmd[0]} not found (run scripts/setup.sh)") from None
-    except OSError as exc:
-        raise error(f"{what}: cannot start {cmd[0]}: {exc.strerror or exc}") from None
-    if stdin is not None and proc.stdin is not None:
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(stdin)
-        proc.stdin.close()
+    # Input comes from a file, not a pipe: a program that writes before it has read all
+    # its input would otherwise block us both.
+    with tempfile.TemporaryFile() as feed:
+        if stdin is not None:
+            feed.write(stdin)
+            feed.seek(0)
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                env=env,
+                stdin=feed if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # so a stop takes the program's children too
+            )
+        except FileNotFoundError:
+            raise error(f"{what}: {cmd[0]} not found (run scripts/setup.sh)") from None
+        except OSError as exc:
+            raise error(f"{what}: cannot start {cmd[0]}: {exc.strerror or exc}") from None
     chunks: dict[int, list[bytes]] = {1: [], 2: []}
     total = 0
     started = last = time.monotonic()
