@@ -408,7 +408,7 @@ def test_missing_btf_needs_libbpfs_own_words() -> None:
     assert verdict.evidence == lines[0]
 
 
-def test_runtime_sized_map_without_fixup_is_an_artifact_problem() -> None:
+def test_runtime_sized_map_without_fixup_is_the_loaders_job() -> None:
     res = result("debian-13-6.12", "runtime-sized-maps")
     # edit: the load without the manifest's fixups, as examples/README.md records it on the host
     line = "map 'auxiliary_maps': failed to create: Invalid argument(-22)"
@@ -418,7 +418,8 @@ def test_runtime_sized_map_without_fixup_is_an_artifact_problem() -> None:
                        error="Invalid argument", failed_map="auxiliary_maps",
                        libbpf_messages=[line])  # fmt: skip
     verdict = classify_result(res)
-    assert (verdict.code, verdict.evidence) == ("INVALID_ARTIFACT", line)
+    assert (verdict.code, verdict.evidence) == ("LOADER_SETUP_REQUIRED", line)
+    assert "max_entries: cpus" in (verdict.remediation or "")
     res["capabilities"]["map_types"]["percpu_array"] = False  # edit: the type itself missing
     assert classify_result(res).code == "UNSUPPORTED_MAP_TYPE"
 

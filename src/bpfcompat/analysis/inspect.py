@@ -31,10 +31,14 @@ _ENUM_KINDS = (10, 11)
 
 
 def inspect_object(
-    path: Path, kernels: KernelSet | None = None, manifest: Path | None = None
+    path: Path,
+    kernels: KernelSet | None = None,
+    manifest: Path | None = None,
+    data: bytes | None = None,
 ) -> dict[str, Any]:
     """Everything `inspect` reports about one artifact; never raises for a bad artifact.
-    `manifest`: the artifact's manifest, whose declared steps the findings then mark."""
+    `manifest`: the artifact's manifest, whose declared steps the findings then mark;
+    `data`: its bytes, when already read."""
     started = time.monotonic()
     report: dict[str, Any] = {
         "artifact": str(path),
@@ -47,7 +51,7 @@ def inspect_object(
         "manifest": str(manifest) if manifest is not None else None,
     }
     try:
-        obj = read_object(path)
+        obj = read_object(path, data)
     except ValueError as exc:
         report["error"] = str(exc)
         report["seconds"] = round(time.monotonic() - started, 4)

@@ -137,15 +137,18 @@ class ObjectFile:
         return next((m for m in self.maps if m.name == name), None)
 
 
-def read_object(path: Path) -> ObjectFile:
-    """Read everything readable; ValueError only if the file is no BPF ELF object at all."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_OBJECT_BYTES:
-            raise ValueError(f"{size} bytes is larger than any BPF object ({MAX_OBJECT_BYTES})")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(str(exc.strerror or exc)) from None
+def read_object(path: Path, data: bytes | None = None) -> ObjectFile:
+    """Read everything readable; ValueError only if the file is no BPF ELF object at all.
+    `data`: the file's bytes when the caller already holds them (the run reads each
+    artifact once, so every stage judges the same bytes)."""
+    if data is None:
+        try:
+            size = path.stat().st_size
+            if size > MAX_OBJECT_BYTES:
+                raise ValueError(f"{size} bytes is larger than any BPF object ({MAX_OBJECT_BYTES})")
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(str(exc.strerror or exc)) from None
     try:
         headers = E.elf_section_headers(data)
     except (ValueError, struct.error) as exc:

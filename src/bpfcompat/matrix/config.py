@@ -214,6 +214,20 @@ class Manifest(Strict):
     # A failing functional test is run again (links still alive) this many times; one that
     # passes on a retry is reported as flaky, never as a plain pass.
     retries: Annotated[int, Field(ge=0, le=MAX_TEST_RETRIES)] = 1
+    # A directory's manifest.yaml written for several objects: names it gives that an
+    # object lacks are not errors for that object.
+    shared: bool = False
+
+    def named(self) -> list[tuple[str, str, str]]:
+        """(key, kind, name) of every program and map the manifest names."""
+        out = [(f"maps[{i}].name", "map", m.name) for i, m in enumerate(self.maps)]
+        out += [(f"programs[{i}].name", "program", p.name) for i, p in enumerate(self.programs)]
+        for g, group in enumerate(self.program_variants):
+            out += [
+                (f"program_variants[{g}].programs[{i}].name", "program", p.name)
+                for i, p in enumerate(group.programs)
+            ]
+        return out
 
     def validator_args(self) -> list[str]:
         """The contract's flags, generated from `maps`, `programs` and `program_variants`."""

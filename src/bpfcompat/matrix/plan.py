@@ -6,6 +6,7 @@ later stage works from the same bytes even if the files change during the run.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import stat
@@ -13,6 +14,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpfcompat.analysis.objfile import read_object
 from bpfcompat.errors import ArtifactError, ConfigError
 from bpfcompat.matrix.config import Manifest, file_kind, load_manifest, read_regular
 from bpfcompat.validator.elf import elf_sections
@@ -93,10 +95,33 @@ def manifest_for(path: Path, explicit: Path | None = None) -> Path | None:
     return None
 
 
+def check_manifest_names(path: Path, data: bytes, manifest: Manifest, where: Path) -> None:
+    """Every program and map a manifest names must be in the object: a misspelt name would
+    silently drop what the manifest asks for (a required attach, a fixup)."""
+    names = manifest.named()
+    if not names:
+        return
+    try:
+        obj = read_object(path, data)
+    except ValueError:
+        return  # not a BPF object: its cell says so
+    have = {
+        "program": {f.name for f in obj.programs},
+        "map": {m.name for m in obj.maps},
+    }
+    for key, kind, name in names:
+        if name in have[kind]:
+            continue
+        close = difflib.get_close_matches(name, sorted(have[kind]), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: {key}: {path.name} has no {kind} {name!r}{hint}")
+
+
 def load_artifact(
     path: Path, manifest_path: Path | None = None, refused: str | None = None
 ) -> Artifact:
     """Read `path` once; `refused` names why it must not be read at all (an invalid cell)."""
+    given = manifest_path
     manifest_path = manifest_for(path, manifest_path)
     manifest = load_manifest(manifest_path) if manifest_path else Manifest()
     data, problem = b"", refused
@@ -119,6 +144,13 @@ def load_artifact(
                 data, problem = b"", f"artifact grew over the {MAX_ARTIFACT_BYTES} byte limit"
             else:
                 problem = elf_problem(data)
+    shared_dir_manifest = given is None and manifest_path == path.parent / MANIFEST_NAME
+    if (
+        manifest_path is not None
+        and problem is None
+        and not (shared_dir_manifest and manifest.shared)
+    ):
+        check_manifest_names(path, data, manifest, manifest_path)
     return Artifact(
         name=artifact_name(path),
         path=path,

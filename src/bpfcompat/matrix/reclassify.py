@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlmodel import Session, select
 
 from bpfcompat.matrix.classify import HOST_PRECHECK, cell_fields, classify, kernel_failed
+from bpfcompat.matrix.statics import setup_of
 from bpfcompat.matrix.store import Cell, RunKernel, Store, ValidatorResult
 
 # The judged fields of a cell: a change in any of them is reported.
@@ -58,6 +59,7 @@ def reclassify_run(store: Store, run_id: int) -> list[str]:
                     stored,
                     artifact_problem=cell.artifact_problem,
                     release=releases.get(cell.kernel_id, ""),
+                    setup=setup_of(cell.analysis_json),
                 )
                 fields = cell_fields(verdict, stored.result())
             before = _label(cell.status, cell.code)

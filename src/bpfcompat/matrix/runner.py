@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError
@@ -27,6 +27,7 @@ from bpfcompat.matrix.guest import Connector, GuestSession, RawOutcome, VMFactor
 from bpfcompat.matrix.plan import Artifact, Plan, cache_key
 from bpfcompat.matrix.policy import EXIT_INTERRUPTED, CellOutcome, run_exit_code
 from bpfcompat.matrix.result import ResultModel, ResultProblem
+from bpfcompat.matrix.statics import RunAnalysis
 from bpfcompat.matrix.store import (
     Cell,
     Run,
@@ -108,6 +109,7 @@ class MatrixRunner:
         self.live_vms: set[GuestVM] = set()
         self.backend = options.backend
         self.accel = self.backend.accel()
+        self.analysis = RunAnalysis([k.id for k in plan.kernels], self.stop)
         self.messages: list[str] = []
         self._lock = threading.Lock()
 
@@ -234,7 +236,11 @@ class MatrixRunner:
         progress = self.options.progress
         try:
             progress(spec.id, "fetching")
-            kernel = self.backend.fetch_kernel(spec)
+            fetched: KernelBuild | None = None
+            try:
+                fetched = kernel = self.backend.fetch_kernel(spec)
+            finally:
+                self.analysis.kernel_fetched(spec.id, fetched)
             self._update_kernel(
                 row,
                 release=kernel.release,
@@ -448,11 +454,24 @@ class MatrixRunner:
                     )
                 )
                 return
-        verdict = classify(stored, artifact_problem=artifact.invalid_reason, release=kernel.release)
+        statics = self.analysis.of(artifact) if artifact.invalid_reason is None else {}
+        verdict = classify(
+            stored,
+            artifact_problem=artifact.invalid_reason,
+            release=kernel.release,
+            setup=statics.get("loader_setup") or (),
+        )
         result = stored.result()
         flaky = is_flaky(result)
         cell = self._add_cell(
-            spec, artifact, verdict, stored, stored.seconds, cached=cached, result=result
+            spec,
+            artifact,
+            verdict,
+            stored,
+            stored.seconds,
+            cached=cached,
+            result=result,
+            analysis=statics,
         )
         extra = [unstable] if unstable else []
         if flaky:
@@ -472,6 +491,7 @@ class MatrixRunner:
         *,
         cached: bool,
         result: ResultModel | ResultProblem | None = None,
+        analysis: dict[str, Any] | None = None,
     ) -> Cell:
         return self.store.add(
             Cell(
@@ -486,6 +506,7 @@ class MatrixRunner:
                 cached=cached,
                 result_id=stored.id if stored else None,
                 artifact_problem=artifact.invalid_reason,
+                analysis_json=json.dumps(analysis) if analysis else None,
                 **cell_fields(verdict, result),
             )
         )

@@ -158,6 +158,9 @@ class Cell(SQLModel, table=True):
     cached: bool = False
     flaky: bool | None = None  # a functional test passed only on a retry
     attached: str | None = None  # for a pass: all | some | none | off (Verdict.attached)
+    # The host's static reading of the artifact (matrix/statics.summary): its upstream floor
+    # and the loader-setup findings the verdict was judged with.
+    analysis_json: str | None = None
     result_id: int | None = Field(default=None, foreign_key="validatorresult.id")
 
     @property

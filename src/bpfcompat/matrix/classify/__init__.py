@@ -14,7 +14,7 @@ reached libbpf; every verdict names the rule that gave it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from bpfcompat.matrix.result import ResultModel, ResultProblem
@@ -39,7 +39,7 @@ __all__ = [
     "kernel_failed", "notes_for", "rule", "rule_table", "verifier_summary",
 ]  # fmt: skip
 
-CLASSIFIER_VERSION = "3"
+CLASSIFIER_VERSION = "4"
 
 HOST_PRECHECK = "host ELF pre-check"
 MAX_NOTE_NAMES = 8  # programs named in one attach-warning note
@@ -66,11 +66,12 @@ def _model(result: Result) -> ResultModel | ResultProblem | None:
 
 def classify_result(
     result: ResultModel | Mapping[str, Any], release: str = "", *,
-    artifact_problem: str | None = None,
+    artifact_problem: str | None = None, setup: Sequence[dict[str, Any]] = (),
 ) -> Verdict:  # fmt: skip
-    """The verdict for one validator result: first matching rule, else UNKNOWN."""
+    """The verdict for one validator result: first matching rule, else UNKNOWN. `setup`:
+    the host's loader-setup findings for the artifact (static reading, see analysis)."""
     model = result if isinstance(result, ResultModel) else ResultModel.from_data(result)
-    facts = facts_from(model, release, artifact_problem)
+    facts = facts_from(model, release, artifact_problem, setup)
     stage_rank = STAGE_ORDER.get(facts.stage, 0)
     inconclusive = [e for e in crashed_steps(model) if STEP_STAGE[str(e.step)] <= stage_rank]
     if facts.stage == "infra" or inconclusive:
@@ -94,6 +95,7 @@ def classify_result(
                 program=hit.program or facts.program,
                 stage=facts.stage,
                 confidence=hit.confidence,  # type: ignore[arg-type]
+                remediation=hit.remediation,
             )
     fallback = (
         verifier_summary(facts.verifier_log())
@@ -106,7 +108,11 @@ def classify_result(
 
 
 def classify(
-    stored: StoredRow, *, artifact_problem: str | None = None, release: str = ""
+    stored: StoredRow,
+    *,
+    artifact_problem: str | None = None,
+    release: str = "",
+    setup: Sequence[dict[str, Any]] = (),
 ) -> Verdict:
     """Verdict for a stored ValidatorResult row: what the row itself says (a crash, a
     signal, no usable result) before the evidence rules read its result."""
@@ -134,7 +140,7 @@ def classify(
         if isinstance(result, ResultProblem):
             return rule("malformed-result").verdict(evidence=result.reason)
         return rule("infra").verdict(evidence=infra_error or "no validator result")
-    verdict = classify_result(result, release, artifact_problem=artifact_problem)
+    verdict = classify_result(result, release, artifact_problem=artifact_problem, setup=setup)
     if artifact_problem and verdict.code == "UNKNOWN":
         return rule("artifact-unreadable").verdict(evidence=artifact_problem, detail=HOST_PRECHECK)
     return verdict

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bpfcompat.matrix.result import HelperProbe, Map, Program, ResultModel, StepMessage
 
@@ -97,6 +98,16 @@ class Facts:
     artifact_problem: str | None = None
     map_types: dict[str, bool] = field(default_factory=dict)
     program_types: dict[str, bool] = field(default_factory=dict)
+    # What the host's static reading found the object's loader does (analysis.loader
+    # findings as dicts): kind, subject, why, level, manifest_lines, detail.
+    setup: tuple[dict[str, Any], ...] = ()
+
+    def finding(self, kind: str, subject: str | None = None) -> dict[str, Any] | None:
+        """The loader-setup finding of `kind` (for `subject`), if the host made one."""
+        for item in self.setup:
+            if item.get("kind") == kind and (subject is None or item.get("subject") == subject):
+                return item
+        return None
 
     @property
     def locked_down(self) -> bool:
@@ -232,7 +243,10 @@ def crashed_steps(result: ResultModel) -> list[StepMessage]:
 
 
 def facts_from(
-    result: ResultModel, release: str = "", artifact_problem: str | None = None
+    result: ResultModel,
+    release: str = "",
+    artifact_problem: str | None = None,
+    setup: Sequence[dict[str, Any]] = (),
 ) -> Facts:
     """Flatten one validator result for the rules."""
     stage = stage_of(result)
@@ -275,4 +289,5 @@ def facts_from(
         artifact_problem=artifact_problem,
         map_types=dict(caps.map_types),
         program_types=dict(caps.program_types),
+        setup=tuple(s for s in setup if isinstance(s, dict)),
     )

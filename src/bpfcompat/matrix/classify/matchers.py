@@ -36,6 +36,7 @@ from .messages import (
     ELF_SHSTR,
     ELF_SYMTAB,
     EPERM_TEXT,
+    FREPLACE_NO_TARGET,
     FUNC_INFO_MISMATCH,
     GPL_ONLY,
     GPL_ONLY_OLD,
@@ -48,6 +49,7 @@ from .messages import (
     KBTF_MISSING,
     KBTF_NONE,
     KBTF_READ,
+    KCONFIG_OPEN,
     KFUNC_NOT_ALLOWED,
     KFUNC_NOT_FOUND,
     KFUNC_POISON_BASE,
@@ -64,6 +66,7 @@ from .messages import (
     PROG_LOAD_FAILED,
     PROG_TYPE_MISSING,
     STACK_TOO_LARGE,
+    STRUCT_OPS_NOT_FOUND,
     TOO_COMPLEX_OLD,
     TOO_LARGE,
     TP_CREATE,
@@ -120,6 +123,7 @@ class Hit:
     detail: str | None = None
     confidence: str | None = None
     program: str | None = None
+    remediation: str | None = None  # this cell's own fix (e.g. its manifest lines)
 
 
 def _hit(line: str | None, **kw: Any) -> Hit | None:
@@ -268,10 +272,100 @@ def map_sizing(f: Facts) -> Hit | None:
     mf = _map_failure(f)
     if mf and any(m.name == mf.name and m.status == "applied" for m in f.result.map_fixups):
         return None  # sized by the manifest: its declared 0 is not the problem
-    if mf and mf.errno == E.EINVAL and mf.max_entries == 0 and mf.supported is not False:
-        detail = _map_detail(mf, f) + "; max_entries is 0 and no fixup sized it"
-        return Hit(mf.line, confidence="medium", detail=detail)
+    info = f.maps.get(mf.name) if mf else None
+    zero = mf is not None and (mf.max_entries == 0 or (info is not None and info.value_size == 0))
+    if mf and mf.errno == E.EINVAL and zero and mf.supported is not False:
+        detail = _map_detail(mf, f) + "; compiled with a zero size that no manifest or fixup set"
+        finding = f.finding("map_sized_at_runtime", mf.name)
+        lines = "\n".join(finding.get("manifest_lines") or []) if finding else ""
+        fix = lines or f"maps:\n  - name: {mf.name}\n    max_entries: cpus"
+        return Hit(mf.line, detail=detail, remediation=_declare(fix))
     return None
+
+
+def _declare(manifest_lines: str) -> str:
+    return f"Declare what the object's loader does, in its manifest:\n{manifest_lines}"
+
+
+def freplace_target(f: Facts) -> Hit | None:
+    line = f.find(FREPLACE_NO_TARGET)
+    if not line:
+        return None
+    program = f.program or next((p.name for p in f.programs if p.type == "ext"), None)
+    finding = f.finding("freplace_target", program)
+    lines = "\n".join(finding.get("manifest_lines") or []) if finding else ""
+    return Hit(
+        line,
+        detail="an extension (freplace) program needs the program it replaces a function of",
+        remediation=_declare(lines) if lines else None,
+    )
+
+
+def placeholder_target(f: Facts) -> Hit | None:
+    """A BTF-attached program whose target exists in no kernel of the matrix: the loader
+    sets the real one (the host's kernel BTF check says so), not a newer kernel."""
+    line = f.find(ATTACH_BTF_ID)
+    if not line:
+        return None
+    m = re.search(r"prog '([^']+)'", line)
+    program = m.group(1) if m else f.program
+    for kind in ("attach_target_placeholder", "attach_target_unset"):
+        finding = f.finding(kind, program)
+        if finding and finding.get("level") == "required":
+            lines = "\n".join(finding.get("manifest_lines") or [])
+            return Hit(line, detail=str(finding.get("why") or ""), program=program,
+                       remediation=_declare(lines) if lines else None)  # fmt: skip
+    return None
+
+
+def struct_ops_module(f: Facts) -> Hit | None:
+    """A struct_ops struct no kernel of the matrix has in vmlinux: a module defines it."""
+    hit = _struct_ops(f)
+    if hit and not hit[1].get("kernels_with"):
+        finding = hit[1]
+        return Hit(hit[0], detail=str(finding.get("why") or ""))
+    return None
+
+
+def struct_ops_newer(f: Facts) -> Hit | None:
+    """A struct_ops struct this kernel lacks and newer ones have."""
+    hit = _struct_ops(f)
+    if hit and hit[1].get("kernels_with"):
+        have = ", ".join(hit[1]["kernels_with"])
+        return Hit(hit[0], detail=f"struct {hit[1].get('struct')} is in {have}, not in this kernel")
+    return None
+
+
+def _struct_ops(f: Facts) -> tuple[str, dict[str, Any]] | None:
+    for line in f.lines("\n".join(f.messages), f.libbpf_log):
+        m = STRUCT_OPS_NOT_FOUND.rx.search(line)
+        if not m:
+            continue
+        for item in f.setup:
+            detail = item.get("detail") or {}
+            if item.get("kind") == "struct_ops" and detail.get("struct") == m.group("struct"):
+                return line, {**detail, "why": item.get("why")}
+        return line, {"struct": m.group("struct")}
+    return None
+
+
+def loader_section(f: Facts) -> Hit | None:
+    """A section named by another loader's convention: the loader sets the type."""
+    line = f.find(PROG_TYPE_MISSING)
+    if not line:
+        return None
+    m = re.search(r"prog '([^']+)'", line)
+    program = m.group(1) if m else f.program
+    finding = f.finding("untypable_section", program)
+    if finding is None:
+        return None
+    lines = "\n".join(finding.get("manifest_lines") or [])
+    return Hit(line, detail=str(finding.get("why") or ""), program=program,
+               remediation=_declare(lines) if lines else None)  # fmt: skip
+
+
+def kconfig_missing(f: Facts) -> Hit | None:
+    return _hit(f.find(KCONFIG_OPEN), detail="no /boot/config-<release> in the guest")
 
 
 def map_type(f: Facts) -> Hit | None:

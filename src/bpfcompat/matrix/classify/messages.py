@@ -130,6 +130,14 @@ PERM_MEMLOCK = Msg("permission error while running as root; try raising 'ulimit 
                    "value: %s", f"{_LIBBPF} pr_perm_msg()")  # fmt: skip
 PROG_LOAD_FAILED = Msg("prog '%s': BPF program load failed: %s",
                        f"{_LIBBPF} bpf_object_load_prog()")  # fmt: skip
+FREPLACE_NO_TARGET = Msg("prog '%s': attach program FD is not set",
+                         f"{_LIBBPF} libbpf_prepare_prog_load()")  # fmt: skip
+STRUCT_OPS_NOT_FOUND = Msg(
+    "struct_ops init_kern: struct %s is not found in kernel BTF",
+    f"{_LIBBPF} bpf_map__init_kern_struct_ops()",
+    re.compile(r"struct_ops init_kern: struct (?P<struct>\S+) is not found in kernel BTF"),
+)
+KCONFIG_OPEN = Msg("failed to open system Kconfig", f"{_LIBBPF} bpf_object__read_kconfig_file()")
 PROG_TYPE_MISSING = Msg("prog '%s': missing BPF prog type, check ELF section name '%s'",
                         f"{_LIBBPF} bpf_object_load_prog()")  # fmt: skip
 KPROBE_CREATE = Msg("prog '%s': failed to create %s '%s+0x%zx' perf event: %s",

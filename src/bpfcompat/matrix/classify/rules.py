@@ -35,6 +35,7 @@ from .messages import (
     ELF_OPEN,
     ELF_SHSTR,
     ELF_SYMTAB,
+    FREPLACE_NO_TARGET,
     FUNC_INFO_MISMATCH,
     GPL_ONLY,
     GPL_ONLY_OLD,
@@ -46,6 +47,7 @@ from .messages import (
     KBTF_MISSING,
     KBTF_NONE,
     KBTF_READ,
+    KCONFIG_OPEN,
     KFUNC_NOT_ALLOWED,
     KFUNC_NOT_FOUND,
     KFUNC_POISON_CALL,
@@ -60,6 +62,7 @@ from .messages import (
     PERM_MEMLOCK,
     PROG_LOAD_FAILED,
     PROG_TYPE_MISSING,
+    STRUCT_OPS_NOT_FOUND,
     TP_CREATE,
     VMLINUX_LOAD,
     VMLINUX_NOT_FOUND,
@@ -72,6 +75,7 @@ CODES: tuple[str, ...] = (
     "UNSUPPORTED_HELPER", "HELPER_NOT_ALLOWED", "UNSUPPORTED_KFUNC", "MISSING_ATTACH_TARGET",
     "LICENSE_INCOMPATIBLE", "VERIFIER_REJECTION", "VERIFIER_LIMIT", "CAPABILITY_FAILURE",
     "INVALID_ARTIFACT", "FUNCTIONAL_TEST_FAILURE", "KERNEL_CRASH", "INFRA_ERROR", "UNKNOWN",
+    "LOADER_SETUP_REQUIRED",
 )  # fmt: skip
 
 MAX_EVIDENCE_CHARS = 1000
@@ -111,8 +115,10 @@ class Rule:
         program: str | None = None,
         stage: str | None = None,
         confidence: Confidence | None = None,
+        remediation: str | None = None,
     ) -> Verdict:
-        """This rule's verdict; the stage defaults to the rule's first one."""
+        """This rule's verdict; the stage defaults to the rule's first one, the
+        remediation to the rule's own (a cell may have its own, e.g. manifest lines)."""
         return Verdict(
             status=self.status,
             code=self.code,
@@ -120,13 +126,14 @@ class Rule:
             stage=stage if stage is not None else next(iter(self.stages), None),
             program=program,
             evidence=evidence[:MAX_EVIDENCE_CHARS],
-            remediation=self.remediation,
+            remediation=remediation or self.remediation,
             rule=self.name,
             detail=detail,
         )
 
 
 _L = ("load",)
+_SETUP = "LOADER_SETUP_REQUIRED"
 RULES: tuple[Rule, ...] = (
     Rule("artifact-unreadable", "INVALID_ARTIFACT", ("open",), m.invalid_artifact, "high",
          "The file is not a BPF object libbpf can open.",
@@ -135,6 +142,48 @@ RULES: tuple[Rule, ...] = (
          "Rebuild with `clang -target bpf -g -O2` and check the file was copied whole.",
          (ELF_NOT_ELF, ELF_SHSTR, ELF_OPEN, ELF_NOT_64, ELF_NOT_BPF, ELF_SYMTAB, ELF_LEGACY_MAPS,
           BTF_REQUIRED, ELF_ANY), "load.stage elf/open; host ELF pre-check"),
+    Rule("loader-freplace", _SETUP, _L, m.freplace_target, "high",
+         "An extension (freplace) program replaces a function of another, already loaded "
+         "BPF program; its loader passes that program. A generic loader has none.",
+         "SEC(\"freplace/...\") loaded without bpf_program__set_attach_target(prog, fd, ...).",
+         "Declare the target in the manifest (programs[].attach_target and "
+         "attach_target_program), or autoload: false to validate the rest of the object.",
+         (FREPLACE_NO_TARGET,), "loader-setup finding freplace_target (host static reading)"),
+    Rule("loader-attach-target", _SETUP, _L, m.placeholder_target, "high",
+         "A BTF-attached program (fentry/fexit/fmod_ret/lsm/tp_btf) names a target no kernel "
+         "of the matrix has: its loader sets the real target at run time; no newer kernel "
+         "would help.",
+         "A placeholder such as dummy_file_read, retargeted with "
+         "bpf_program__set_attach_target().",
+         "Declare the real target in the manifest (programs[].attach_target), or autoload: "
+         "false.",
+         (ATTACH_BTF_ID,), "loader-setup finding attach_target_placeholder / _unset "
+         "(the matrix kernels' BTF, read on the host)"),
+    Rule("loader-struct-ops", _SETUP, _L, m.struct_ops_module, "high",
+         "A struct_ops map implements a struct that no kernel of the matrix has in vmlinux: "
+         "a kernel module defines it, which the project's loader loads first.",
+         "struct_ops for a module's ops struct (a test module, a driver's hook table).",
+         "Validate on a kernel whose guest loads that module, or leave the struct_ops map out "
+         "(bpf_map__set_autocreate false, or its programs autoload: false).",
+         (STRUCT_OPS_NOT_FOUND,), "loader-setup finding struct_ops (matrix kernels' BTF)"),
+    Rule("struct-ops-type", "UNSUPPORTED_PROGRAM_TYPE", _L, m.struct_ops_newer, "high",
+         "The kernel lacks the struct a struct_ops map implements; newer kernels of the "
+         "matrix have it.",
+         "A struct_ops interface added after this kernel (e.g. sched_ext_ops, 6.12).",
+         "Require a kernel that has the struct, or make the struct_ops map optional.",
+         (STRUCT_OPS_NOT_FOUND,), "loader-setup finding struct_ops (matrix kernels' BTF)"),
+    Rule("loader-section", _SETUP, _L, m.loader_section, "high",
+         "A program's section follows another loader's naming convention, which libbpf "
+         "cannot type; the project's loader sets the program type itself.",
+         "iproute2/cilium style sections such as socket/..., classifier/..., sk_lookup/....",
+         "Declare the program type in the manifest (programs[].type).",
+         (PROG_TYPE_MISSING,), "loader-setup finding untypable_section (libbpf's section table)"),
+    Rule("kconfig-missing", "INFRA_ERROR", _L, m.kconfig_missing, "high",
+         "libbpf could not read the kernel config to resolve the object's __kconfig externs: "
+         "the guest lacks /boot/config-<release>.",
+         "A kernel entry without a config file (a user-supplied vmlinuz without its config).",
+         "Give the kernel entry its config (kernels.yaml source.config), then rerun.",
+         (KCONFIG_OPEN,)),
     Rule("lockdown-helper", "POLICY_DENIED", _L, m.lockdown_helper, "high",
          "Kernel lockdown withholds a helper the program calls; the verifier's words name "
          "the helper, the cause is the policy.",
@@ -185,11 +234,14 @@ RULES: tuple[Rule, ...] = (
          "RLIMIT_MEMLOCK too low on pre-5.11 kernels, or a map too large for the guest.",
          "Raise RLIMIT_MEMLOCK (libbpf >= 1.0 does on its own) or shrink max_entries.",
          (MAP_CREATE, MAP_INNER, PERM_MEMLOCK), "errno EPERM/ENOMEM; capabilities.map_types"),
-    Rule("map-needs-sizing", "INVALID_ARTIFACT", _L, m.map_sizing, "medium",
-         "A map is declared with max_entries 0 and nothing sized it: no kernel can create it.",
-         "A runtime-sized map (per-CPU count, ring buffer size) loaded without its fixup.",
-         "Give the manifest a max_entries / inner_ringbuf_bytes fixup for the map.",
-         (MAP_CREATE,), "discovery.maps[].max_entries; errno EINVAL"),
+    Rule("map-needs-sizing", _SETUP, _L, m.map_sizing, "high",
+         "A map is compiled with a zero size (max_entries or value_size) that its loader "
+         "sets before load, and neither the manifest nor an automatic fixup set it (run with "
+         "--no-auto-fixups, or an inner map, which cannot be resized).",
+         "A runtime-sized map (per-CPU count, ring buffer size, stack depth).",
+         "Declare the size in the manifest (maps[].max_entries / value_size / "
+         "inner_ringbuf_bytes).",
+         (MAP_CREATE,), "discovery.maps[].max_entries / value_size; errno EINVAL"),
     Rule("map-type", "UNSUPPORTED_MAP_TYPE", _L, m.map_type, "high",
          "A map could not be created because this kernel does not support its type (or, "
          "at lower confidence, its flags).",
