@@ -83,6 +83,7 @@ def _runnable(value: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_flag_safe)]
+GlobalValue = int | bool | Annotated[str, Field(max_length=4096)] | list[int | bool]
 
 
 def _parse_duration(value: Any) -> float:
@@ -217,6 +218,9 @@ class Manifest(Strict):
     # A directory's manifest.yaml written for several objects: names it gives that an
     # object lacks are not errors for that object.
     shared: bool = False
+    # Global variables (.rodata/.data/.bss, e.g. `const volatile` switches) the loader sets
+    # before load; each value is checked against the variable's BTF type.
+    globals: dict[Name, GlobalValue] = Field(default_factory=dict)
 
     def named(self) -> list[tuple[str, str, str]]:
         """(key, kind, name) of every program and map the manifest names."""
@@ -241,6 +245,8 @@ class Manifest(Strict):
                 args += ["--set-map-value-size", f"{fixup.name}={fixup.value_size}"]
             if fixup.key_size is not None:
                 args += ["--set-map-key-size", f"{fixup.name}={fixup.key_size}"]
+        for name, value in self.globals.items():
+            args += ["--set-global", f"{name}={json.dumps(value)}"]
         for prog in self.programs:
             if prog.attach_target is not None:
                 args += ["--set-prog-attach-target", f"{prog.name}={prog.attach_target}"]

@@ -18,6 +18,8 @@ from bpfcompat.analysis.objfile import read_object
 from bpfcompat.errors import ArtifactError, ConfigError
 from bpfcompat.matrix.config import Manifest, file_kind, load_manifest, read_regular
 from bpfcompat.validator.elf import elf_sections
+from bpfcompat.validator.globals import global_names, object_btf
+from bpfcompat.validator.globals import resolve as resolve_global
 from bpfcompat.vm.spec import KernelSpec
 
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024  # far above any real BPF object; see docs
@@ -99,7 +101,7 @@ def check_manifest_names(path: Path, data: bytes, manifest: Manifest, where: Pat
     """Every program and map a manifest names must be in the object: a misspelt name would
     silently drop what the manifest asks for (a required attach, a fixup)."""
     names = manifest.named()
-    if not names:
+    if not names and not manifest.globals:
         return
     try:
         obj = read_object(path, data)
@@ -115,6 +117,14 @@ def check_manifest_names(path: Path, data: bytes, manifest: Manifest, where: Pat
         close = difflib.get_close_matches(name, sorted(have[kind]), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"{where}: {key}: {path.name} has no {kind} {name!r}{hint}")
+    for name, value in manifest.globals.items():
+        try:
+            resolve_global(data, name, value)
+        except ValueError as exc:
+            known = global_names(object_btf(data)[0]) if obj.btf is not None else []
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close and close[0] != name else ""
+            raise ConfigError(f"{where}: globals.{name}: {path.name}: {exc}{hint}") from None
 
 
 def load_artifact(

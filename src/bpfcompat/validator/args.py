@@ -144,6 +144,20 @@ def parse_prog_type(value: str) -> tuple[str, dict[str, Any]]:
     }
 
 
+def parse_global(value: str) -> tuple[str, Any]:
+    """``<name>=<JSON value>``: a global variable a loader sets before load."""
+    name, rhs = _split_assignment(value, "<name>=<JSON value>")
+    try:
+        parsed = json.loads(rhs)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: not a JSON value") from None
+    if isinstance(parsed, (dict, float)) or parsed is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {value!r}: a number, boolean, string or list of them"
+        )
+    return name, parsed
+
+
 def resolve_helper(token: str) -> tuple[str | None, int]:
     """A variant's helper: decimal id or known name; 0 means unconditional."""
     token = token.strip()
@@ -245,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--set-prog-autoload", parse_autoload, "<prog>=<bool>", "load a program or not"),
         ("--set-prog-type", parse_prog_type, "<prog>=<type>[/<attach type>]",
          "set a program's type (and expected attach type)"),
+        ("--set-global", parse_global, "<name>=<JSON value>",
+         "set a global variable (.rodata/.data/.bss) before load"),
     ):  # fmt: skip
         parser.add_argument(
             flag, type=kind, action="append", default=[], metavar=meta, help=what + " (repeatable)"
@@ -412,6 +428,11 @@ class Config:
                     raise UsageError(f"argument {flag}: program {name!r} given twice")
                 entry[key] = value
         self.auto_fixups: bool = not args.no_auto_fixups
+        self.globals: dict[str, Any] = {}
+        for name, value in args.set_global:
+            if name in self.globals:
+                raise UsageError(f"argument --set-global: {name!r} given twice")
+            self.globals[name] = value
         groups = [g["group"] for g in self.variant_groups]
         for group in groups:
             if groups.count(group) > 1:

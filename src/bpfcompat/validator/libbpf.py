@@ -264,6 +264,19 @@ class Libbpf:
         func = self.sym("bpf_program__set_expected_attach_type", _c.c_int, _c.c_void_p, _c.c_int)
         return _int_result(func(prog, attach_id)) if func else -errno.ENOSYS
 
+    def find_map(self, obj: int, name: str) -> int | None:
+        """A map by name; an internal map (.rodata, .data.x) by its section's name."""
+        func = self.sym("bpf_object__find_map_by_name", _c.c_void_p, _c.c_void_p, _c.c_char_p)
+        return (func(obj, name.encode()) or None) if func else None
+
+    def initial_value(self, bpf_map: int) -> tuple[int | None, int]:
+        """(address, size) of libbpf's copy of an internal map's contents, before load."""
+        func = self.sym("bpf_map__initial_value", _c.c_void_p, _c.c_void_p, _c.POINTER(_c.c_size_t))
+        if not func:
+            return None, 0
+        size = _c.c_size_t(0)
+        return func(bpf_map, _c.byref(size)) or None, int(size.value)
+
     def set_inner_map_fd(self, bpf_map: int, fd: int) -> int:
         func = self.sym("bpf_map__set_inner_map_fd", _c.c_int, _c.c_void_p, _c.c_int)
         return _int_result(func(bpf_map, fd)) if func else -errno.ENOSYS
