@@ -39,6 +39,7 @@ TOP_LEVEL_KEYS = {
     "btf", "capabilities", "discovery", "load", "attach", "functional", "logs",
     # additions
     "validator_version", "artifact", "security", "timings", "errors", "warnings", "program_setup",
+    "globals_set",
 }  # fmt: skip
 PROGRAM_KEYS = {
     "name", "section", "attach_status", "attach_error", "load_status", "load_errno", "load_log",
