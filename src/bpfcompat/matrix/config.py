@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -182,6 +183,14 @@ def _known(names: tuple[str, ...], what: str) -> Any:
     return AfterValidator(check)
 
 
+class TargetProgram(Strict):
+    """A program of another object that an extension (freplace) program replaces a
+    function of: the loader loads that object first and passes the program."""
+
+    object: Annotated[str, Field(min_length=1, max_length=4096)]  # relative to the manifest
+    program: Name
+
+
 class ProgramExpectation(Strict):
     """One program: what must hold for it, and what the project's loader sets on it."""
 
@@ -191,6 +200,7 @@ class ProgramExpectation(Strict):
     # fmod_ret/lsm/tp_btf/freplace) really attaches to, for objects compiled with a
     # placeholder the loader replaces.
     attach_target: Name | None = None
+    attach_target_program: TargetProgram | None = None
     autoload: bool | None = None
     # For sections libbpf cannot type (another loader's convention): libbpf's program
     # type name, e.g. socket_filter, sched_cls, and the expected attach type if needed.
@@ -285,11 +295,24 @@ class Manifest(Strict):
             ]
         }
 
-    def validator_inputs(self, directory: str) -> tuple[list[str], dict[str, bytes]]:
+    def targets(self) -> list[tuple[str, TargetProgram]]:
+        """(program, target) for each extension program given a target program."""
+        return [(p.name, p.attach_target_program) for p in self.programs if p.attach_target_program]
+
+    def validator_inputs(
+        self, directory: str, target_objects: Sequence[bytes] = ()
+    ) -> tuple[list[str], dict[str, bytes]]:
         """Every manifest-derived validator argument, and the files (path -> bytes) they
-        name inside `directory`: one mapping for the guest runner and host validation."""
+        name inside `directory`: one mapping for the guest runner and host validation.
+        `target_objects`: the bytes of each `targets()` object, in that order."""
         args = self.validator_args()
         files: dict[str, bytes] = {}
+        for index, ((prog, target), data) in enumerate(
+            zip(self.targets(), target_objects, strict=True)
+        ):
+            path = f"{directory}/target-{index}.bpf.o"
+            files[path] = data
+            args += ["--set-prog-attach-program", f"{prog}={path}:{target.program}"]
         if self.programs or self.metadata:
             path = f"{directory}/manifest.json"
             files[path] = json.dumps(self.validator_manifest()).encode()

@@ -40,6 +40,8 @@ class Artifact:
     manifest: Manifest
     manifest_hash: str
     invalid_reason: str | None = None
+    # The other objects the manifest names (freplace targets), read once like the artifact.
+    target_objects: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 ATTACH_MODES = ("disabled", "best-effort", "required")
@@ -75,9 +77,12 @@ def elf_problem(data: bytes) -> str | None:
     return None
 
 
-def _manifest_hash(manifest: Manifest) -> str:
+def _manifest_hash(manifest: Manifest, targets: tuple[bytes, ...] = ()) -> str:
     canonical = json.dumps(manifest.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(canonical.encode())
+    for data in targets:  # what the manifest points at is part of what it asks for
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()[:16]
 
 
 def manifest_for(path: Path, explicit: Path | None = None) -> Path | None:
@@ -154,6 +159,7 @@ def load_artifact(
                 data, problem = b"", f"artifact grew over the {MAX_ARTIFACT_BYTES} byte limit"
             else:
                 problem = elf_problem(data)
+    targets = _target_objects(manifest, manifest_path) if manifest_path else ()
     shared_dir_manifest = given is None and manifest_path == path.parent / MANIFEST_NAME
     if (
         manifest_path is not None
@@ -168,9 +174,25 @@ def load_artifact(
         sha256=hashlib.sha256(data).hexdigest(),
         manifest_path=manifest_path,
         manifest=manifest,
-        manifest_hash=_manifest_hash(manifest),
+        manifest_hash=_manifest_hash(manifest, targets),
         invalid_reason=problem,
+        target_objects=targets,
     )
+
+
+def _target_objects(manifest: Manifest, manifest_path: Path) -> tuple[bytes, ...]:
+    """The bytes of each object the manifest's freplace targets name, checked like
+    artifacts (relative to the manifest's directory)."""
+    out = []
+    for index, (prog, target) in enumerate(manifest.targets()):
+        path = manifest_path.parent / target.object
+        what = f"target object of programs ({prog})"
+        data = read_regular(path, MAX_ARTIFACT_BYTES, what)
+        problem = elf_problem(data)
+        if problem:
+            raise ConfigError(f"{manifest_path}: programs: target {index} ({path}): {problem}")
+        out.append(data)
+    return tuple(out)
 
 
 def escaping_symlink(path: Path, root: Path) -> str | None:

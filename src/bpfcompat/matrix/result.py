@@ -315,6 +315,7 @@ class ProgramSetup(_Part):
 
     name: Name | None = None
     attach_target: Name | None = None
+    attach_program: Messages | None = None  # {object, program}: what freplace replaces into
     autoload: bool | None = None
     type: Name | None = None
     expected_attach_type: Name | None = None

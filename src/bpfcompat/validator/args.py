@@ -120,6 +120,17 @@ def parse_attach_target(value: str) -> tuple[str, str]:
     return name, rhs
 
 
+def parse_attach_program(value: str) -> tuple[str, dict[str, str]]:
+    """``<prog>=<object path>:<program>``: the loaded BPF program an extension (freplace)
+    program replaces a function of; the function is --set-prog-attach-target's."""
+    name, rhs = _split_assignment(value, "<prog>=<object path>:<program>")
+    path, sep, target = rhs.rpartition(":")
+    if not sep or not path or not target:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: expected <path>:<program>")
+    _check_name(value, target)
+    return name, {"object": path, "program": target}
+
+
 def parse_autoload(value: str) -> tuple[str, bool]:
     name, rhs = _split_assignment(value, "<prog>=<true|false>")
     return name, parse_bool(rhs)
@@ -256,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--set-map-key-size", parse_map_size, "<map>=<bytes>", "set a map's key size"),
         ("--set-prog-attach-target", parse_attach_target, "<prog>=<function>",
          "set a tracing program's attach target (bpf_program__set_attach_target)"),
+        ("--set-prog-attach-program", parse_attach_program, "<prog>=<object path>:<program>",
+         "load <object path> first and attach an extension program to its <program>"),
         ("--set-prog-autoload", parse_autoload, "<prog>=<bool>", "load a program or not"),
         ("--set-prog-type", parse_prog_type, "<prog>=<type>[/<attach type>]",
          "set a program's type (and expected attach type)"),
@@ -419,6 +432,7 @@ class Config:
         self.programs: dict[str, dict[str, Any]] = {}
         for flag, key, pairs in (
             ("--set-prog-attach-target", "attach_target", args.set_prog_attach_target),
+            ("--set-prog-attach-program", "attach_program", args.set_prog_attach_program),
             ("--set-prog-autoload", "autoload", args.set_prog_autoload),
             ("--set-prog-type", "type", args.set_prog_type),
         ):

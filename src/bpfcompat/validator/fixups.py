@@ -239,11 +239,16 @@ class FixupSteps(RunState):
                         rc = lib.set_expected_attach_type(prog, kind["expected_attach_type_id"])
                     if rc < 0:
                         problems.append(f"set type {kind['type']}: {error_text(-rc)}")
-                if want.get("attach_target"):
-                    rc = lib.set_attach_target(prog, want["attach_target"])
+                target_fd = 0
+                if want.get("attach_program"):
+                    target_fd, problem = self._target_program_fd(want["attach_program"])
+                    if problem:
+                        problems.append(problem)
+                if want.get("attach_target") or target_fd > 0:
+                    rc = lib.set_attach_target(prog, want.get("attach_target"), target_fd)
                     if rc < 0:
                         problems.append(
-                            f"set attach target {want['attach_target']!r}: {error_text(-rc)}"
+                            f"set attach target {want.get('attach_target')!r}: {error_text(-rc)}"
                         )
                 if record and "autoload" in want:
                     rc = lib.set_autoload(prog, want["autoload"])
@@ -253,6 +258,27 @@ class FixupSteps(RunState):
             item["error"] = "; ".join(problems) or None
             done.append(item)
         return done
+
+    def _target_program_fd(self, target: dict[str, str]) -> tuple[int, str | None]:
+        """The fd of a program of another object, loaded once per run (kept open until
+        cleanup): what an extension program replaces a function of."""
+        lib = self.lib
+        assert lib is not None
+        path = target["object"]
+        if path not in self.target_objects:
+            obj, err = lib.open_file(path)
+            if obj is None:
+                return -1, f"cannot open target object {path!r}: {error_text(-err)}"
+            rc = lib.load_object(obj)
+            if rc < 0:
+                lib.close(obj)
+                return -1, f"target object {path!r} did not load: {error_text(-rc)}"
+            self.target_objects[path] = obj
+        prog = lib.find_program(self.target_objects[path], target["program"])
+        fd = lib.prog_fd(prog) if prog else -1
+        if fd < 0:
+            return -1, f"target object {path!r} has no loaded program {target['program']!r}"
+        return fd, None
 
     def step_fixups(self) -> None:
         assert self.obj is not None

@@ -250,11 +250,22 @@ class Libbpf:
         func = self.sym("bpf_map__set_key_size", _c.c_int, _c.c_void_p, _c.c_uint32)
         return _int_result(func(bpf_map, size)) if func else -errno.ENOSYS
 
-    def set_attach_target(self, prog: int, function: str) -> int:
+    def set_attach_target(self, prog: int, function: str | None, target_fd: int = 0) -> int:
+        """The kernel function (target_fd 0) or the function of the loaded BPF program
+        `target_fd` (freplace) that `prog` attaches to."""
         func = self.sym(
             "bpf_program__set_attach_target", _c.c_int, _c.c_void_p, _c.c_int, _c.c_char_p
         )
-        return _int_result(func(prog, 0, function.encode())) if func else -errno.ENOSYS
+        name = function.encode() if function else None
+        return _int_result(func(prog, target_fd, name)) if func else -errno.ENOSYS
+
+    def find_program(self, obj: int, name: str) -> int | None:
+        func = self.sym("bpf_object__find_program_by_name", _c.c_void_p, _c.c_void_p, _c.c_char_p)
+        return (func(obj, name.encode()) or None) if func else None
+
+    def prog_fd(self, prog: int) -> int:
+        func = self.sym("bpf_program__fd", _c.c_int, _c.c_void_p)
+        return int(func(prog)) if func else -errno.ENOSYS
 
     def set_prog_type(self, prog: int, type_id: int) -> int:
         func = self.sym("bpf_program__set_type", _c.c_int, _c.c_void_p, _c.c_int)
