@@ -216,10 +216,10 @@ def test_markdown_matrix_shape(store: Store, run_id: int) -> None:
     assert "debian-13-6.12-lockdown (optional)" in header[-1]
     bloom = next(r for r in body if r[0] == "bloom-filter-map")
     assert "UNSUPPORTED_MAP_TYPE" in bloom[1] and "pass" in bloom[2]
-    failing = _table_rows(text, "| artifact | kernel | status | code | evidence |")
+    failing = _table_rows(text, "| artifact | kernel | status | code | expected | evidence |")
     n_fail = sum(1 for c in export["cells"] if c["status"] != "pass")
     assert len(failing) == 2 + n_fail
-    assert all(len(r) == 5 for r in failing)
+    assert all(len(r) == 6 for r in failing)
 
 
 def test_markdown_escapes_cells(store: Store) -> None:
@@ -237,8 +237,8 @@ def test_markdown_escapes_cells(store: Store) -> None:
     assert (
         "x \\| y \\`z\\` &lt;script&gt;alert(1)&lt;/script&gt; next line \\*\\*bold\\*\\*" in text
     )
-    for row in _table_rows(text, "| artifact | kernel | status | code | evidence |")[2:]:
-        assert len(row) == 5
+    for row in _table_rows(text, "| artifact | kernel | status | code | expected | evidence |")[2:]:
+        assert len(row) == 6
     assert md_cell("CORE_RELOCATION_FAILURE") == "CORE_RELOCATION_FAILURE"
     assert md_cell("_emph_") == "\\_emph\\_"
 

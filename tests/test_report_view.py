@@ -30,7 +30,7 @@ def run_id(store: Store) -> int:
 ADDED = {
     "run": {"labels", "attach_mode"},
     "kernels": {"notes"},
-    "cells": {"attached", "flaky"},
+    "cells": {"attached", "flaky", "expectation", "expected"},
 }
 
 

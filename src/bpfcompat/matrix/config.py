@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from bpfcompat.errors import ConfigError
+from bpfcompat.matrix.expect import Expectations
 from bpfcompat.validator.limits import (
     FUNCTIONAL_TIMEOUT_DEFAULT,
     FUNCTIONAL_TIMEOUT_MAX,
@@ -52,6 +53,14 @@ class KernelMatrix(Strict):
             if kernel.id in seen:
                 raise ValueError(f"kernels[{index}].id: duplicate kernel id {kernel.id!r}")
             seen.add(kernel.id)
+        for index, kernel in enumerate(self.kernels):
+            if kernel.expect_like is not None and (
+                kernel.expect_like not in seen or kernel.expect_like == kernel.id
+            ):
+                raise ValueError(
+                    f"kernels[{index}].expect_like: {kernel.expect_like!r} is not another "
+                    "kernel of this matrix"
+                )
         return self
 
     def select(self, ids: list[str] | None) -> list[KernelSpec]:
@@ -231,6 +240,8 @@ class Manifest(Strict):
     # Global variables (.rodata/.data/.bss, e.g. `const volatile` switches) the loader sets
     # before load; each value is checked against the variable's BTF type.
     globals: dict[Name, GlobalValue] = Field(default_factory=dict)
+    # What the project expects on each kernel (instead of a separate expect.yaml).
+    expect: Expectations | None = None
 
     def named(self) -> list[tuple[str, str, str]]:
         """(key, kind, name) of every program and map the manifest names."""
@@ -469,6 +480,10 @@ def _validate(model: type[M], path: Path, data: Any) -> M:
 
 def load_kernel_matrix(path: Path) -> KernelMatrix:
     return _validate(KernelMatrix, path, load_yaml(path, "kernel matrix"))
+
+
+def load_expectations(path: Path) -> Expectations:
+    return _validate(Expectations, path, load_yaml(path, "expectations"))
 
 
 def load_manifest(path: Path) -> Manifest:

@@ -16,7 +16,14 @@ from pathlib import Path
 
 from bpfcompat.analysis.objfile import read_object
 from bpfcompat.errors import ArtifactError, ConfigError
-from bpfcompat.matrix.config import Manifest, file_kind, load_manifest, read_regular
+from bpfcompat.matrix.config import (
+    Manifest,
+    file_kind,
+    load_expectations,
+    load_manifest,
+    read_regular,
+)
+from bpfcompat.matrix.expect import Expectations, expect_file_for
 from bpfcompat.validator.elf import elf_sections
 from bpfcompat.validator.globals import global_names, object_btf
 from bpfcompat.validator.globals import resolve as resolve_global
@@ -42,6 +49,7 @@ class Artifact:
     invalid_reason: str | None = None
     # The other objects the manifest names (freplace targets), read once like the artifact.
     target_objects: tuple[bytes, ...] = field(default=(), repr=False)
+    expect: Expectations | None = None  # what the project expects of each kernel
 
 
 ATTACH_MODES = ("disabled", "best-effort", "required")
@@ -177,7 +185,15 @@ def load_artifact(
         manifest_hash=_manifest_hash(manifest, targets),
         invalid_reason=problem,
         target_objects=targets,
+        expect=_expectations(path, manifest),
     )
+
+
+def _expectations(path: Path, manifest: Manifest) -> Expectations | None:
+    if manifest.expect is not None:
+        return manifest.expect
+    found = expect_file_for(path)
+    return load_expectations(found) if found is not None else None
 
 
 def _target_objects(manifest: Manifest, manifest_path: Path) -> tuple[bytes, ...]:

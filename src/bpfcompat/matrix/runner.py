@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError
 from bpfcompat.matrix.classify import CLASSIFIER_VERSION, cell_fields, classify, kernel_failed
+from bpfcompat.matrix.expect import kernel_chain, matches
 from bpfcompat.matrix.guest import Connector, GuestSession, RawOutcome, VMFactory, describe_error
 from bpfcompat.matrix.plan import Artifact, Plan, cache_key
 from bpfcompat.matrix.policy import EXIT_INTERRUPTED, CellOutcome, run_exit_code
@@ -159,11 +160,16 @@ class MatrixRunner:
             vm.stop()
 
     def exit_code(self, kernels: list[RunKernel], cells: list[Cell]) -> int:
+        # An unusable input fails the run unless the project expects exactly what it got.
+        unexpected = {c.artifact for c in cells if c.expected is not True}
         return run_exit_code(
             {k.kernel_id for k in kernels if k.required},
             {k.kernel_id for k in kernels if k.status == "error"},
-            [CellOutcome(c.kernel_id, c.status) for c in cells],
-            invalid_inputs=any(a.invalid_reason for a in self.plan.artifacts),
+            [CellOutcome(c.kernel_id, c.status, c.expected) for c in cells],
+            invalid_inputs=any(
+                a.invalid_reason and (a.expect is None or a.name in unexpected)
+                for a in self.plan.artifacts
+            ),
         )
 
     # --- scheduling ------------------------------------------------------------------------
@@ -442,6 +448,8 @@ class MatrixRunner:
                 fields = prior.model_dump(
                     exclude={"id", "run_id", "artifact", "artifact_path", "manifest_path", "cached"}
                 )
+                # Expectations are this run's to judge: they may have changed since.
+                fields.update(self._judged(artifact, spec, prior.status, prior.code))
                 manifest = str(artifact.manifest_path) if artifact.manifest_path else None
                 self.store.add(
                     Cell(
@@ -508,8 +516,18 @@ class MatrixRunner:
                 artifact_problem=artifact.invalid_reason,
                 analysis_json=json.dumps(analysis) if analysis else None,
                 **cell_fields(verdict, result),
+                **self._judged(artifact, spec, verdict.status, verdict.code),
             )
         )
+
+    def _judged(
+        self, artifact: Artifact, spec: KernelSpec, status: str, code: str | None
+    ) -> dict[str, Any]:
+        """Whether the cell is what the project expects (None: it states no expectation)."""
+        if artifact.expect is None:
+            return {"expected": None, "expectation": None}
+        want = artifact.expect.verdict(kernel_chain(self.plan.kernels, spec.id))
+        return {"expected": matches(want, status, code), "expectation": want.label}
 
 
 # Verdicts that say something about the kernel and the object every time; everything else

@@ -161,6 +161,10 @@ class Cell(SQLModel, table=True):
     # The host's static reading of the artifact (matrix/statics.summary): its upstream floor
     # and the loader-setup findings the verdict was judged with.
     analysis_json: str | None = None
+    # The project's expectation for this cell (`fail CODE`, `pass`) and whether it held;
+    # None: no expectation stated.
+    expectation: str | None = None
+    expected: bool | None = None
     result_id: int | None = Field(default=None, foreign_key="validatorresult.id")
 
     @property

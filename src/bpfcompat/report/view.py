@@ -131,6 +131,12 @@ class CellInfo(_Model):
     classifier_version: str
     raw: RawEvidence | None = None  # loaded only when asked for (the HTML report)
     flaky: bool = False  # a functional test passed only on a retry
+    expectation: str | None = None  # what the project expects here (`fail CODE`, `pass`)
+    expected: bool | None = None  # whether it held; None: no expectation stated
+
+    @property
+    def unexpected(self) -> bool:
+        return self.expected is False
 
     text_lists = field_validator("notes", mode="before")(_texts)
 
@@ -161,6 +167,8 @@ class CellInfo(_Model):
             "map_fixups": [s.model_dump() for s in self.map_fixups],
             "attached": v.attached,
             "flaky": self.flaky,
+            "expectation": self.expectation,
+            "expected": self.expected,
         }
         if include_results:
             if self.raw is None:
@@ -345,6 +353,8 @@ def _stored_cell(cell: Cell, results: dict[int, ValidatorResult] | None) -> Cell
         classifier_version=cell.classifier_version or "",
         raw=raw,
         flaky=bool(cell.flaky),
+        expectation=cell.expectation,
+        expected=cell.expected,
     )
 
 
@@ -376,6 +386,8 @@ def _exported_cell(cell: dict[str, Any]) -> dict[str, Any]:
         "classifier_version": cell.get("classifier_version"),
         "raw": {k: cell.get(k) for k in _RAW_KEYS} if "result" in cell else None,
         "flaky": cell.get("flaky", False),
+        "expectation": cell.get("expectation"),
+        "expected": cell.get("expected"),
     }
 
 
