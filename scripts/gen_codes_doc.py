@@ -9,7 +9,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bpfcompat.matrix.classify import CLASSIFIER_VERSION, CODES, RULES, rule_table
+from bpfcompat.matrix.classify import (
+    CLASSIFIER_VERSION,
+    CODES,
+    NOISE,
+    OUTCOME_RULES,
+    RULES,
+    rule_table,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "codes.md"
 
@@ -34,9 +41,14 @@ def render() -> str:
         "",
         f"Codes: {', '.join(f'`{c}`' for c in CODES)}.",
         "",
-        f"## Rules, in precedence order ({len(RULES)} evidence rules, then the outcomes)",
+        f"## Rules, in precedence order ({len(RULES)} evidence rules, then "
+        f"{len(OUTCOME_RULES)} outcome rules)",
         "",
-        "The first rule whose stage matches the failing stage and whose predicate holds wins.",
+        "The first evidence rule whose stage matches the failing stage and whose predicate "
+        "holds wins. The outcome rules are decided before any evidence rule, from what the "
+        "run itself recorded: a kernel that never booted, a guest crash, a validator killed "
+        "by a signal or with no usable result; `unknown` is the fallback. Every verdict "
+        "names the rule that gave it.",
         "",
         "| # | Code | Rule | Stage | Meaning | Typical cause | How to fix | Also reads |",
         "|---|---|---|---|---|---|---|---|",
@@ -59,8 +71,6 @@ def render() -> str:
     for r in (*RULES,):
         for m in r.msgs:
             out.append(f"| {r.name} | `{_cell(m.fmt)}` | {_cell(m.source)} |")
-    from bpfcompat.matrix.classify import NOISE
-
     out += [
         "",
         "## Lines that are never evidence",

@@ -13,16 +13,15 @@ import sys
 from pathlib import Path
 
 from bpfcompat.matrix.store import Store
-from bpfcompat.report.export import run_export
+from bpfcompat.report.view import RunView
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "recorded"
 
 
 def main() -> None:
     store = Store(Path(sys.argv[1]))
-    export = run_export(
-        store, int(sys.argv[2]) if len(sys.argv) > 2 else None, include_results=True
-    )
+    run_id = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    export = RunView.from_store(store, run_id).export(include_results=True)
     OUT.mkdir(parents=True, exist_ok=True)
     for kernel in export["kernels"]:
         cells = [

@@ -18,19 +18,21 @@ from pathlib import Path
 
 from bpfcompat.errors import BpfcompatError
 from bpfcompat.matrix.store import DEFAULT_DB, Store
-from bpfcompat.report.browser import Chromium
-from bpfcompat.report.export import run_export
 from bpfcompat.report.html import build_view, render_html
+from bpfcompat.report.view import RunView
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the WebDriver client lives with the tests
+from webdriver import Chromium  # noqa: E402
+
 # Cells that show most of the report (verifier log, probes) when they fail, in order.
 PREFERRED = (("helper-not-allowed", "debian-13-6.12"), ("bloom-filter-map", "debian-11-5.10"))
 WINDOW = (1600, 1250)
 
 
-def pick_cell(export: dict, wanted: str | None) -> str:
+def pick_cell(run: RunView, wanted: str | None) -> str:
     """The element id of the cell to open."""
-    view = build_view(export)
+    view = build_view(run)
     names = {
         (row.artifact, k.id): c
         for row in view.rows
@@ -40,14 +42,14 @@ def pick_cell(export: dict, wanted: str | None) -> str:
         artifact, _, kernel = wanted.rpartition("@")
         cell = names.get((artifact, kernel))
         if cell is None or cell.status == "none":
-            raise BpfcompatError(f"run {export['run']['id']} has no cell {wanted!r}")
+            raise BpfcompatError(f"run {run.run.id} has no cell {wanted!r}")
         return cell.id
     for key in PREFERRED:
         if key in names and names[key].status == "fail":
             return names[key].id
     failing = [c for c in names.values() if c.required and c.status == "fail"]
     if not failing:
-        raise BpfcompatError(f"run {export['run']['id']} has no failing cell to show")
+        raise BpfcompatError(f"run {run.run.id} has no failing cell to show")
     return failing[0].id
 
 
@@ -64,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.db}: no such store; run `bpfcompat matrix run` first (or pass --db)"
             )
         store = Store(args.db)
-        export = run_export(store, args.run, include_results=True)
-        cell_id = pick_cell(export, args.cell)
+        run = RunView.from_store(store, args.run)
+        cell_id = pick_cell(run, args.cell)
         with tempfile.TemporaryDirectory(prefix="bpfcompat-shot-") as tmp:
             page = Path(tmp) / "report.html"
-            page.write_text(render_html(export), encoding="utf-8")
+            page.write_text(render_html(run), encoding="utf-8")
             with Chromium(*WINDOW) as browser:
                 browser.open(page)
                 browser.click(f"#{cell_id}")
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except BpfcompatError as exc:
         print(f"screenshot_report: error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} (run {export['run']['id']}, {cell_id})")
+    print(f"wrote {args.out} (run {run.run.id}, {cell_id})")
     return 0
 
 

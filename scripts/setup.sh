@@ -21,6 +21,7 @@ APT_PACKAGES=(
   dpkg-dev             # dpkg-architecture (multiarch include dir)
   debian-archive-keyring
   make xz-utils zstd
+  lz4                  # kernel BTF from LZ4-compressed vmlinuz (Debian 11/12)
   busybox-static       # bench: the bare-boot floor initramfs
   chromium chromium-driver  # browser tests of the HTML report
 )

@@ -5,10 +5,10 @@ the end-to-end test on real VMs), so both hold the code to the same written expe
 An expect.yaml has `default: {status, code?}`, optional per-kernel overrides under
 `kernels:`, and optional `variants:` (`default` and per-kernel `{group: chosen program}`).
 
-A kernel that is a variant of another (`debian-12-6.1-arm64` of `debian-12-6.1`, the
-`-nobtf` build of `debian-12-6.1`) expects what its base kernel expects unless its own
-entry says otherwise, so an expect.yaml records only where arm64 or the missing BTF
-changes the verdict, each time with the reason.
+A kernel with `expect_like: <id>` in kernels.yaml (the arm64 kernels, the kernel built
+without BTF) expects what that kernel expects unless its own entry says otherwise, as the
+tool itself judges it (matrix/expect.py kernel_chain), so an expect.yaml records only
+where arm64 or the missing BTF changes the verdict, each time with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 
 from bpfcompat.matrix.classify import CODES
+from bpfcompat.matrix.config import KernelMatrix, load_kernel_matrix
+from bpfcompat.matrix.expect import kernel_chain
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 STATUSES = ("pass", "fail", "error")
@@ -59,16 +61,14 @@ def _load(example: str) -> dict[str, Any]:
             "variants": variants}  # fmt: skip
 
 
-VARIANT_SUFFIXES = ("-arm64", "-nobtf")
-
-
 def lineage(kernel_id: str) -> list[str]:
-    """The kernel id, then the ids it is a variant of (most specific first)."""
-    chain = [kernel_id]
-    for suffix in VARIANT_SUFFIXES:
-        if chain[-1].endswith(suffix):
-            chain.append(chain[-1].removesuffix(suffix))
-    return chain
+    """The kernel id, then the kernels it is judged like (default kernels.yaml)."""
+    return kernel_chain(_matrix().kernels, kernel_id)
+
+
+@cache
+def _matrix() -> KernelMatrix:
+    return load_kernel_matrix(EXAMPLES.parent / "kernels.yaml")
 
 
 def expected(example: str, kernel_id: str) -> dict[str, Any]:

@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 from sqlmodel import Session
 
-from bpfcompat.matrix.classify import Verdict, cell_fields, classify
+from bpfcompat.matrix.classify import cell_fields, classify
 from bpfcompat.matrix.store import Cell, Run, RunKernel, Store, ValidatorResult
+from bpfcompat.matrix.verdict import Verdict
 
 T = TypeVar("T")
 RECORDED = Path(__file__).resolve().parent / "data" / "recorded"
@@ -50,13 +51,18 @@ class _Stored:
 _VERDICTS: dict[tuple[str, str], Verdict] = {}
 
 
-def _classify(row: ValidatorResult, result: Any, release: str, *, cache: bool) -> Verdict:
+def _precheck(result: Any) -> str | None:
+    """The ELF check the recorded validator made: stands in for the host's pre-check,
+    which the runner stores with each cell."""
+    return ((result or {}).get("artifact") or {}).get("elf_error")
+
+
+def _classify(row: ValidatorResult, problem: str | None, release: str, *, cache: bool) -> Verdict:
     """Today's verdict for a recorded result; unedited results are classified once per
     session (the classifier is the slow part of building a store)."""
     key = (row.kernel_id, row.cache_key)
     if cache and key in _VERDICTS:
         return _VERDICTS[key]
-    problem = ((result or {}).get("artifact") or {}).get("elf_error")
     verdict = classify(_Stored(row), artifact_problem=problem, release=release)
     if cache:
         _VERDICTS[key] = verdict
@@ -135,7 +141,8 @@ def add_recorded_run(
                         seconds=float((result or {}).get("timings", {}).get("total") or 0.0),
                     )
                 )
-                verdict = _classify(row, result, c["release"], cache=edit is None)
+                problem = _precheck(result)
+                verdict = _classify(row, problem, c["release"], cache=edit is None)
                 name = (rename or {}).get(c["artifact"], c["artifact"])
                 cells.append(
                     add(
@@ -148,6 +155,7 @@ def add_recorded_run(
                             seconds=row.seconds,
                             cached=False,
                             result_id=row.id,
+                            artifact_problem=problem,
                             **cell_fields(verdict, result),
                         )
                     )

@@ -10,6 +10,7 @@ each edit is described where it is made.
 
 from __future__ import annotations
 
+import ast
 import copy
 import errno
 import importlib.util
@@ -21,20 +22,26 @@ from typing import Any
 
 import pytest
 
+from bpfcompat.analysis.inspect import inspect_object
+from bpfcompat.analysis.kernelset import matrix_kernels
 from bpfcompat.matrix.classify import (
     CODES,
     NOISE,
     OUTCOME_RULES,
+    REGISTRY,
     RULES,
-    Verdict,
     classify,
     classify_result,
     is_noise,
+    kernel_failed,
     rule_table,
     verifier_summary,
 )
 from bpfcompat.matrix.config import load_kernel_matrix
-from bpfcompat.matrix.plan import elf_problem
+from bpfcompat.matrix.plan import elf_problem, manifest_for
+from bpfcompat.matrix.statics import summary
+from bpfcompat.matrix.store import ValidatorResult
+from bpfcompat.matrix.verdict import Verdict
 from expectations import EXAMPLES, examples, expected
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,11 +106,25 @@ def recorded_texts(res: dict[str, Any]) -> list[str]:
     return [t for t in texts if t]
 
 
+@cache
+def setup_of(artifact: str) -> tuple[dict[str, Any], ...]:
+    """The loader-setup findings the runner would pass: the host's static reading of the
+    built example against the matrix's cached kernels (fetched by scripts/setup.sh)."""
+    path = EXAMPLES / artifact / f"{artifact}.bpf.o"
+    if not path.is_file():
+        return ()
+    kernels = matrix_kernels(ROOT / "kernels.yaml")
+    assert kernels.checked, "no kernel of kernels.yaml is cached: run scripts/setup.sh"
+    manifest = manifest_for(path)
+    return tuple(summary(inspect_object(path, kernels, manifest))["loader_setup"])
+
+
 def classify_cell(kernel_id: str, artifact: str) -> Verdict:
     c = cell(kernel_id, artifact)
     stored = Stored(c["result"], signal=c.get("signal"), infra_error=c.get("infra_error"),
                     console_tail=c.get("console_tail"))  # fmt: skip
-    return classify(stored, artifact_problem=host_precheck(artifact), release=c["release"])
+    return classify(stored, artifact_problem=host_precheck(artifact), release=c["release"],
+                    setup=setup_of(artifact))  # fmt: skip
 
 
 # --- every recorded cell -----------------------------------------------------------------
@@ -404,7 +425,7 @@ def test_missing_btf_needs_libbpfs_own_words() -> None:
     assert verdict.evidence == lines[0]
 
 
-def test_runtime_sized_map_without_fixup_is_an_artifact_problem() -> None:
+def test_runtime_sized_map_without_fixup_is_the_loaders_job() -> None:
     res = result("debian-13-6.12", "runtime-sized-maps")
     # edit: the load without the manifest's fixups, as examples/README.md records it on the host
     line = "map 'auxiliary_maps': failed to create: Invalid argument(-22)"
@@ -414,7 +435,8 @@ def test_runtime_sized_map_without_fixup_is_an_artifact_problem() -> None:
                        error="Invalid argument", failed_map="auxiliary_maps",
                        libbpf_messages=[line])  # fmt: skip
     verdict = classify_result(res)
-    assert (verdict.code, verdict.evidence) == ("INVALID_ARTIFACT", line)
+    assert (verdict.code, verdict.evidence) == ("LOADER_SETUP_REQUIRED", line)
+    assert "max_entries: cpus" in (verdict.remediation or "")
     res["capabilities"]["map_types"]["percpu_array"] = False  # edit: the type itself missing
     assert classify_result(res).code == "UNSUPPORTED_MAP_TYPE"
 
@@ -556,6 +578,67 @@ def test_codes_doc_is_generated_from_the_rule_table() -> None:
     )
     for code in CODES:
         assert f"`{code}`" in gen.render()
+
+
+def test_every_registered_rule_is_documented() -> None:
+    doc = (ROOT / "docs" / "codes.md").read_text()
+    for name, r in REGISTRY.items():
+        assert f"| `{r.code}` | {name} |" in doc, name
+
+
+def _calls(name: str) -> list[tuple[str, ast.Call]]:
+    """Every call of the bare name `name` in src/bpfcompat, with its module's path."""
+    src = ROOT / "src" / "bpfcompat"
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == name:
+                found.append((path.relative_to(src).as_posix(), node))
+    return found
+
+
+def test_every_verdict_the_code_can_produce_names_a_registered_rule() -> None:
+    # Only Rule.verdict() makes verdicts (verdict.py makes the one PASS), and it always
+    # names its rule; every rule looked up by name is in the registry.
+    assert {path for path, _ in _calls("Verdict")} == {
+        "matrix/classify/rules.py",
+        "matrix/verdict.py",
+    }
+    named = set()
+    for path, call in _calls("rule"):
+        arg = call.args[0] if call.args else None
+        assert isinstance(arg, ast.Constant) and arg.value in REGISTRY, (path, ast.unparse(call))
+        named.add(arg.value)
+    assert {r.name for r in OUTCOME_RULES} <= named  # the evidence rules run from RULES
+
+
+def test_each_outcome_is_a_verdict_of_its_own_rule() -> None:
+    oom = "Out of memory: Killed process 106 (python3) total-vm:42568kB"
+    truncated = ValidatorResult(cache_key="k", artifact_sha256="", kernel_id="k",
+                                raw_json='{"status": "pass", "load": {')  # fmt: skip
+    outcomes = {
+        "kernel-crash": classify(Stored(None, crash=True, console_tail="Kernel panic - x\n")),
+        "oom-kill": classify(Stored(None, signal=9, infra_error=f"killed by SIGKILL: {oom}")),
+        "validator-signal": classify(Stored(None, signal=11), artifact_problem="truncated ELF"),
+        "validator-killed": classify(Stored(None, signal=11)),
+        "artifact-unreadable": classify(Stored(None), artifact_problem="empty file"),
+        "malformed-result": classify(truncated),
+        "infra": classify(Stored(None, infra_error="ssh: connection reset")),
+        "boot-failure": kernel_failed("boot failed: no login prompt within 300 s"),
+        "unknown": classify_result({"load": {"status": "fail", "stage": "load"}}),
+    }
+    for name, verdict in outcomes.items():
+        r = REGISTRY[name]
+        assert (verdict.rule, verdict.code, verdict.remediation) == (name, r.code, r.remediation)
+        assert verdict.status == r.status and verdict.evidence, verdict
+    boot = outcomes["boot-failure"]
+    assert (boot.status, boot.stage, boot.evidence) == (
+        "error",
+        "boot",
+        "boot failed: no login prompt within 300 s",
+    )
+    assert outcomes["malformed-result"].evidence.startswith("validator result is not JSON")
+    assert outcomes["oom-kill"].evidence == oom
 
 
 def test_invalid_artifact_prefers_libbpfs_own_line() -> None:

@@ -107,7 +107,7 @@ def test_unknown_kernel_id_selection() -> None:
     [
         ("maps:\n  - name: m\n    max_entries: lots\n", "maps[0] (m).max_entries"),
         ("maps:\n  - name: m\n    max_entries: 1099511627776\n", "maps[0] (m).max_entries"),
-        ("maps:\n  - name: m\n", "maps[0] (m): needs max_entries or inner_ringbuf_bytes"),
+        ("maps:\n  - name: m\n", "maps[0] (m): needs max_entries, inner_ringbuf_bytes, value_size"),
         ("maps:\n  - name: m\n    max_entries: 1\n    inner_ringbuf_bytes: 5000\n", "power of two"),
         (
             "program_variants:\n  - group: g\n    programs:\n      - name: p\n"
@@ -214,7 +214,8 @@ def test_kernel_file_paths_are_relative_to_the_kernels_file(tmp_path: Path) -> N
     ],
 )
 def test_btf_option_errors(option: str, expected: str) -> None:
-    proc = run_cli("matrix", "run", "--kernel", "debian-12-6.1", "--btf", option)
+    simple = str(ROOT / "examples" / "simple-pass")
+    proc = run_cli("matrix", "run", simple, "--kernel", "debian-12-6.1", "--btf", option)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], proc.stderr

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from bpfcompat.matrix.config import load_kernel_matrix
+from bpfcompat.report.terminal import failure_line
+from bpfcompat.report.view import RunView
 from conftest import EXAMPLES, ROOT, require_tool, run_cli
 from expectations import expected
 
@@ -58,10 +60,15 @@ def test_default_matrix_is_complete(default_run: dict[str, Any]) -> None:
     assert sorted(a["name"] for a in export["artifacts"]) == examples
     assert len(export["cells"]) == len(kernel_ids) * len(examples)
     assert export["run"]["status"] == "completed"
+    # One boot for every artifact, plus a fresh guest for each artifact whose manifest runs
+    # commands in it (they could tamper with whatever runs after them).
+    boots = 1 + sum(
+        1 for m in EXAMPLES.glob("*/manifest.yaml") if "functional_tests" in m.read_text()
+    )
     specs = {k.id: k for k in MATRIX.kernels}
     for kernel in export["kernels"]:
         assert kernel["status"] == "ok", kernel
-        assert kernel["boots"] == 1, f"{kernel['id']} booted {kernel['boots']} times"
+        assert kernel["boots"] == boots, f"{kernel['id']} booted {kernel['boots']} times"
         build = specs[kernel["id"]].build
         assert kernel["btf"] is not (
             build is not None and "CONFIG_DEBUG_INFO_BTF=n" in build.config
@@ -69,6 +76,17 @@ def test_default_matrix_is_complete(default_run: dict[str, Any]) -> None:
         assert kernel["release"]
     assert (default_run["tmp"] / "out" / "report.html").is_file()
     assert "report.html" in default_run["proc"].stdout
+
+
+def test_terminal_lists_every_failing_cell_whole(default_run: dict[str, Any]) -> None:
+    """After the grid, one line per failing cell with its full code and evidence."""
+    view = RunView.from_export(default_run["tmp"] / "run.json")
+    printed = default_run["proc"].stdout.splitlines()
+    failing = view.failing()
+    assert failing
+    for cell in failing:
+        assert failure_line(view, cell) in printed
+        assert f"{cell.verdict.code}: {cell.verdict.evidence}" in failure_line(view, cell)
 
 
 def test_every_cell_matches_its_expectation(default_run: dict[str, Any]) -> None:
@@ -194,8 +212,19 @@ def test_rerun_is_served_from_cache(default_run: dict[str, Any]) -> None:
         str(tmp / "run2.json"),
     )
     export = json.loads((tmp / "run2.json").read_text())
-    assert all(c["cached"] for c in export["cells"]), proc.stderr[-2000:]
-    assert all(k["boots"] == 0 and k["status"] == "cached" for k in export["kernels"])
+    # Final verdicts come from the cache; a failed functional test is never final (it may
+    # be flaky) and runs again, alone, on its own boot.
+    rerun = {(c["artifact"], c["kernel"]) for c in export["cells"] if not c["cached"]}
+    not_final = {
+        key
+        for key, c in _cells(default_run["export"]).items()
+        if c["status"] == "error" or c["code"] in ("FUNCTIONAL_TEST_FAILURE", "KERNEL_CRASH")
+    }
+    assert rerun == not_final, proc.stderr[-2000:]
+    for kernel in export["kernels"]:
+        ran = any(k[1] == kernel["id"] for k in rerun)
+        assert kernel["boots"] == (1 if ran else 0), kernel
+        assert kernel["status"] == ("ok" if ran else "cached"), kernel
     before = {k: (c["status"], c["code"]) for k, c in _cells(default_run["export"]).items()}
     after = {k: (c["status"], c["code"]) for k, c in _cells(export).items()}
     assert before == after
@@ -228,8 +257,9 @@ def test_two_examples_on_one_kernel_exit_zero(built_examples: Path, tmp_path: Pa
 
 
 def test_guest_panic_costs_one_cell(built_examples: Path, tmp_path: Path) -> None:
-    """A functional test that panics the guest: that cell is KERNEL_CRASH with the console
-    line as evidence, the VM is rebooted and the next artifact passes normally."""
+    """A functional test that panics the guest: the artifact runs again alone on a fresh
+    boot, panics again, so its cell is KERNEL_CRASH with the console line as evidence;
+    the others (in a boot of their own) pass normally."""
     src = built_examples / "simple-pass" / "simple-pass.bpf.o"
     for name in ("a-first", "b-panic", "c-after"):
         (tmp_path / name).mkdir()
@@ -263,5 +293,5 @@ def test_guest_panic_costs_one_cell(built_examples: Path, tmp_path: Path) -> Non
     }, proc.stderr[-2000:]
     crash = next(c for c in export["cells"] if c["artifact"] == "b-panic")
     assert "sysrq" in crash["evidence"].lower() or "panic" in crash["evidence"].lower()
-    assert export["kernels"][0]["boots"] == 2
+    assert export["kernels"][0]["boots"] == 3  # the others; b-panic; b-panic again, alone
     assert proc.returncode == 2

@@ -138,7 +138,7 @@ def bad_inputs(packages: dict[str, Path], tmp_path: Path) -> dict[str, tuple[Any
             "http://127.0.0.1:9/kernel.deb: cannot fetch (",
         ),
         "missing file": ({"rpm": str(tmp_path / "nope.rpm")}, "nope.rpm: no such file"),
-        "not a package": ({"deb": str(text)}, "not-a-package.deb: not a Debian package"),
+        "not a package": ({"deb": str(text)}, "not-a-package.deb: dpkg-deb -x failed: "),
         "not an rpm": ({"rpm": str(text)}, "not-a-package.deb: not an RPM package"),
         "missing modules dir": (
             {"vmlinuz": str(base_kernel().vmlinuz), "modules": str(tmp_path / "nomods")},

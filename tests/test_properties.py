@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from bpfcompat.errors import ConfigError
 from bpfcompat.matrix.classify import (
     CODES,
-    Verdict,
+    REGISTRY,
     cell_fields,
     classify,
     classify_result,
@@ -35,6 +35,9 @@ from bpfcompat.matrix.classify import (
 )
 from bpfcompat.matrix.config import KernelMatrix, Manifest, load_kernel_matrix, load_manifest
 from bpfcompat.matrix.plan import elf_problem
+from bpfcompat.matrix.result import MAX_DEPTH, ResultModel, ResultProblem, parse_result
+from bpfcompat.matrix.store import ValidatorResult
+from bpfcompat.matrix.verdict import Verdict
 from bpfcompat.validator import args as guest_args
 from bpfcompat.validator import elf as guest_elf
 from conftest import EXAMPLES, ROOT
@@ -100,6 +103,7 @@ SCALARS = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.integers(min_value=-(10**400), max_value=10**400)  # beyond any float
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=30)
     | LOG_LINES
@@ -164,6 +168,7 @@ def assert_verdict(verdict: Verdict) -> None:
         assert verdict.code is None, verdict
     else:
         assert isinstance(verdict.evidence, str), verdict
+        assert verdict.rule in REGISTRY and REGISTRY[verdict.rule].code == verdict.code, verdict
 
 
 # --- validator-result ingestion ----------------------------------------------------------
@@ -242,6 +247,97 @@ def test_hostile_logs_are_classified_quickly() -> None:
         assert_verdict(classify_result(hostile))
         notes_for(hostile)
         assert time.monotonic() - started < 10, f"{payload!r}: {time.monotonic() - started:.1f} s"
+
+
+# --- validator results as raw text: parse_result, then everything that reads the model ------
+
+JSON_VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(RESULT_KEYS) | st.text(max_size=8), inner, max_size=5)
+    ),
+    max_leaves=40,
+)
+
+
+@st.composite
+def deep_json(draw: st.DrawFn) -> str:
+    """Nesting around and beyond the cap, in lists, objects or both, possibly cut short or
+    inside a result's own keys."""
+    depth = draw(
+        st.integers(0, 3) | st.integers(MAX_DEPTH - 2, MAX_DEPTH + 2) | st.integers(1000, 200_000)
+    )
+    opener, closer = draw(st.sampled_from([("[", "]"), ('{"a":', "}"), ('[{"b":', "}]")]))
+    inner = opener * depth + "0" + closer * (depth if draw(st.booleans()) else depth // 2)
+    key = draw(st.sampled_from(["status", "load", "discovery", "warnings", "timings"]))
+    return f'{{"{key}": {inner}}}' if draw(st.booleans()) else inner
+
+
+RAW_RESULTS = (
+    st.binary(max_size=300).map(lambda b: b.decode("utf-8", "replace"))
+    | st.text(max_size=300)
+    | JSON_VALUES.map(json.dumps)
+    | ANY_RESULT.map(json.dumps)
+    | deep_json()
+)
+
+
+def read_everything(parsed: ResultModel | ResultProblem) -> None:
+    """What the host does with a parsed result: classify it, note it, store it, export it."""
+    if isinstance(parsed, ResultProblem):
+        assert parsed.reason and "\n" not in parsed.reason
+        return
+    assert_verdict(classify_result(parsed, "6.1.0-50-cloud-amd64", artifact_problem=None))
+    verdict = classify_result(parsed)
+    assert all(isinstance(n, str) for n in notes_for(parsed))
+    fields = cell_fields(verdict, parsed)
+    assert isinstance(json.loads(fields["notes_json"]), list)
+    assert isinstance(json.loads(fields["details_json"]), dict)
+    json.dumps(parsed.as_dict(), allow_nan=False)
+
+
+@SETTINGS
+@given(raw=RAW_RESULTS)
+def test_parse_result_never_raises_and_what_it_reads_classifies(raw: str) -> None:
+    parsed = parse_result(raw)
+    assert isinstance(parsed, ResultModel | ResultProblem)
+    read_everything(parsed)
+    assert isinstance(parse_result(raw.encode("utf-8", "surrogatepass")), type(parsed))
+
+
+@SETTINGS
+@given(data=st.binary(max_size=600))
+def test_parse_result_never_raises_on_bytes(data: bytes) -> None:
+    read_everything(parse_result(data))
+
+
+@SETTINGS
+@given(raw=deep_json())
+def test_deep_nesting_is_a_problem_not_a_recursion_error(raw: str) -> None:
+    parsed = parse_result(raw)
+    depth = raw.count("[") + raw.count("{")  # every opener comes before every closer
+    too_deep = isinstance(parsed, ResultProblem) and parsed.kind == "too-deep"
+    assert too_deep == (depth > MAX_DEPTH), (depth, parsed)
+    read_everything(parsed)
+
+
+@SETTINGS
+@given(
+    raw=st.none() | RAW_RESULTS,
+    crash=st.booleans(),
+    signal=st.none() | st.integers(min_value=-(2**31), max_value=2**31),
+    infra_error=st.none() | st.text(max_size=40),
+    problem=st.none() | st.text(max_size=40),
+)
+def test_classify_a_real_row_never_raises(
+    raw: str | None, crash: bool, signal: int | None, infra_error: str | None, problem: str | None
+) -> None:
+    row = ValidatorResult(
+        cache_key="k", artifact_sha256="", kernel_id="k1", raw_json=raw, crash=crash,
+        signal=signal, infra_error=infra_error,
+    )  # fmt: skip
+    assert_verdict(classify(row, artifact_problem=problem, release="6.1.0-50-cloud-amd64"))
 
 
 # --- the host ELF pre-check ----------------------------------------------------------------

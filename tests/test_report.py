@@ -16,10 +16,10 @@ from junitparser import Error, Failure, JUnitXml, Skipped
 from bpfcompat.matrix.store import Store
 from bpfcompat.report import write_reports
 from bpfcompat.report.compare import CHANGED, FIXED, NEW_FAILURE, ONLY_BASE, compare_runs
-from bpfcompat.report.export import SCHEMA, run_export
 from bpfcompat.report.html import build_view, render_html
 from bpfcompat.report.junit import render_junit
 from bpfcompat.report.markdown import md_cell, render_markdown
+from bpfcompat.report.view import SCHEMA, RunView
 from conftest import run_cli
 from report_fixtures import (
     ALL_KERNELS,
@@ -45,6 +45,15 @@ def run_id(store: Store) -> int:
     return add_recorded_run(store)
 
 
+def _view(store: Store, run_id: int, *, results: bool = False) -> RunView:
+    return RunView.from_store(store, run_id, with_results=results)
+
+
+def json_export(store: Store, run_id: int) -> dict[str, Any]:
+    """The JSON export, as `report --json` writes it."""
+    return _view(store, run_id).export()
+
+
 def _cells(export: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(c["artifact"], c["kernel"]): c for c in export["cells"]}
 
@@ -53,7 +62,7 @@ def _cells(export: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def test_export_schema_keys(store: Store, run_id: int) -> None:
-    export = run_export(store, run_id)
+    export = json_export(store, run_id)
     assert export["schema"] == SCHEMA == "bpfcompat.run.v1"
     assert {"id", "started_at", "finished_at", "status", "exit_code", "accel"} <= set(export["run"])
     assert [k["id"] for k in export["kernels"]] == list(ALL_KERNELS)
@@ -82,7 +91,7 @@ def test_export_schema_keys(store: Store, run_id: int) -> None:
 
 
 def test_export_carries_variants_and_map_fixups(store: Store, run_id: int) -> None:
-    cells = _cells(run_export(store, run_id))
+    cells = _cells(json_export(store, run_id))
     old = cells[("program-variants", "debian-11-5.10")]["variants"]
     new = cells[("program-variants", "debian-12-6.1")]["variants"]
     assert old == [{"group": "loop_x", "chosen": "loop_old_x", "disabled": ["loop_x"]}]
@@ -99,12 +108,12 @@ def test_export_carries_variants_and_map_fixups(store: Store, run_id: int) -> No
 
 def _junit(store: Store, run_id: int, tmp_path: Path) -> JUnitXml:
     path = tmp_path / "junit.xml"
-    path.write_text(render_junit(run_export(store, run_id)), encoding="utf-8")
+    path.write_text(render_junit(_view(store, run_id)), encoding="utf-8")
     return JUnitXml.fromfile(str(path))
 
 
 def test_junit_counts_and_messages(store: Store, run_id: int, tmp_path: Path) -> None:
-    export = run_export(store, run_id)
+    export = json_export(store, run_id)
     cells = _cells(export)
     xml = _junit(store, run_id, tmp_path)
     required_fail = [
@@ -195,8 +204,8 @@ def _table_rows(text: str, header_start: str) -> list[list[str]]:
 
 
 def test_markdown_matrix_shape(store: Store, run_id: int) -> None:
-    export = run_export(store, run_id)
-    text = render_markdown(export)
+    export = json_export(store, run_id)
+    text = render_markdown(_view(store, run_id))
     assert text.startswith(f"## bpfcompat run {run_id}: completed, exit code ")
     rows = _table_rows(text, "| artifact | debian-11-5.10")
     header, sep, body = rows[0], rows[1], rows[2:]
@@ -207,10 +216,10 @@ def test_markdown_matrix_shape(store: Store, run_id: int) -> None:
     assert "debian-13-6.12-lockdown (optional)" in header[-1]
     bloom = next(r for r in body if r[0] == "bloom-filter-map")
     assert "UNSUPPORTED_MAP_TYPE" in bloom[1] and "pass" in bloom[2]
-    failing = _table_rows(text, "| artifact | kernel | status | code | evidence |")
+    failing = _table_rows(text, "| artifact | kernel | status | code | expected | evidence |")
     n_fail = sum(1 for c in export["cells"] if c["status"] != "pass")
     assert len(failing) == 2 + n_fail
-    assert all(len(r) == 5 for r in failing)
+    assert all(len(r) == 6 for r in failing)
 
 
 def test_markdown_escapes_cells(store: Store) -> None:
@@ -222,14 +231,14 @@ def test_markdown_escapes_cells(store: Store) -> None:
         "debian-12-6.1",
         evidence="x | y `z` <script>alert(1)</script>\nnext line **bold** [l](http://e)",
     )
-    text = render_markdown(run_export(store, run_id))
+    text = render_markdown(_view(store, run_id))
     assert "<script>" not in text and "<i>" not in text
     assert "a\\|b\\`c&lt;i&gt;" in text
     assert (
         "x \\| y \\`z\\` &lt;script&gt;alert(1)&lt;/script&gt; next line \\*\\*bold\\*\\*" in text
     )
-    for row in _table_rows(text, "| artifact | kernel | status | code | evidence |")[2:]:
-        assert len(row) == 5
+    for row in _table_rows(text, "| artifact | kernel | status | code | expected | evidence |")[2:]:
+        assert len(row) == 6
     assert md_cell("CORE_RELOCATION_FAILURE") == "CORE_RELOCATION_FAILURE"
     assert md_cell("_emph_") == "\\_emph\\_"
 
@@ -238,7 +247,7 @@ def test_markdown_escapes_cells(store: Store) -> None:
 
 
 def test_html_is_self_contained_and_small(store: Store, run_id: int) -> None:
-    html = render_html(run_export(store, run_id, include_results=True))
+    html = render_html(_view(store, run_id, results=True))
     assert html.startswith("<!doctype html>")
     assert not re.search(r"<(link|img|iframe|object|embed)\b", html)
     assert not re.search(r"\b(src|href)\s*=\s*\"(?!#)", html), "no external or file references"
@@ -248,49 +257,47 @@ def test_html_is_self_contained_and_small(store: Store, run_id: int) -> None:
 
 
 def test_html_view_model_from_real_results(store: Store, run_id: int) -> None:
-    view = build_view(run_export(store, run_id, include_results=True))
+    view = build_view(_view(store, run_id, results=True))
     details = {(d.artifact, d.kernel.id): d for d in view.details}
     assert view.counts["pass"] + view.counts["fail"] + view.counts["error"] == len(details)
     assert [k.id for k in view.kernels] == list(ALL_KERNELS)
     assert not view.kernels[-1].required and view.kernels[0].required
     # classification and the evidence line marked inside the verifier log
     helper = details[("helper-not-allowed", "debian-13-6.12")]
-    assert helper.code == "HELPER_NOT_ALLOWED" and helper.program == "skb_helper_in_tracepoint"
-    (prog,) = helper.programs
+    assert helper.verdict.code == "HELPER_NOT_ALLOWED"
+    assert helper.verdict.program == "skb_helper_in_tracepoint"
+    (prog,) = helper.result.programs
     assert prog.load_status == "fail" and prog.errno == "EINVAL (22)"
     (marked,) = [ln for ln, hit in prog.log.lines if hit]  # the evidence line, highlighted
-    assert helper.evidence.startswith(marked.strip())
+    assert helper.verdict.evidence.startswith(marked.strip())
     # variants, map fixups with cpus resolved, functional output, probes, timings
-    variants = details[("program-variants", "debian-11-5.10")].variants
-    assert variants[0]["chosen"] == "loop_old_x" and variants[0]["disabled"] == ["loop_x"]
-    fixups = details[("runtime-sized-maps", "debian-12-6.1")].map_fixups
-    assert [f["applied"] for f in fixups] == ["cpus → 2", "cpus → 2"]
-    assert fixups[1]["inner_ringbuf_bytes"] == 8388608
+    variants = details[("program-variants", "debian-11-5.10")].result.variants
+    assert variants[0].chosen == "loop_old_x" and variants[0].disabled == ["loop_x"]
+    fixups = details[("runtime-sized-maps", "debian-12-6.1")].result.map_fixups
+    assert [f.applied for f in fixups] == ["cpus → 2", "cpus → 2"]
+    assert fixups[1].inner_ringbuf_bytes == 8388608
     functional = details[("functional-execve", "debian-13-6.12-lockdown")]
-    assert functional.code == "FUNCTIONAL_TEST_FAILURE"
-    (test,) = functional.tests
+    assert functional.verdict.code == "FUNCTIONAL_TEST_FAILURE"
+    (test,) = functional.result.tests
     assert test.status == "fail" and test.exit_code == 2
     assert "trace_pipe: No such file or directory" in test.stderr.text
-    probes = details[("bloom-filter-map", "debian-11-5.10")].probes
+    probes = details[("bloom-filter-map", "debian-11-5.10")].result.probes
     assert probes is not None and "bloom_filter" in probes.map_unsupported
-    assert (
-        details[("lockdown-probe-read", "debian-13-6.12-lockdown")].probes.lockdown
-        == "confidentiality"
-    )
-    assert details[("simple-pass", "debian-12-6.1")].timing_total is not None
-    assert all(not d.cached for d in details.values())
+    lockdown = details[("lockdown-probe-read", "debian-13-6.12-lockdown")].result.probes
+    assert lockdown is not None and lockdown.lockdown == "confidentiality"
+    assert details[("simple-pass", "debian-12-6.1")].result.timing_total is not None
+    assert all(not d.info.cached for d in details.values())
     # logs are tails, never whole logs
     for d in details.values():
-        assert d.libbpf_log.text.count("\n") < 40 and all(
-            len(ln) <= 300 for ln, _ in d.libbpf_log.lines
-        )
+        log = d.result.libbpf_log
+        assert log.text.count("\n") < 40 and all(len(ln) <= 300 for ln, _ in log.lines)
 
 
 def test_html_escapes_hostile_names_and_logs(store: Store) -> None:
     run_id = add_recorded_run(
         store, REQUIRED_KERNELS, edit=hostile_result(), rename={"verifier-oob": HOSTILE_NAME}
     )
-    html = render_html(run_export(store, run_id, include_results=True))
+    html = render_html(_view(store, run_id, results=True))
     assert html.count("<script") == 1  # only the report's own
     assert "<img" not in html and "<b>x</b>" not in html
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;&lt;b&gt;x&lt;/b&gt;" in html
@@ -307,10 +314,10 @@ def test_html_interrupted_run(store: Store) -> None:
         status="interrupted",
         skip={("ringbuf", k) for k in REQUIRED_KERNELS[2:]},
     )
-    export = run_export(store, run_id, include_results=True)
-    view = build_view(export)
+    run = _view(store, run_id, results=True)
+    view = build_view(run)
     assert view.interrupted and view.counts["not run"] == 2
-    html = render_html(export)
+    html = render_html(run)
     assert 'id="interrupted"' in html and "exit <b>130</b>" in html
     assert html.count('class="cell st-none') == 2
 
@@ -437,9 +444,7 @@ def test_report_with_base_shows_changes(
     assert proc.returncode == 0, proc.stderr
     html = (out / "r.html").read_text()
     assert 'id="changes"' in html and "Changes since run" in html
-    view = build_view(
-        run_export(store, head, include_results=True), compare_runs(store, base, head)
-    )
+    view = build_view(_view(store, head, results=True), compare_runs(store, base, head))
     changed = [c for row in view.rows for c in row.cells if c.change]
     assert [(view.rows[c.row].artifact, c.change.kind) for c in changed] == [
         ("ringbuf", NEW_FAILURE)
@@ -469,7 +474,7 @@ def test_runs_list(store: Store, two_runs: tuple[int, int]) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert [int(ln.split()[0]) for ln in lines] == sorted(two_runs, reverse=True)
-    export = run_export(store, two_runs[0])
+    export = json_export(store, two_runs[0])
     n = {s: sum(1 for c in export["cells"] if c["status"] == s) for s in ("pass", "fail", "error")}
     assert f"{len(ARTIFACTS)} artifacts x {len(ALL_KERNELS)} kernels" in lines[0]
     assert lines[0].endswith(f"pass {n['pass']} fail {n['fail']} error {n['error']}")
@@ -483,7 +488,7 @@ def test_runs_list_empty_store(tmp_path: Path) -> None:
 
 def test_html_without_raw_results(store: Store, run_id: int) -> None:
     """An export without raw results still renders every cell from the stored verdicts."""
-    html = render_html(run_export(store, run_id))
+    html = render_html(_view(store, run_id))
     assert html.count('<article class="detail"') == len(ARTIFACTS) * len(ALL_KERNELS)
     assert "cpus → 2" in html  # map fixups from the cell summary
 
@@ -501,7 +506,6 @@ def test_screenshot_script_needs_a_store(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=120,
         check=False,
     )
     assert proc.returncode == 1

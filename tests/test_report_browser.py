@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from bpfcompat.matrix.store import Store
-from bpfcompat.report.browser import BrowserError, Chromium
 from bpfcompat.report.compare import compare_runs
-from bpfcompat.report.export import run_export
 from bpfcompat.report.html import build_view, render_html
+from bpfcompat.report.view import RunView
 from report_fixtures import REQUIRED_KERNELS, add_recorded_run, hostile_result, set_cell
+from webdriver import BrowserError, Chromium
 
 pytestmark = pytest.mark.browser
 
@@ -36,8 +36,8 @@ def browser() -> Iterator[Chromium]:
         yield session
 
 
-def _cell_id(export: dict, artifact: str, kernel: str) -> str:
-    view = build_view(export)
+def _cell_id(run: RunView, artifact: str, kernel: str) -> str:
+    view = build_view(run)
     row = next(r for r in view.rows if r.artifact == artifact)
     col = next(k.index for k in view.kernels if k.id == kernel)
     return row.cells[col].id
@@ -53,8 +53,8 @@ def _open(browser: Chromium, tmp_path: Path, html: str) -> None:
 def test_click_failing_cell_shows_evidence(browser: Chromium, tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
     run_id = add_recorded_run(store)
-    export = run_export(store, run_id, include_results=True)
-    _open(browser, tmp_path, render_html(export))
+    run = RunView.from_store(store, run_id)
+    _open(browser, tmp_path, render_html(run))
     shot = browser.screenshot(tmp_path / "report.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     assert browser.displayed("#details-empty")
@@ -63,27 +63,23 @@ def test_click_failing_cell_shows_evidence(browser: Chromium, tmp_path: Path) ->
         == 0
     )
 
-    cell = next(
-        c
-        for c in export["cells"]
-        if (c["artifact"], c["kernel"]) == ("helper-not-allowed", "debian-13-6.12")
-    )
-    assert cell["status"] == "fail" and cell["evidence"]
-    cell_id = _cell_id(export, "helper-not-allowed", "debian-13-6.12")
+    verdict = run.cell_map()[("helper-not-allowed", "debian-13-6.12")].verdict
+    assert verdict.status == "fail" and verdict.evidence
+    cell_id = _cell_id(run, "helper-not-allowed", "debian-13-6.12")
     detail = "#" + cell_id.replace("cell-", "detail-")
     assert not browser.displayed(detail)
     browser.click(f"#{cell_id}")
     assert browser.displayed(detail)
     assert not browser.displayed("#details-empty")
-    assert browser.text(f"{detail} pre.evidence") == cell["evidence"]
-    assert cell["remediation"] in browser.text(f"{detail} .fix")
-    assert cell["evidence"].startswith(browser.text(f"{detail} mark.evidence-line"))
+    assert browser.text(f"{detail} pre.evidence") == verdict.evidence
+    assert verdict.remediation and verdict.remediation in browser.text(f"{detail} .fix")
+    assert verdict.evidence.startswith(browser.text(f"{detail} mark.evidence-line"))
     assert "skb_helper_in_tracepoint" in browser.text(f"{detail} table.programs")
     assert browser.script("return location.hash") == f"#{cell_id}"
     browser.screenshot(tmp_path / "report-open.png")
 
     # another cell replaces it: one detail at a time
-    other = _cell_id(export, "runtime-sized-maps", "debian-12-6.1")
+    other = _cell_id(run, "runtime-sized-maps", "debian-12-6.1")
     browser.click(f"#{other}")
     assert not browser.displayed(detail)
     other_detail = "#" + other.replace("cell-", "detail-")
@@ -94,7 +90,7 @@ def test_click_failing_cell_shows_evidence(browser: Chromium, tmp_path: Path) ->
     )
 
     # the filter hides rows without a failing cell, and brings them back
-    passing_row = "#row-" + _cell_id(export, "simple-pass", REQUIRED_KERNELS[0]).split("-")[1]
+    passing_row = "#row-" + _cell_id(run, "simple-pass", REQUIRED_KERNELS[0]).split("-")[1]
     failing_row = "#row-" + cell_id.split("-")[1]
     assert browser.displayed(passing_row)
     browser.click("#only-failing")
@@ -106,10 +102,10 @@ def test_click_failing_cell_shows_evidence(browser: Chromium, tmp_path: Path) ->
 def test_deep_link_opens_cell(browser: Chromium, tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
     run_id = add_recorded_run(store, REQUIRED_KERNELS)
-    export = run_export(store, run_id, include_results=True)
-    cell_id = _cell_id(export, "bloom-filter-map", "debian-11-5.10")
+    run = RunView.from_store(store, run_id)
+    cell_id = _cell_id(run, "bloom-filter-map", "debian-11-5.10")
     page = tmp_path / "report.html"
-    page.write_text(render_html(export), encoding="utf-8")
+    page.write_text(render_html(run), encoding="utf-8")
     browser.open(page.resolve().as_uri() + f"#{cell_id}")
     detail = "#" + cell_id.replace("cell-", "detail-")
     assert browser.displayed(detail)
@@ -129,9 +125,9 @@ def test_comparison_badges_and_links(browser: Chromium, tmp_path: Path) -> None:
         code="UNKNOWN",
         evidence="something broke",
     )
-    export = run_export(store, head, include_results=True)
-    _open(browser, tmp_path, render_html(export, compare_runs(store, base, head)))
-    cell_id = _cell_id(export, "ringbuf", "debian-12-6.1")
+    run = RunView.from_store(store, head)
+    _open(browser, tmp_path, render_html(run, compare_runs(store, base, head)))
+    cell_id = _cell_id(run, "ringbuf", "debian-12-6.1")
     assert browser.text(f"#{cell_id} .badge") == "regression"
     assert "regression" in browser.text("#changes-table")
     browser.click(f'#changes-table a[data-cell="{cell_id}"]')
@@ -139,7 +135,7 @@ def test_comparison_badges_and_links(browser: Chromium, tmp_path: Path) -> None:
     assert browser.displayed(detail)
     assert browser.text(f"{detail} pre.evidence") == "something broke"
     browser.click("#only-changed")
-    untouched_row = "#row-" + _cell_id(export, "simple-pass", "debian-11-5.10").split("-")[1]
+    untouched_row = "#row-" + _cell_id(run, "simple-pass", "debian-11-5.10").split("-")[1]
     assert not browser.displayed(untouched_row)
     assert browser.displayed("#row-" + cell_id.split("-")[1])
 
@@ -152,9 +148,9 @@ def test_hostile_names_and_logs_render_as_text(browser: Chromium, tmp_path: Path
         edit=hostile_result(HOSTILE_PROGRAM),
         rename={"verifier-oob": HOSTILE_ARTIFACT},
     )
-    export = run_export(store, run_id, include_results=True)
-    _open(browser, tmp_path, render_html(export))
-    cell_id = _cell_id(export, HOSTILE_ARTIFACT, "debian-12-6.1")
+    run = RunView.from_store(store, run_id)
+    _open(browser, tmp_path, render_html(run))
+    cell_id = _cell_id(run, HOSTILE_ARTIFACT, "debian-12-6.1")
     browser.click(f"#{cell_id}")
     detail = "#" + cell_id.replace("cell-", "detail-")
     assert browser.displayed(detail)
@@ -185,7 +181,6 @@ def test_screenshot_script_writes_png(tmp_path: Path) -> None:
         [sys.executable, str(script), "--db", str(store.path), "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr

@@ -334,6 +334,7 @@ def test_plan_defaults() -> None:
             "expect_exit_code": 0,
             "expect_stdout_contains": None,
             "expect_stderr_contains": None,
+            "retries": 0,
         }
     ]
 
@@ -347,6 +348,7 @@ def test_plan_full_entry() -> None:
         "expect_exit_code": 3,
         "expect_stdout_contains": "x",
         "expect_stderr_contains": None,
+        "retries": 2,
     }
     (parsed,) = args.parse_functional_plan({"tests": [entry]})
     assert parsed == {**entry, "timeout_seconds": 5.0}

@@ -3,14 +3,17 @@ becomes one line on stderr and exit 1, never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import re
 import signal
-import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +24,7 @@ from bpfcompat.errors import BpfcompatError, ConfigError
 from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
 from bpfcompat.matrix.plan import Plan, discover_artifacts, load_artifact
 from bpfcompat.matrix.store import DEFAULT_DB, Store
+from bpfcompat.report.terminal import printable
 
 app = typer.Typer(
     add_completion=False,
@@ -34,10 +38,12 @@ kernels_app = typer.Typer(
 matrix_app = typer.Typer(no_args_is_help=True, help="Run artifacts across kernels.")
 runs_app = typer.Typer(no_args_is_help=True, help="Stored runs.")
 image_app = typer.Typer(no_args_is_help=True, help="The guest image.")
+manifest_app = typer.Typer(no_args_is_help=True, help="Artifact manifests.")
 app.add_typer(kernels_app, name="kernels")
 app.add_typer(matrix_app, name="matrix")
 app.add_typer(runs_app, name="runs")
 app.add_typer(image_app, name="image")
+app.add_typer(manifest_app, name="manifest")
 
 KernelsOpt = Annotated[
     Path | None,
@@ -52,19 +58,60 @@ MdOpt = Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown
 JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML.")]
 
 
-def _say(message: str) -> None:
-    typer.echo(message, err=True)
+class AttachMode(StrEnum):
+    disabled = "disabled"
+    best_effort = "best-effort"
+    required = "required"
+
+
+AttachOpt = Annotated[
+    AttachMode,
+    typer.Option(
+        "--attach-mode",
+        help="disabled: load only; best-effort: show programs that did not attach; "
+        "required: a program that does not attach fails the cell.",
+    ),
+]
+NoAutoOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-auto-fixups",
+        help="Do not size maps compiled with a zero size (the loader's job) when the manifest "
+        "does not: such objects then fail with LOADER_SETUP_REQUIRED.",
+    ),
+]
+LabelOpt = Annotated[
+    list[str] | None,
+    typer.Option("--label", help="KEY=VALUE recorded with the run (repeatable), e.g. git=abc123."),
+]
+
+
+def _labels(values: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for value in values or []:
+        key, sep, text = value.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key) or len(text) > 256:
+            raise ConfigError(
+                f"--label {value!r}: expected KEY=VALUE (KEY: letters, digits, _ . -; "
+                "VALUE: at most 256 characters)"
+            )
+        labels[key] = text
+    return labels
+
+
+def _out(line: str) -> None:
+    """Print one line to stdout. Every line goes through `printable`: names, codes and
+    evidence come from file names, manifests and guests, and must not drive the terminal."""
+    typer.echo(printable(line))
+
+
+def _say(line: str) -> None:
+    """Print one line to stderr, escaped like `_out`."""
+    typer.echo(printable(line), err=True)
 
 
 def _matrix(path: Path | None):  # type: ignore[no-untyped-def]
     return load_kernel_matrix(path or default_kernels_file())
-
-
-def _default_examples() -> list[Path]:
-    for candidate in (Path("examples"), Path(__file__).resolve().parents[2] / "examples"):
-        if candidate.is_dir():
-            return [candidate]
-    raise ConfigError("no artifacts given and no examples/ directory here")
 
 
 @kernels_app.command("list")
@@ -95,12 +142,12 @@ def kernels_list(
             }
         )
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps(rows, indent=2))  # JSON escapes control characters itself
         return
     for row in rows:
         state = f"cached {row['release']}" if row["cached"] else "not fetched"
         req = "required" if row["required"] else "optional"
-        typer.echo(
+        _out(
             f"{row['id']:28} {row['arch']:8} {req:9} {row['location']}  [{state}]"
             + (f"  cmdline: {row['cmdline']}" if row["cmdline"] else "")
         )
@@ -124,7 +171,7 @@ def _obtain_kernels(specs: list[Any]) -> None:
             failed += 1
             continue
         took = time.monotonic() - started
-        typer.echo(f"{spec.id}: {build.release} ({build.version}) in {took:.1f} s -> {build.entry}")
+        _out(f"{spec.id}: {build.release} ({build.version}) in {took:.1f} s -> {build.entry}")
     if failed:
         raise typer.Exit(1)
 
@@ -176,7 +223,7 @@ def image_build(
             raise ConfigError(f"--arch {name!r}: unknown (known: {', '.join(ARCH_NAMES)})")
         started = time.monotonic()
         image = build_image(suite, arch=name)
-        typer.echo(
+        _out(
             f"guest image {suite}/{name} {image.digest}: {image.rootfs_cpio} "
             f"({image.rootfs_cpio.stat().st_size // 1024} KiB) "
             f"in {time.monotonic() - started:.1f} s"
@@ -220,12 +267,14 @@ class _Printer:
 
     def _table(self):  # type: ignore[no-untyped-def]
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title="bpfcompat matrix")
         table.add_column("kernel")
         table.add_column("state")
         for kid, state in self.state.items():
-            table.add_row(kid, state)
+            # Text, not str: rich would read "[...]" in a kernel id or detail as markup.
+            table.add_row(Text(printable(kid)), Text(printable(state)))
         return table
 
     def __call__(self, kernel: str, stage: str, detail: str = "") -> None:
@@ -243,27 +292,12 @@ class _Printer:
             self.live.stop()
 
 
-def _write_reports(
-    store: Store,
-    run_id: int,
-    html: Path | None,
-    json_path: Path | None,
-    markdown: Path | None,
-    junit: Path | None,
-) -> list[Path]:
-    from bpfcompat.report import write_reports
-
-    return write_reports(
-        store, run_id, html=html, json_path=json_path, markdown=markdown, junit=junit
-    )
-
-
 @matrix_app.command("run")
 def matrix_run(
     artifacts: Annotated[
-        list[Path] | None,
-        typer.Argument(help="Artifacts (.bpf.o) or directories of them (default: examples/)."),
-    ] = None,
+        list[Path],
+        typer.Argument(help="Artifacts (.bpf.o) or directories of them."),
+    ],
     kernels: KernelsOpt = None,
     kernel: Annotated[
         list[str] | None, typer.Option("--kernel", help="Only these kernel ids (repeatable).")
@@ -289,6 +323,13 @@ def matrix_run(
             help="Cold-boot for every cell (the slow approach, for benchmarks).",
         ),
     ] = False,
+    attach_mode: AttachOpt = AttachMode.best_effort,
+    no_auto_fixups: NoAutoOpt = False,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="Apply this manifest to every artifact given."),
+    ] = None,
+    label: LabelOpt = None,
     btf: Annotated[
         list[str] | None,
         typer.Option(
@@ -299,35 +340,53 @@ def matrix_run(
     ] = None,
 ) -> None:
     """Validate every artifact on every kernel: each kernel booted once for all artifacts."""
+    from bpfcompat.matrix.policy import EXIT_MEANINGS
     from bpfcompat.matrix.runner import RunOptions, run_plan
+    from bpfcompat.report import write_view
+    from bpfcompat.report.terminal import terminal_lines
+    from bpfcompat.report.view import RunView
 
+    labels = _labels(label)
     matrix = _matrix(kernels)
     specs = _with_btf(matrix.select(kernel), btf or [])
-    found = discover_artifacts(artifacts or _default_examples())
-    plan = Plan(specs, found, matrix.guest_suite)
+    found = discover_artifacts(artifacts, manifest)
+    plan = Plan(specs, found, matrix.guest_suite, attach_mode.value, not no_auto_fixups)
     store = Store(db)
     printer = _Printer([s.id for s in specs])
     options = RunOptions(
         concurrency=concurrency,
         use_cache=not no_cache,
-        workdir=out_dir / "work",
+        workdir=work_dir(db, out_dir),
         boot_per_artifact=boot_per_artifact,
         progress=printer,
+        labels=labels,
     )
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        _, summary = run_plan(plan, store, options)
+        with _one_interrupt():
+            _, summary = run_plan(plan, store, options)
     finally:
         printer.close()
         signal.signal(signal.SIGTERM, previous)
     for message in summary.messages:
         _say(f"bpfcompat: {message}")
-    html = html or out_dir / "report.html"
-    written = _write_reports(store, summary.run_id, html, json_path, markdown, junit)
-    _print_matrix(store, summary.run_id)
+    view = RunView.from_store(store, summary.run_id, with_results=True)
+    for line in terminal_lines(view):
+        _out(line)
+    written = write_view(
+        view,
+        html=html or out_dir / "report.html",
+        json_path=json_path,
+        markdown=markdown,
+        junit=junit,
+    )
     for path in written:
-        typer.echo(f"wrote {path}")
-    typer.echo(f"run {summary.run_id}: {summary.status}, exit code {summary.exit_code}")
+        _out(f"wrote {path}")
+    meaning = EXIT_MEANINGS.get(summary.exit_code)
+    _out(
+        f"run {summary.run_id}: {summary.status}, exit code {summary.exit_code}"
+        + (f" ({meaning})" if meaning else "")
+    )
     raise typer.Exit(summary.exit_code)
 
 
@@ -335,20 +394,34 @@ def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _print_matrix(store: Store, run_id: int) -> None:
-    cells = store.cells(run_id)
-    kernels = [k.kernel_id for k in store.kernels(run_id)]
-    names = list(dict.fromkeys(c.artifact for c in cells))
-    by = {(c.artifact, c.kernel_id): c for c in cells}
-    width = max([len(n) for n in names] + [8])
-    typer.echo(" " * width + "  " + "  ".join(f"{k:22}" for k in kernels))
-    for name in names:
-        row = []
-        for k in kernels:
-            c = by.get((name, k))
-            label = "-" if c is None else c.status + (f" {c.code}" if c.code else "")
-            row.append(f"{label[:22]:22}")
-        typer.echo(f"{name:{width}}  " + "  ".join(row))
+@contextlib.contextmanager
+def _one_interrupt() -> Iterator[None]:
+    """The first Ctrl-C stops the run; later ones while it winds down (killing guests,
+    recording the interrupted run, writing reports) are acknowledged, not obeyed, so the
+    interrupted line and the reports are never lost."""
+    state = {"count": 0}
+
+    def handler(signum: int, frame: Any) -> None:
+        state["count"] += 1
+        if state["count"] == 1:
+            raise KeyboardInterrupt
+        _say("bpfcompat: still stopping: finishing the record of this run and its reports")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        if state["count"]:
+            signal.signal(signal.SIGINT, handler)  # stays until the reports are written
+        else:
+            signal.signal(signal.SIGINT, previous)
+
+
+def work_dir(db: Path, out_dir: Path) -> Path:
+    """Guest consoles and logs: beside the store, one directory per store, so two stores
+    in one output directory never mix their files."""
+    digest = hashlib.sha256(str(db.resolve()).encode()).hexdigest()[:12]
+    return out_dir / "work" / f"{db.stem}-{digest}"
 
 
 @app.command("validate")
@@ -360,7 +433,8 @@ def validate(
     manifest: Annotated[
         Path | None,
         typer.Option(
-            "--manifest", help="Manifest YAML (default: manifest.yaml beside the artifact)."
+            "--manifest",
+            help="Manifest YAML (default: <name>.manifest.yaml, else manifest.yaml beside it).",
         ),
     ] = None,
     kernels: KernelsOpt = None,
@@ -368,59 +442,88 @@ def validate(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the validator result JSON here.")
     ] = None,
+    attach_mode: AttachOpt = AttachMode.best_effort,
+    no_auto_fixups: NoAutoOpt = False,
+    allow_host_commands: Annotated[
+        bool,
+        typer.Option(
+            "--allow-host-commands",
+            help="Let the manifest's functional tests run as root on this host (--kernel host).",
+        ),
+    ] = False,
+    label: LabelOpt = None,
 ) -> None:
     """Validate one artifact on the host kernel (root) or on one kernel in a VM."""
+    from bpfcompat.matrix.policy import cell_exit_code
+
     loaded = load_artifact(artifact, manifest)
+    if loaded.invalid_reason:
+        raise ConfigError(f"{artifact}: {loaded.invalid_reason}")
     if kernel != "host":
         from bpfcompat.matrix.runner import RunOptions, run_plan
 
         matrix = _matrix(kernels)
-        plan = Plan(matrix.select([kernel]), [loaded], matrix.guest_suite)
-        _, summary = run_plan(plan, Store(db), RunOptions(use_cache=False))
+        plan = Plan(
+            matrix.select([kernel]),
+            [loaded],
+            matrix.guest_suite,
+            attach_mode.value,
+            not no_auto_fixups,
+        )
+        store = Store(db)
+        options = RunOptions(
+            use_cache=False, workdir=work_dir(db, Path(".bpfcompat/out")), labels=_labels(label)
+        )
+        with _one_interrupt():
+            _, summary = run_plan(plan, store, options)
         for message in summary.messages:
             _say(f"bpfcompat: {message}")
         for cell in summary.cells:
-            typer.echo(
+            _out(
                 f"{cell.artifact} on {cell.kernel_id}: {cell.status}"
                 + (f" {cell.code}: {cell.evidence}" if cell.code else "")
             )
             for note in cell.notes:
-                typer.echo(f"  note: {note}")
+                _out(f"  note: {note}")
+            if out is not None:
+                stored = store.result(cell.result_id)
+                if stored is None or stored.raw_json is None:
+                    raise BpfcompatError(f"{out}: no validator result to write ({cell.evidence})")
+                _write_text(out, stored.raw_json)
+                _out(f"wrote {out}")
         raise typer.Exit(summary.exit_code)
-    if os.geteuid() != 0:
-        raise ConfigError(
-            "validate --kernel host needs root (BPF loading needs CAP_BPF/CAP_SYS_ADMIN)"
-        )
     from bpfcompat.matrix.classify import classify_result
-    from bpfcompat.matrix.policy import cell_exit_code
+    from bpfcompat.matrix.host import host_commands, validate_on_host
 
-    with tempfile.TemporaryDirectory(prefix="bpfcompat-validate-") as tmp:
-        result_path = out or Path(tmp) / "result.json"
-        extra, files = loaded.manifest.validator_inputs(tmp)
-        for path, data in files.items():
-            Path(path).write_bytes(data)
-        args = [
-            sys.executable,
-            "-m",
-            "bpfcompat.validator",
-            "--artifact",
-            str(artifact),
-            "--out",
-            str(result_path),
-            "--log-dir",
-            tmp,
-            *extra,
-        ]
-        proc = subprocess.run(args, check=False)
-        if not result_path.is_file():
-            raise BpfcompatError(f"{artifact}: validator wrote no result (exit {proc.returncode})")
-        result = json.loads(result_path.read_text())
-    verdict = classify_result(result, os.uname().release)
-    typer.echo(
-        f"{loaded.name} on host {os.uname().release}: {verdict.status}"
+    if allow_host_commands:
+        for command in host_commands(loaded):
+            _say(f"bpfcompat: will run as root on this host: {command}")
+    ran = validate_on_host(
+        loaded,
+        out=out,
+        attach_mode=attach_mode.value,
+        auto_fixups=not no_auto_fixups,
+        allow_commands=allow_host_commands,
+    )
+    verdict = classify_result(ran.result, ran.release)
+    _out(
+        f"{loaded.name} on host {ran.release}: {verdict.status}"
         + (f" {verdict.code}: {verdict.evidence}" if verdict.code else "")
     )
     raise typer.Exit(cell_exit_code(verdict.status))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically; errors as one line naming the file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BpfcompatError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @app.command("report")
@@ -446,7 +549,7 @@ def report(
     for path in write_reports(
         store, run_id, html=html, json_path=json_path, markdown=markdown, junit=junit, base_run=base
     ):
-        typer.echo(f"wrote {path}")
+        _out(f"wrote {path}")
 
 
 @app.command("compare")
@@ -469,7 +572,7 @@ def compare(
     assert head_id is not None
     comparison = compare_runs(store, base, head_id)
     for line in comparison.lines():
-        typer.echo(line)
+        _out(line)
     # SystemExit, not typer.Exit: with standalone_mode=False typer returns an Exit's code
     # from app() instead of raising it, and main() drops that return value.
     raise SystemExit(comparison.exit_code)
@@ -494,9 +597,11 @@ def runs_list(db: DbOpt = DEFAULT_DB) -> None:
         n_kernels = len(store.kernels(run.id or 0))
         shape = f"{len({c.artifact for c in cells})} artifacts x {n_kernels} kernels"
         exit_code = "-" if run.exit_code is None else run.exit_code
-        typer.echo(
+        labels = " ".join(f"{k}={v}" for k, v in run.labels.items())
+        _out(
             f"{run.id:5}  {run.started_at}  {run.status:11} exit {exit_code:<3}  {shape}  "
             f"pass {counts['pass']} fail {counts['fail']} error {counts['error']}"
+            + (f"  {labels}" if labels else "")
         )
 
 
@@ -512,9 +617,34 @@ def reclassify(
     run_id = store.run(run).id
     assert run_id is not None
     changed = reclassify_run(store, run_id)
-    typer.echo(f"run {run_id}: {len(changed)} cell(s) changed")
+    _out(f"run {run_id}: {len(changed)} cell(s) changed")
     for line in changed:
-        typer.echo(f"  {line}")
+        _out(f"  {line}")
+
+
+@app.command("inspect")
+def inspect(
+    objects: Annotated[list[Path], typer.Argument(help="BPF objects (.bpf.o) to read.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    kernels: KernelsOpt = None,
+) -> None:
+    """Read objects statically (no VM): what each needs from a kernel and from its loader."""
+    from bpfcompat.analysis.inspect import run_inspect
+
+    text, code = run_inspect(objects, kernels, json_out)
+    typer.echo(text)
+    raise typer.Exit(code)
+
+
+@manifest_app.command("suggest")
+def manifest_suggest(
+    obj: Annotated[Path, typer.Argument(help="The BPF object (.bpf.o).")],
+    kernels: KernelsOpt = None,
+) -> None:
+    """Print a starting manifest (YAML with comments) from the object's loader findings."""
+    from bpfcompat.analysis.inspect import run_suggest
+
+    typer.echo(run_suggest(obj, kernels), nl=False)
 
 
 @app.callback(invoke_without_command=True)
@@ -522,7 +652,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
 ) -> None:
     if version:
-        typer.echo(f"bpfcompat {__version__}")
+        _out(f"bpfcompat {__version__}")
         raise typer.Exit(0)
 
 

@@ -9,7 +9,9 @@ BpfcompatError
 ├── VMError            QEMU missing, boot failure, boot timeout
 │   └── GuestCrash     the guest panicked or oopsed (console evidence attached)
 ├── TransportError     SSH to the guest failed or dropped
-└── StoreError         the SQLite store cannot be used
+│   └── OversizeError  the guest offered more bytes than the host accepts
+├── StoreError         the SQLite store cannot be used
+└── ReportError        a report cannot be written, or a run export cannot be read
 
 The CLI catches BpfcompatError, prints its one-line message and exits 1.
 """
@@ -57,5 +59,17 @@ class TransportError(BpfcompatError):
     pass
 
 
+class OversizeError(TransportError):
+    """A guest file or line over the host's cap; `size` is what the guest offered."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
 class StoreError(BpfcompatError):
+    pass
+
+
+class ReportError(BpfcompatError):
     pass

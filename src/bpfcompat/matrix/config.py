@@ -8,13 +8,35 @@ from __future__ import annotations
 
 import json
 import re
+import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bpfcompat.errors import ConfigError
+from bpfcompat.matrix.expect import Expectations
+from bpfcompat.validator.limits import (
+    FUNCTIONAL_TIMEOUT_DEFAULT,
+    FUNCTIONAL_TIMEOUT_MAX,
+    MAX_HELPER_ID,
+    MAX_MAP_ENTRIES,
+    MAX_MAP_VALUE_BYTES,
+    MAX_RINGBUF_BYTES,
+    MAX_TEST_RETRIES,
+    command_problem,
+    name_problem,
+)
+from bpfcompat.validator.tables import ATTACH_TYPE_NAMES, PROG_TYPE_NAMES, type_id
 from bpfcompat.vm.spec import SUITE_PATTERN, KernelSpec, Strict
 
 M = TypeVar("M", bound=BaseModel)
@@ -31,6 +53,14 @@ class KernelMatrix(Strict):
             if kernel.id in seen:
                 raise ValueError(f"kernels[{index}].id: duplicate kernel id {kernel.id!r}")
             seen.add(kernel.id)
+        for index, kernel in enumerate(self.kernels):
+            if kernel.expect_like is not None and (
+                kernel.expect_like not in seen or kernel.expect_like == kernel.id
+            ):
+                raise ValueError(
+                    f"kernels[{index}].expect_like: {kernel.expect_like!r} is not another "
+                    "kernel of this matrix"
+                )
         return self
 
     def select(self, ids: list[str] | None) -> list[KernelSpec]:
@@ -46,9 +76,24 @@ class KernelMatrix(Strict):
 
 # --- manifests ---------------------------------------------------------------------------
 
-MAX_MAP_ENTRIES = 2**32 - 1  # the kernel's u32 max_entries
-MAX_RINGBUF_BYTES = 2**30  # 1 GiB: more than any guest we boot could hold
-MAX_HELPER_ID = 1023
+
+def _flag_safe(value: str) -> str:
+    """Names travel to the guest inside `<name>=<value>` flags: the validator's own rule."""
+    problem = name_problem(value)
+    if problem:
+        raise ValueError(f"{value!r} {problem}")
+    return value
+
+
+def _runnable(value: str) -> str:
+    problem = command_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Name = Annotated[str, AfterValidator(_flag_safe)]
+GlobalValue = int | bool | Annotated[str, Field(max_length=4096)] | list[int | bool]
 
 
 def _parse_duration(value: Any) -> float:
@@ -65,15 +110,22 @@ def _parse_duration(value: Any) -> float:
         seconds = number / 1000 if unit == "ms" else number * 60 if unit == "m" else number
     else:
         raise ValueError("must be a duration like 5s or 500ms")
-    if not 0 < seconds <= 600:
-        raise ValueError(f"duration must be between 0 and 600 seconds, got {seconds:g}")
+    if not 0 < seconds <= FUNCTIONAL_TIMEOUT_MAX:
+        raise ValueError(
+            f"duration must be between 0 and {FUNCTIONAL_TIMEOUT_MAX:g} seconds, got {seconds:g}"
+        )
     return seconds
 
 
+MapSize = Annotated[int, Field(ge=1, le=MAX_MAP_VALUE_BYTES)]
+
+
 class MapFixup(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=255)]
+    name: Name
     max_entries: Literal["cpus"] | Annotated[int, Field(ge=1, le=MAX_MAP_ENTRIES)] | None = None
     inner_ringbuf_bytes: Annotated[int, Field(ge=4096, le=MAX_RINGBUF_BYTES)] | None = None
+    value_size: MapSize | None = None
+    key_size: MapSize | None = None
 
     @field_validator("inner_ringbuf_bytes")
     @classmethod
@@ -84,13 +136,16 @@ class MapFixup(Strict):
 
     @model_validator(mode="after")
     def _something(self) -> MapFixup:
-        if self.max_entries is None and self.inner_ringbuf_bytes is None:
-            raise ValueError("needs max_entries or inner_ringbuf_bytes")
+        if all(
+            v is None
+            for v in (self.max_entries, self.inner_ringbuf_bytes, self.value_size, self.key_size)
+        ):
+            raise ValueError("needs max_entries, inner_ringbuf_bytes, value_size or key_size")
         return self
 
 
 class VariantProgram(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=255)]
+    name: Name
     requires_helper: str | Annotated[int, Field(ge=0, le=MAX_HELPER_ID)] | None = None
 
     @field_validator("requires_helper")
@@ -105,15 +160,15 @@ class VariantProgram(Strict):
 
 
 class VariantGroup(Strict):
-    group: Annotated[str, Field(min_length=1, max_length=255)]
+    group: Name
     programs: Annotated[list[VariantProgram], Field(min_length=1)]
 
 
 class FunctionalTest(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=255)]
-    command: Annotated[str, Field(min_length=1, max_length=4096)]
+    name: Name
+    command: Annotated[str, AfterValidator(_runnable)]
     required: bool = True
-    timeout: float = 10.0
+    timeout: float = FUNCTIONAL_TIMEOUT_DEFAULT
     expect_exit_code: Annotated[int, Field(ge=0, le=255)] = 0
     expect_stdout_contains: str | None = None
     expect_stderr_contains: str | None = None
@@ -128,9 +183,44 @@ class AttachExpectation(Strict):
     required: bool = False
 
 
+def _known(names: tuple[str, ...], what: str) -> Any:
+    def check(value: str | None) -> str | None:
+        if value is not None and type_id(names, value) is None:
+            raise ValueError(f"unknown {what} {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+class TargetProgram(Strict):
+    """A program of another object that an extension (freplace) program replaces a
+    function of: the loader loads that object first and passes the program."""
+
+    object: Annotated[str, Field(min_length=1, max_length=4096)]  # relative to the manifest
+    program: Name
+
+
 class ProgramExpectation(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=255)]
+    """One program: what must hold for it, and what the project's loader sets on it."""
+
+    name: Name
     attach: AttachExpectation = AttachExpectation()
+    # bpf_program__set_attach_target: the function a tracing program (fentry/fexit/
+    # fmod_ret/lsm/tp_btf/freplace) really attaches to, for objects compiled with a
+    # placeholder the loader replaces.
+    attach_target: Name | None = None
+    attach_target_program: TargetProgram | None = None
+    autoload: bool | None = None
+    # For sections libbpf cannot type (another loader's convention): libbpf's program
+    # type name, e.g. socket_filter, sched_cls, and the expected attach type if needed.
+    type: Annotated[str | None, _known(PROG_TYPE_NAMES, "program type")] = None
+    expected_attach_type: Annotated[str | None, _known(ATTACH_TYPE_NAMES, "attach type")] = None
+
+    @model_validator(mode="after")
+    def _type_first(self) -> ProgramExpectation:
+        if self.expected_attach_type is not None and self.type is None:
+            raise ValueError("expected_attach_type needs type")
+        return self
 
 
 class Manifest(Strict):
@@ -141,15 +231,53 @@ class Manifest(Strict):
     maps: list[MapFixup] = Field(default_factory=list)
     program_variants: list[VariantGroup] = Field(default_factory=list)
     functional_tests: list[FunctionalTest] = Field(default_factory=list)
+    # A failing functional test is run again (links still alive) this many times; one that
+    # passes on a retry is reported as flaky, never as a plain pass.
+    retries: Annotated[int, Field(ge=0, le=MAX_TEST_RETRIES)] = 1
+    # A directory's manifest.yaml written for several objects: names it gives that an
+    # object lacks are not errors for that object.
+    shared: bool = False
+    # Global variables (.rodata/.data/.bss, e.g. `const volatile` switches) the loader sets
+    # before load; each value is checked against the variable's BTF type.
+    globals: dict[Name, GlobalValue] = Field(default_factory=dict)
+    # What the project expects on each kernel (instead of a separate expect.yaml).
+    expect: Expectations | None = None
+
+    def named(self) -> list[tuple[str, str, str]]:
+        """(key, kind, name) of every program and map the manifest names."""
+        out = [(f"maps[{i}].name", "map", m.name) for i, m in enumerate(self.maps)]
+        out += [(f"programs[{i}].name", "program", p.name) for i, p in enumerate(self.programs)]
+        for g, group in enumerate(self.program_variants):
+            out += [
+                (f"program_variants[{g}].programs[{i}].name", "program", p.name)
+                for i, p in enumerate(group.programs)
+            ]
+        return out
 
     def validator_args(self) -> list[str]:
-        """The contract's flags, generated from `maps` and `program_variants`."""
+        """The contract's flags, generated from `maps`, `programs` and `program_variants`."""
         args: list[str] = []
         for fixup in self.maps:
             if fixup.max_entries is not None:
                 args += ["--set-map-max-entries", f"{fixup.name}={fixup.max_entries}"]
             if fixup.inner_ringbuf_bytes is not None:
                 args += ["--set-map-inner-ringbuf", f"{fixup.name}={fixup.inner_ringbuf_bytes}"]
+            if fixup.value_size is not None:
+                args += ["--set-map-value-size", f"{fixup.name}={fixup.value_size}"]
+            if fixup.key_size is not None:
+                args += ["--set-map-key-size", f"{fixup.name}={fixup.key_size}"]
+        for name, value in self.globals.items():
+            args += ["--set-global", f"{name}={json.dumps(value)}"]
+        for prog in self.programs:
+            if prog.attach_target is not None:
+                args += ["--set-prog-attach-target", f"{prog.name}={prog.attach_target}"]
+            if prog.autoload is not None:
+                args += ["--set-prog-autoload", f"{prog.name}={str(prog.autoload).lower()}"]
+            if prog.type is not None:
+                kind = prog.type + (
+                    f"/{prog.expected_attach_type}" if prog.expected_attach_type else ""
+                )
+                args += ["--set-prog-type", f"{prog.name}={kind}"]
         for group in self.program_variants:
             entries = [
                 p.name if p.requires_helper is None else f"{p.name}:{p.requires_helper}"
@@ -172,16 +300,30 @@ class Manifest(Strict):
                     "expect_exit_code": t.expect_exit_code,
                     "expect_stdout_contains": t.expect_stdout_contains,
                     "expect_stderr_contains": t.expect_stderr_contains,
+                    "retries": self.retries,
                 }
                 for t in self.functional_tests
             ]
         }
 
-    def validator_inputs(self, directory: str) -> tuple[list[str], dict[str, bytes]]:
+    def targets(self) -> list[tuple[str, TargetProgram]]:
+        """(program, target) for each extension program given a target program."""
+        return [(p.name, p.attach_target_program) for p in self.programs if p.attach_target_program]
+
+    def validator_inputs(
+        self, directory: str, target_objects: Sequence[bytes] = ()
+    ) -> tuple[list[str], dict[str, bytes]]:
         """Every manifest-derived validator argument, and the files (path -> bytes) they
-        name inside `directory`: one mapping for the guest runner and host validation."""
+        name inside `directory`: one mapping for the guest runner and host validation.
+        `target_objects`: the bytes of each `targets()` object, in that order."""
         args = self.validator_args()
         files: dict[str, bytes] = {}
+        for index, ((prog, target), data) in enumerate(
+            zip(self.targets(), target_objects, strict=True)
+        ):
+            path = f"{directory}/target-{index}.bpf.o"
+            files[path] = data
+            args += ["--set-prog-attach-program", f"{prog}={path}:{target.program}"]
         if self.programs or self.metadata:
             path = f"{directory}/manifest.json"
             files[path] = json.dumps(self.validator_manifest()).encode()
@@ -269,13 +411,53 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(path: Path) -> Any:
+MAX_CONFIG_BYTES = 1 << 20  # a kernels.yaml or manifest; real ones are a few KiB
+
+
+def file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_regular(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, checked before reading (a
+    FIFO would block, /dev/zero would never end), or ConfigError naming the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        st = path.stat()
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ConfigError(f"{path}: broken symlink ({what})") from None
         raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: {file_kind(st.st_mode)}, not a {what} file")
+    if st.st_size > limit:
+        raise ConfigError(f"{path}: {st.st_size} bytes, over the {limit} byte limit for a {what}")
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{path}: over the {limit} byte limit for a {what}")
+    return data
+
+
+def load_yaml(path: Path, what: str = "YAML") -> Any:
+    data = read_regular(path, MAX_CONFIG_BYTES, what)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read: not UTF-8 text ({exc.reason})") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
@@ -298,11 +480,15 @@ def _validate(model: type[M], path: Path, data: Any) -> M:
 
 
 def load_kernel_matrix(path: Path) -> KernelMatrix:
-    return _validate(KernelMatrix, path, load_yaml(path))
+    return _validate(KernelMatrix, path, load_yaml(path, "kernel matrix"))
+
+
+def load_expectations(path: Path) -> Expectations:
+    return _validate(Expectations, path, load_yaml(path, "expectations"))
 
 
 def load_manifest(path: Path) -> Manifest:
-    data = load_yaml(path)
+    data = load_yaml(path, "manifest")
     if data is None:
         return Manifest()
     return _validate(Manifest, path, data)

@@ -2,30 +2,41 @@
 
 All artifacts of a kernel are staged at once and run by one guest-side driver that has
 imported the validator once and forks a fresh process per artifact: start-up is paid
-once per boot, while a libbpf crash (a signal) still costs only that artifact. A guest
-that panics, hangs or drops SSH costs the artifact in progress: the VM is rebooted and
-the rest go on. The per-run SSH key exists only in memory.
+once per boot, while a libbpf crash (a signal) still costs only that artifact.
+
+The guest is not trusted. Everything from it is bounded (protocol lines, result size,
+console), every protocol line must name the job the host expects next by its random
+token, and an artifact whose manifest runs commands (functional tests run as root) is
+assumed able to tamper with its boot: it runs alone in a fresh guest, after which that
+guest is discarded. A guest that dies with a kernel crash while a job runs is only
+charged to that job if the crash happens again when the job runs alone on a fresh boot;
+otherwise the job keeps its own verdict and the kernel is noted as unstable.
+
+The VM and the transport come from factories, so the orchestration is tested with a
+fake guest; the real ones are QEMU and SSH.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bpfcompat.errors import BpfcompatError, GuestCrash, TransportError, VMError
+from bpfcompat.errors import BpfcompatError, GuestCrash, OversizeError, TransportError, VMError
 from bpfcompat.matrix.plan import Artifact
+from bpfcompat.matrix.result import MAX_RESULT_BYTES, ResultModel, parse_result
 from bpfcompat.vm.arch import get_arch
 from bpfcompat.vm.image import GUEST_DRIVER_COMMAND, GuestImage
 from bpfcompat.vm.kernels import KernelBuild
-from bpfcompat.vm.qemu import BootSpec, QemuVM
+from bpfcompat.vm.qemu import BootSpec, GuestVM, QemuVM
 from bpfcompat.vm.spec import KernelSpec
-from bpfcompat.vm.ssh import GuestTransport, ParamikoTransport, RunKey
+from bpfcompat.vm.ssh import GuestTransport, RunKey, ssh_connect
 
 GUEST_DIR = "/tmp/bpfc"
 # An external BTF file for the kernel (its `btf:`), staged once per batch.
@@ -44,13 +55,20 @@ def base_cmdline(arch: str = "x86_64") -> str:
 
 BASE_CMDLINE = base_cmdline()
 KILLED = 128 + 9
+MAX_IGNORED_LINES = 20  # protocol lines that named no live job, kept as evidence
+# Kernel crashes outside any job (between jobs, while staging) before the kernel itself is
+# called unstable and its remaining cells are given up.
+MAX_UNCHARGED_CRASHES = 2
+
+VMFactory = Callable[[BootSpec], GuestVM]
+Connector = Callable[[GuestVM, RunKey, str, float, str], GuestTransport]
 
 
 @dataclass
 class RawOutcome:
     """What one validator process produced; evidence only, classified later."""
 
-    result: dict[str, Any] | None
+    result: ResultModel | None
     raw_json: str | None
     exit_code: int | None
     signal: int | None
@@ -58,6 +76,35 @@ class RawOutcome:
     crash: bool
     console_tail: str | None
     seconds: float
+    retryable: bool = True  # an infra error that a reboot may cure
+    unstable: str | None = None  # the kernel crashed once under this job, not again alone
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int
+    artifact: Artifact
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    @property
+    def dir(self) -> str:
+        # Not guessable from the index: one job cannot aim at another's files by name.
+        return f"{GUEST_DIR}/a/{self.token}"
+
+    @property
+    def taints(self) -> bool:
+        """Its manifest runs commands as root in the guest, which may outlive the job."""
+        return bool(self.artifact.manifest.functional_tests)
+
+
+@dataclass
+class _Unit:
+    """Jobs run in one boot; `fresh` asks for a new guest first, `confirm` carries the
+    first crash of a job being re-run alone to see whether the crash is its own."""
+
+    jobs: list[Job]
+    fresh: bool = False
+    confirm: RawOutcome | None = None
 
 
 class GuestSession:
@@ -70,8 +117,13 @@ class GuestSession:
         image: GuestImage,
         workdir: Path,
         stop: threading.Event,
-        registry: set[QemuVM],
+        registry: set[GuestVM],
+        *,
+        vm_factory: VMFactory = QemuVM,
+        connect: Connector = ssh_connect,
         artifact_timeout: float = 90.0,
+        attach_mode: str = "best-effort",
+        auto_fixups: bool = True,
         btf_file: Path | None = None,
     ) -> None:
         self.spec = spec
@@ -81,12 +133,21 @@ class GuestSession:
         self.workdir = workdir
         self.stop = stop
         self.registry = registry
+        self.vm_factory = vm_factory
+        self.connect = connect
         self.artifact_timeout = artifact_timeout
-        self.vm: QemuVM | None = None
+        self.attach_mode = attach_mode
+        self.auto_fixups = auto_fixups
+        self.vm: GuestVM | None = None
         self.transport: GuestTransport | None = None
         self.boots = 0
         self.boot_seconds: list[float] = []
         self.peak_rss_kb = 0
+        self.ignored_lines: list[str] = []
+        self.notes: list[str] = []  # what the kernel did that no artifact is blamed for
+        self._uncharged_crashes = 0
+        self._died_between_jobs = False
+        self._used = False  # the current guest has run jobs
 
     def cmdline(self, key: RunKey) -> str:
         extra = f" {self.spec.cmdline}" if self.spec.cmdline else ""
@@ -100,7 +161,7 @@ class GuestSession:
         key = RunKey()
         self.boots += 1
         console = self.workdir / f"console-{self.spec.id}-{self.boots}.log"
-        vm = QemuVM(
+        vm = self.vm_factory(
             BootSpec(
                 vmlinuz=self.kernel.vmlinuz,
                 initrd=self.image.initrd_for(self.kernel),
@@ -116,11 +177,10 @@ class GuestSession:
         vm.start()
         vm.wait_ready(self.spec.boot_timeout_s)
         deadline = vm.started_at + self.spec.boot_timeout_s
-        self.transport = ParamikoTransport.connect(
-            vm.ssh_port, key, self.image.host_key, deadline, self.spec.id, alive=vm.check
-        )
+        self.transport = self.connect(vm, key, self.image.host_key, deadline, self.spec.id)
         seconds = time.monotonic() - vm.started_at
         self.boot_seconds.append(seconds)
+        self._used = False
         return seconds
 
     def shutdown(self) -> None:
@@ -135,10 +195,22 @@ class GuestSession:
             self.registry.discard(self.vm)
             self.vm = None
 
-    def ensure_booted(self) -> None:
-        """Boot when no healthy guest is up; a failure here is the kernel's, not a cell's."""
-        if self.transport is None or self.vm is None or not self.vm.alive():
+    def ensure_booted(self, fresh: bool = False) -> None:
+        """Boot when asked for a fresh guest or no healthy one is up; a failure here is
+        the kernel's, not a cell's."""
+        healthy = self.transport is not None and self.vm is not None and self.vm.alive()
+        if (fresh and self._used) or not healthy:
             self.boot()
+
+    # --- scheduling ------------------------------------------------------------------------
+
+    def _units(self, jobs: list[Job], boot_per_artifact: bool) -> list[_Unit]:
+        """Trusted jobs share one boot; each job that taints its guest gets a fresh one."""
+        if boot_per_artifact:
+            return [_Unit([job], fresh=True) for job in jobs]
+        clean = [job for job in jobs if not job.taints]
+        units = [_Unit(clean)] if clean else []
+        return units + [_Unit([job], fresh=True) for job in jobs if job.taints]
 
     def validate_many(
         self,
@@ -147,33 +219,78 @@ class GuestSession:
         *,
         boot_per_artifact: bool = False,
     ) -> Iterator[tuple[int, RawOutcome]]:
-        """Yield (index, outcome) as artifacts finish. An infrastructure failure (not a
-        crash) is retried once after a reboot; a failing boot raises BpfcompatError."""
-        pending = list(jobs)
-        retried: set[int] = set()
-        while pending and not self.stop.is_set():
-            self.ensure_booted()
-            batch = pending[:1] if boot_per_artifact else pending
-            for index, outcome in self._run_batch(batch, on_start):
-                retry = outcome.infra_error and not outcome.crash and index not in retried
-                if retry and not self.stop.is_set():
-                    retried.add(index)  # stays pending: runs first after the reboot
-                    break
-                pending = [job for job in pending if job[0] != index]
-                yield index, outcome
-            if boot_per_artifact:
-                self.shutdown()
+        """Yield (index, outcome) as artifacts finish.
 
-    def _stage(
-        self, artifact: Artifact, cell_dir: str, files: dict[str, bytes]
-    ) -> tuple[list[str], float]:
-        """Add one artifact's input files to `files` (guest path -> bytes); return its
-        validator arguments and timeout."""
-        # User-controlled names never reach a shell: files get index-based names and the
-        # arguments travel as JSON.
-        files[f"{cell_dir}/artifact.bpf.o"] = artifact.data
-        manifest = artifact.manifest
-        extra, inputs = manifest.validator_inputs(cell_dir)
+        An infrastructure failure is retried once after a reboot; a kernel crash under a
+        job is re-run alone on a fresh boot before anyone is blamed; a failing boot raises
+        BpfcompatError (the kernel's problem, not a cell's)."""
+        units = self._units([Job(index, artifact) for index, artifact in jobs], boot_per_artifact)
+        retried: set[int] = set()
+        while units and not self.stop.is_set():
+            unit = units.pop(0)
+            if not unit.jobs:
+                continue
+            self.ensure_booted(fresh=unit.fresh)
+            self._used = True
+            self._died_between_jobs = False
+            done: set[int] = set()
+            for job, outcome in self._run_batch(unit.jobs, on_start):
+                done.add(job.index)
+                rest = [j for j in unit.jobs if j.index not in done]
+                if unit.confirm is not None:
+                    outcome = self._confirmed(unit.confirm, outcome)
+                elif outcome.crash:
+                    # Whose crash? Run the job alone on a fresh boot before deciding.
+                    units[:0] = [_Unit([job], True, outcome), _Unit(rest, unit.fresh)]
+                    break
+                elif (
+                    outcome.infra_error
+                    and outcome.retryable
+                    and job.index not in retried
+                    and not self.stop.is_set()
+                ):
+                    retried.add(job.index)  # runs again first, after a reboot
+                    units[:0] = [_Unit([job, *rest], unit.fresh)]
+                    self.shutdown()
+                    break
+                yield job.index, outcome
+            else:
+                left = [j for j in unit.jobs if j.index not in done]
+                if self._died_between_jobs:
+                    self._crashed_between_jobs()
+                if left and not self.stop.is_set():
+                    units[:0] = [_Unit(left, unit.fresh)]
+            if boot_per_artifact or any(j.taints for j in unit.jobs):
+                self.shutdown()  # a tainted guest never runs another job
+
+    def _confirmed(self, first: RawOutcome, second: RawOutcome) -> RawOutcome:
+        """The verdict after a crash was re-run alone: the job's if it crashed again, else
+        the re-run's own outcome with the kernel's instability noted."""
+        if second.crash:
+            return second
+        why = (first.infra_error or "guest crashed").removeprefix("guest crashed: ")
+        note = f"the kernel crashed once while this artifact ran ({why}) but not when it ran alone"
+        self.notes.append(note)
+        return replace(second, unstable=note)
+
+    def _crashed_between_jobs(self) -> None:
+        self._uncharged_crashes += 1
+        vm_note = f"guest died outside any job ({self._uncharged_crashes}x)"
+        self.notes.append(vm_note)
+        self.shutdown()
+        if self._uncharged_crashes > MAX_UNCHARGED_CRASHES:
+            raise VMError(f"kernel unstable: {vm_note}")
+
+    # --- one boot's batch ------------------------------------------------------------------
+
+    def _stage(self, job: Job, files: dict[str, bytes]) -> dict[str, Any]:
+        """Add one job's input files to `files` (guest path -> bytes); return its entry
+        in jobs.json. User-controlled names never reach a shell: files get token-based
+        names and the arguments travel as JSON."""
+        cell_dir = job.dir
+        files[f"{cell_dir}/artifact.bpf.o"] = job.artifact.data
+        manifest = job.artifact.manifest
+        extra, inputs = manifest.validator_inputs(cell_dir, job.artifact.target_objects)
         files.update(inputs)
         args = [
             "--artifact",
@@ -182,94 +299,131 @@ class GuestSession:
             f"{cell_dir}/result.json",
             "--log-dir",
             cell_dir,
+            "--attach-mode",
+            self.attach_mode,
+            *([] if self.auto_fixups else ["--no-auto-fixups"]),
             *extra,
         ]
         if self.btf_file is not None:
             args += ["--btf-custom-path", GUEST_BTF]
-        timeout = self.artifact_timeout + sum(t.timeout for t in manifest.functional_tests)
-        return args, timeout
+        tests = manifest.functional_tests
+        timeout = self.artifact_timeout + sum(t.timeout * (1 + manifest.retries) for t in tests)
+        return {"token": job.token, "dir": cell_dir, "args": args, "timeout": timeout}
 
     def _run_batch(
-        self, batch: list[tuple[int, Artifact]], on_start: Callable[[int], None]
-    ) -> Iterator[tuple[int, RawOutcome]]:
-        """Run a batch in the current boot; stop (VM shut down) at the first failure."""
-        current: int | None = None
+        self, batch: list[Job], on_start: Callable[[int], None]
+    ) -> Iterator[tuple[Job, RawOutcome]]:
+        """Run a batch in the current boot; stop (VM shut down) at the first failure.
+
+        Yields every job that finished or failed; a job the batch never reached is not
+        yielded (the caller runs it again)."""
+        current: Job | None = None
         started = time.monotonic()
-        remaining = [index for index, _ in batch]
+        since = 0
+        pending = list(batch)
+        transport, vm = self.transport, self.vm
+        assert transport is not None and vm is not None
         try:
-            transport, vm = self.transport, self.vm
-            assert transport is not None and vm is not None
-            jobs, idle, files = [], 30.0, {}
-            for index, artifact in batch:
-                cell_dir = f"{GUEST_DIR}/a/{index}"
-                args, timeout = self._stage(artifact, cell_dir, files)
-                jobs.append({"index": index, "dir": cell_dir, "args": args, "timeout": timeout})
-                idle = max(idle, timeout + 30)
-            files[f"{GUEST_DIR}/jobs.json"] = json.dumps(jobs).encode()
+            entries, files = [], {}
+            for job in batch:
+                entries.append(self._stage(job, files))
+            idle = max([30.0] + [e["timeout"] + 30 for e in entries])
+            files[f"{GUEST_DIR}/jobs.json"] = json.dumps(entries).encode()
             if self.btf_file is not None:
                 files[GUEST_BTF] = self.btf_file.read_bytes()
             prefix = f"{GUEST_DIR}/"
             assert all(path.startswith(prefix) for path in files)
             transport.put_files({p.removeprefix(prefix): d for p, d in files.items()}, GUEST_DIR)
-            for line in transport.stream(
-                f"{GUEST_DRIVER_COMMAND} {GUEST_DIR}/jobs.json 2>{GUEST_DIR}/driver.err",
-                idle,
-            ):
+            command = f"{GUEST_DRIVER_COMMAND} {GUEST_DIR}/jobs.json 2>{GUEST_DIR}/driver.err"
+            for line in transport.stream(command, idle):
                 vm.check()
                 parts = line.split()
-                if len(parts) == 2 and parts[0] == "start" and parts[1].isdigit():
-                    current, started = int(parts[1]), time.monotonic()
-                    on_start(current)
-                elif len(parts) == 5 and parts[0] == "done" and parts[1].isdigit():
-                    index, code, timed_out = int(parts[1]), int(parts[2]), parts[4] == "timeout"
-                    current = None
-                    if index in remaining:
-                        remaining.remove(index)
-                    # The guest's own clock: by the time the host reads a "start" line
-                    # the job may be over (the host was collecting the previous one).
-                    try:
-                        seconds = float(parts[3])
-                    except ValueError:
-                        seconds = time.monotonic() - started
-                    outcome = self._collect(index, code, seconds, timed_out=timed_out)
-                    if outcome.infra_error is not None:
-                        self.shutdown()  # a hung validator: start clean for the rest
-                        yield index, outcome
+                if current is None and parts[:1] == ["start"] and len(parts) == 2:
+                    if pending and parts[1] == pending[0].token:
+                        current = pending.pop(0)
+                        started, since = time.monotonic(), vm.console_offset()
+                        on_start(current.index)
+                        continue
+                elif (
+                    current is not None and parts[:2] == ["done", current.token] and len(parts) == 5
+                ):
+                    job, current = current, None
+                    outcome = self._collect(job, parts[2], parts[3], parts[4], started, since)
+                    yield job, outcome
+                    if outcome.infra_error is not None and outcome.retryable:
+                        self.shutdown()  # a hung or killed validator: start clean
                         return
-                    yield index, outcome
+                    continue
+                self._ignore(line)
             vm.check()
-            if remaining:
-                raise TransportError(f"guest driver stopped with {len(remaining)} job(s) left")
+            if pending or current is not None:
+                raise TransportError(f"guest driver stopped with {len(pending)} job(s) left")
         except GuestCrash as exc:
             self.shutdown()
-            current = current if current is not None else (remaining or [None])[0]
             if current is not None:
                 yield current, self._failed(str(exc), started, crash=True, tail=exc.console_tail)
-        except (TransportError, VMError) as exc:
-            vm = self.vm
-            crash_line = vm.crash_line() if vm else None
-            tail = vm.console_tail() if vm else None
+            else:
+                self._died_between_jobs = True
+        except OversizeError as exc:
+            # A guest flooding the protocol channel does it again on a retry: not retried.
             self.shutdown()
-            if current is None and remaining:
-                current = remaining[0]  # failed between jobs: charge the next one
             if current is not None:
-                if crash_line:
-                    message, crash = f"guest crashed: {crash_line}", True
+                outcome = self._failed(str(exc), started, crash=False, tail=None)
+                yield current, replace(outcome, retryable=False)
+        except (TransportError, VMError) as exc:
+            crash, tail = self._crash_after_drop(vm)
+            message = str(exc)
+            if not crash and not vm.alive() and not isinstance(exc, VMError):
+                # The connection went because QEMU did: say so, not what SSH saw of it.
+                message = f"QEMU exited while the guest worked ({exc})"
+            self.shutdown()
+            if current is not None:
+                if crash:
+                    yield current, self._failed(f"guest crashed: {crash}", started, True, tail)
                 else:
-                    message, crash = str(exc), False
-                yield current, self._failed(message, started, crash=crash, tail=tail)
+                    yield current, self._failed(message, started, crash=False, tail=tail)
+            elif crash:
+                # Died between jobs: nobody's verdict; the caller reruns what is left.
+                self._died_between_jobs = True
+                return
+            elif pending:
+                # Failed before the next job started (staging, a lost connection): the next
+                # job pays, once; it is retried on a fresh boot.
+                yield pending[0], self._failed(message, started, crash=False, tail=tail)
 
-    def _failed(self, message: str, started: float, *, crash: bool, tail: str | None) -> RawOutcome:
+    def _crash_after_drop(self, vm: GuestVM) -> tuple[str | None, str | None]:
+        """After a lost connection: a kernel crash only if QEMU has really stopped with a
+        crash report (a line root wrote to the console proves nothing)."""
+        deadline = time.monotonic() + 3.0
+        while vm.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)  # a panicking guest takes a moment to reboot (-no-reboot: exit)
+        if vm.alive():
+            return None, vm.console_tail()
+        return vm.crash_line(), vm.console_tail()
+
+    def _ignore(self, line: str) -> None:
+        if len(self.ignored_lines) < MAX_IGNORED_LINES:
+            self.ignored_lines.append(line[:200])
+
+    def _failed(self, message: str, started: float, crash: bool, tail: str | None) -> RawOutcome:
         return RawOutcome(None, None, None, None, message, crash, tail, time.monotonic() - started)
 
     def _collect(
-        self, index: int, exit_code: int, seconds: float, *, timed_out: bool
+        self, job: Job, code_text: str, seconds_text: str, how: str, started: float, since: int
     ) -> RawOutcome:
         transport, vm = self.transport, self.vm
         assert transport is not None and vm is not None
-        cell_dir = f"{GUEST_DIR}/a/{index}"
+        try:
+            exit_code = int(code_text)
+            # The guest's own clock: by the time the host reads a "start" line the job
+            # may be over (the host was collecting the previous one).
+            seconds = float(seconds_text)
+        except ValueError:
+            exit_code, seconds = -1, time.monotonic() - started
+        if not 0 <= seconds < 1e6:
+            seconds = time.monotonic() - started
         signal = exit_code - 128 if exit_code > 128 else None
-        if timed_out:
+        if how == "timeout":
             return RawOutcome(
                 None,
                 None,
@@ -283,20 +437,28 @@ class GuestSession:
         if exit_code == KILLED:
             # Not our timeout: in practice the kernel's OOM killer, which says so on the
             # console. Inconclusive, and the guest is rebooted before the next artifact.
-            oom = vm.oom_line()
+            oom = vm.oom_line(since)
             why = f"validator killed by SIGKILL: {oom}" if oom else "validator killed by SIGKILL"
             return RawOutcome(
                 None, None, exit_code, 9, why, False, vm.console_tail() if oom else None, seconds
             )
         try:
-            raw = transport.get_bytes(f"{cell_dir}/result.json").decode("utf-8", "replace")
+            data = transport.get_bytes(f"{job.dir}/result.json", MAX_RESULT_BYTES)
+            raw = data.decode("utf-8", "replace")
         except FileNotFoundError:
             raw = None
-        result = _parse_result(raw)
+        except OversizeError as exc:
+            why = f"result.json is {exc.size} bytes, over the {MAX_RESULT_BYTES} byte cap"
+            return RawOutcome(None, None, exit_code, None, why, False, None, seconds, False)
+        result, problem = _parse_result(raw)
         if result is None and signal is None:
+            if problem:
+                return RawOutcome(None, None, exit_code, None, problem, False, None, seconds, False)
             stderr_tail = ""
             with contextlib.suppress(FileNotFoundError, TransportError):
-                stderr_tail = transport.get_bytes(f"{cell_dir}/stderr").decode("utf-8", "replace")
+                stderr_tail = transport.get_bytes(f"{job.dir}/stderr", 64 << 10).decode(
+                    "utf-8", "replace"
+                )
             last = (stderr_tail.strip().splitlines() or ["no output"])[-1]
             return RawOutcome(
                 None,
@@ -311,14 +473,16 @@ class GuestSession:
         return RawOutcome(result, raw, exit_code, signal, None, False, None, seconds)
 
 
-def _parse_result(raw: str | None) -> dict[str, Any] | None:
+def _parse_result(raw: str | None) -> tuple[ResultModel | None, str | None]:
+    """(result, None); or (None, why) for a result that is there but over a cap (nesting,
+    size); (None, None) when there is none or it is not a JSON object (a validator that
+    died mid-write: its stderr says why)."""
     if not raw:
-        return None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+        return None, None
+    parsed = parse_result(raw)
+    if isinstance(parsed, ResultModel):
+        return parsed, None
+    return None, (parsed.reason if parsed.kind in ("too-large", "too-deep") else None)
 
 
 def describe_error(exc: BaseException) -> str:

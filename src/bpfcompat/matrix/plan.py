@@ -6,20 +6,35 @@ later stage works from the same bytes even if the files change during the run.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpfcompat.analysis.objfile import read_object
 from bpfcompat.errors import ArtifactError, ConfigError
-from bpfcompat.matrix.config import Manifest, load_manifest
+from bpfcompat.matrix.config import (
+    Manifest,
+    file_kind,
+    load_expectations,
+    load_manifest,
+    read_regular,
+)
+from bpfcompat.matrix.expect import Expectations, expect_file_for
+from bpfcompat.validator.elf import elf_sections
+from bpfcompat.validator.globals import global_names, object_btf
+from bpfcompat.validator.globals import resolve as resolve_global
 from bpfcompat.vm.spec import KernelSpec
 
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024  # far above any real BPF object; see docs
-EM_BPF = 247
+# What one run may hold in memory and stage into guests, all artifacts together.
+MAX_TOTAL_ARTIFACT_BYTES = 256 * 1024 * 1024
 ARTIFACT_SUFFIX = ".bpf.o"
-MANIFEST_NAME = "manifest.yaml"
+MANIFEST_NAME = "manifest.yaml"  # applies to every object in its directory
+MANIFEST_SUFFIX = ".manifest.yaml"  # <name>.manifest.yaml applies to <name>.bpf.o only
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,12 @@ class Artifact:
     manifest: Manifest
     manifest_hash: str
     invalid_reason: str | None = None
+    # The other objects the manifest names (freplace targets), read once like the artifact.
+    target_objects: tuple[bytes, ...] = field(default=(), repr=False)
+    expect: Expectations | None = None  # what the project expects of each kernel
+
+
+ATTACH_MODES = ("disabled", "best-effort", "required")
 
 
 @dataclass(frozen=True)
@@ -39,6 +60,12 @@ class Plan:
     kernels: list[KernelSpec]
     artifacts: list[Artifact]
     guest_suite: str
+    # disabled: load only; best-effort: a program that does not attach is shown, not
+    # failed; required: every program must attach.
+    attach_mode: str = "best-effort"
+    # Size maps the object compiled with size 0 as its loader would (when the manifest
+    # does not say): the kernel's own answer instead of the loader's.
+    auto_fixups: bool = True
 
 
 def artifact_name(path: Path) -> str:
@@ -47,55 +74,107 @@ def artifact_name(path: Path) -> str:
 
 
 def elf_problem(data: bytes) -> str | None:
-    """Why the bytes cannot be a BPF ELF object, judged from the header alone."""
+    """Why the bytes cannot be a BPF ELF object: the validator's own check, so host and
+    guest agree on what a BPF object is."""
     if not data:
         return "empty file"
-    if data[:4] != b"\x7fELF":
-        preview = data[:8].decode("ascii", "replace").encode("unicode_escape").decode()
-        return f"not an ELF file (starts with {preview!r})"
-    if len(data) < 64:
-        return f"truncated ELF header ({len(data)} bytes)"
-    if data[4] != 2 or data[5] not in (1, 2):
-        return "not a 64-bit ELF object"
-    endian = "<" if data[5] == 1 else ">"
-    (machine,) = struct.unpack_from(endian + "H", data, 18)
-    if machine not in (0, EM_BPF):  # libbpf takes EM_NONE too: "Old LLVM set e_machine to EM_NONE"
-        return f"ELF for machine {machine}, not BPF ({EM_BPF})"
-    (shoff,) = struct.unpack_from(endian + "Q", data, 40)
-    shentsize, shnum = struct.unpack_from(endian + "HH", data, 58)
-    end = shoff + shentsize * shnum
-    if end > len(data):
-        return f"truncated ELF: section headers end at {end}, file has {len(data)} bytes"
+    try:
+        elf_sections(data)
+    except (ValueError, struct.error) as exc:
+        return str(exc)
     return None
 
 
-def _manifest_hash(manifest: Manifest) -> str:
+def _manifest_hash(manifest: Manifest, targets: tuple[bytes, ...] = ()) -> str:
     canonical = json.dumps(manifest.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(canonical.encode())
+    for data in targets:  # what the manifest points at is part of what it asks for
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()[:16]
+
+
+def manifest_for(path: Path, explicit: Path | None = None) -> Path | None:
+    """The manifest that applies to `path`: the one given, else `<name>.manifest.yaml`
+    beside it, else the directory's `manifest.yaml`. A candidate that exists but is not a
+    regular file (a directory, a broken symlink) is an error, never silently skipped."""
+    if explicit is not None:
+        return explicit
+    for candidate in (
+        path.with_name(artifact_name(path) + MANIFEST_SUFFIX),
+        path.parent / MANIFEST_NAME,
+    ):
+        if candidate.is_file():
+            return candidate
+        if candidate.exists() or candidate.is_symlink():
+            read_regular(candidate, 0, "manifest")  # raises the one-line reason
+    return None
+
+
+def check_manifest_names(path: Path, data: bytes, manifest: Manifest, where: Path) -> None:
+    """Every program and map a manifest names must be in the object: a misspelt name would
+    silently drop what the manifest asks for (a required attach, a fixup)."""
+    names = manifest.named()
+    if not names and not manifest.globals:
+        return
+    try:
+        obj = read_object(path, data)
+    except ValueError:
+        return  # not a BPF object: its cell says so
+    have = {
+        "program": {f.name for f in obj.programs},
+        "map": {m.name for m in obj.maps},
+    }
+    for key, kind, name in names:
+        if name in have[kind]:
+            continue
+        close = difflib.get_close_matches(name, sorted(have[kind]), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: {key}: {path.name} has no {kind} {name!r}{hint}")
+    for name, value in manifest.globals.items():
+        try:
+            resolve_global(data, name, value)
+        except ValueError as exc:
+            known = global_names(object_btf(data)[0]) if obj.btf is not None else []
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close and close[0] != name else ""
+            raise ConfigError(f"{where}: globals.{name}: {path.name}: {exc}{hint}") from None
 
 
 def load_artifact(
     path: Path, manifest_path: Path | None = None, refused: str | None = None
 ) -> Artifact:
     """Read `path` once; `refused` names why it must not be read at all (an invalid cell)."""
-    if manifest_path is None and (path.parent / MANIFEST_NAME).is_file():
-        manifest_path = path.parent / MANIFEST_NAME
+    given = manifest_path
+    manifest_path = manifest_for(path, manifest_path)
     manifest = load_manifest(manifest_path) if manifest_path else Manifest()
-    try:
-        size = 0 if refused else path.stat().st_size
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read artifact: {exc.strerror}") from None
-    if refused:
-        data, problem = b"", refused
-    elif size > MAX_ARTIFACT_BYTES:
-        data = b""
-        problem = f"artifact is {size} bytes, over the {MAX_ARTIFACT_BYTES} byte limit"
-    else:
+    data, problem = b"", refused
+    if not refused:
         try:
-            data = path.read_bytes()
+            st = path.stat()
         except OSError as exc:
             raise ArtifactError(f"{path}: cannot read artifact: {exc.strerror}") from None
-        problem = elf_problem(data)
+        if not stat.S_ISREG(st.st_mode):
+            problem = f"{file_kind(st.st_mode)}, not a file: refused, not read"
+        elif st.st_size > MAX_ARTIFACT_BYTES:
+            problem = f"artifact is {st.st_size} bytes, over the {MAX_ARTIFACT_BYTES} byte limit"
+        else:
+            try:
+                with path.open("rb") as fh:
+                    data = fh.read(MAX_ARTIFACT_BYTES + 1)
+            except OSError as exc:
+                raise ArtifactError(f"{path}: cannot read artifact: {exc.strerror}") from None
+            if len(data) > MAX_ARTIFACT_BYTES:
+                data, problem = b"", f"artifact grew over the {MAX_ARTIFACT_BYTES} byte limit"
+            else:
+                problem = elf_problem(data)
+    targets = _target_objects(manifest, manifest_path) if manifest_path else ()
+    shared_dir_manifest = given is None and manifest_path == path.parent / MANIFEST_NAME
+    if (
+        manifest_path is not None
+        and problem is None
+        and not (shared_dir_manifest and manifest.shared)
+    ):
+        check_manifest_names(path, data, manifest, manifest_path)
     return Artifact(
         name=artifact_name(path),
         path=path,
@@ -103,9 +182,33 @@ def load_artifact(
         sha256=hashlib.sha256(data).hexdigest(),
         manifest_path=manifest_path,
         manifest=manifest,
-        manifest_hash=_manifest_hash(manifest),
+        manifest_hash=_manifest_hash(manifest, targets),
         invalid_reason=problem,
+        target_objects=targets,
+        expect=_expectations(path, manifest),
     )
+
+
+def _expectations(path: Path, manifest: Manifest) -> Expectations | None:
+    if manifest.expect is not None:
+        return manifest.expect
+    found = expect_file_for(path)
+    return load_expectations(found) if found is not None else None
+
+
+def _target_objects(manifest: Manifest, manifest_path: Path) -> tuple[bytes, ...]:
+    """The bytes of each object the manifest's freplace targets name, checked like
+    artifacts (relative to the manifest's directory)."""
+    out = []
+    for index, (prog, target) in enumerate(manifest.targets()):
+        path = manifest_path.parent / target.object
+        what = f"target object of programs ({prog})"
+        data = read_regular(path, MAX_ARTIFACT_BYTES, what)
+        problem = elf_problem(data)
+        if problem:
+            raise ConfigError(f"{manifest_path}: programs: target {index} ({path}): {problem}")
+        out.append(data)
+    return tuple(out)
 
 
 def escaping_symlink(path: Path, root: Path) -> str | None:
@@ -125,7 +228,9 @@ def discover_artifacts(inputs: list[Path], manifest: Path | None = None) -> list
     paths: dict[Path, str | None] = {}
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.rglob(f"*{ARTIFACT_SUFFIX}") if p.is_file())
+            # Everything named like an object is a cell: a FIFO or a directory named x.bpf.o
+            # becomes an invalid artifact with its reason, not a silent gap in the matrix.
+            found = sorted(p for p in item.rglob(f"*{ARTIFACT_SUFFIX}") if not p.is_dir())
             if not found:
                 raise ArtifactError(f"{item}: directory holds no *{ARTIFACT_SUFFIX} files")
             for p in found:
@@ -136,8 +241,15 @@ def discover_artifacts(inputs: list[Path], manifest: Path | None = None) -> list
             raise ArtifactError(f"{item}: no such file or directory")
     artifacts: list[Artifact] = []
     seen: dict[str, Path] = {}
+    total = 0
     for path, refused in paths.items():
         artifact = load_artifact(path, manifest, refused)
+        total += len(artifact.data)
+        if total > MAX_TOTAL_ARTIFACT_BYTES:
+            raise ArtifactError(
+                f"{path}: the artifacts of this run total over {MAX_TOTAL_ARTIFACT_BYTES} bytes "
+                "(the limit for one run): validate them in smaller runs"
+            )
         if artifact.name in seen:
             raise ConfigError(
                 f"{path}: artifact name {artifact.name!r} is also used by {seen[artifact.name]}"
@@ -157,6 +269,8 @@ def cache_key(
     package_version: str,
     validator_version: str,
     image_digest: str,
+    attach_mode: str = "best-effort",
+    auto_fixups: bool = True,
     *,
     btf_sha256: str | None = None,
 ) -> str:
@@ -167,6 +281,10 @@ def cache_key(
         validator_version,
         image_digest,
     ]
+    if attach_mode != "best-effort":  # keeps the keys of earlier best-effort runs
+        parts.append(f"attach={attach_mode}")
+    if not auto_fixups:
+        parts.append("no-auto-fixups")
     if btf_sha256 is not None:  # an external BTF file changes what libbpf relocates against
         parts.append(f"btf={btf_sha256}")
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()

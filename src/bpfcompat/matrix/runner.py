@@ -1,32 +1,50 @@
 """Run a plan: each kernel booted once (in parallel up to a limit), every artifact
 validated in that boot, every cell stored as soon as it is known.
 
-Cells already in the store under the same cache key are reused and cost no boot.
-Ctrl-C / SIGTERM set a stop flag and kill every live VM; finished cells stay stored.
+Cells already in the store under the same cache key are reused and cost no boot; only
+final verdicts are reused (a pass, or a kernel's deterministic answer), never an
+infrastructure error, a crash, a functional test that failed or passed only on a retry.
+Ctrl-C / SIGTERM set a stop flag and kill every live VM; finished cells stay stored; any
+other exception marks the run failed with its error before it propagates.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError
-from bpfcompat.matrix.classify import CLASSIFIER_VERSION, Verdict, cell_fields, classify
-from bpfcompat.matrix.guest import GuestSession, RawOutcome, describe_error
+from bpfcompat.matrix.classify import CLASSIFIER_VERSION, cell_fields, classify, kernel_failed
+from bpfcompat.matrix.expect import kernel_chain, matches
+from bpfcompat.matrix.guest import Connector, GuestSession, RawOutcome, VMFactory, describe_error
 from bpfcompat.matrix.plan import Artifact, Plan, cache_key
 from bpfcompat.matrix.policy import EXIT_INTERRUPTED, CellOutcome, run_exit_code
-from bpfcompat.matrix.store import Cell, Run, RunKernel, Store, ValidatorResult, utcnow
+from bpfcompat.matrix.result import ResultModel, ResultProblem
+from bpfcompat.matrix.statics import RunAnalysis
+from bpfcompat.matrix.store import (
+    Cell,
+    Run,
+    RunKernel,
+    Store,
+    ValidatorResult,
+    process_identity,
+    utcnow,
+)
+from bpfcompat.matrix.verdict import Verdict
 from bpfcompat.validator import VALIDATOR_VERSION
 from bpfcompat.vm.image import GuestImage, build_image
 from bpfcompat.vm.kernels import KernelBuild, btf_digest, btf_file_for, fetch_kernel
-from bpfcompat.vm.qemu import QemuVM, detect_accel
+from bpfcompat.vm.qemu import GuestVM, QemuVM, detect_accel
 from bpfcompat.vm.spec import KernelSpec
+from bpfcompat.vm.ssh import ssh_connect
 
 
 class Progress(Protocol):
@@ -38,12 +56,27 @@ def _quiet(kernel: str, stage: str, detail: str = "") -> None:
 
 
 @dataclass
+class Backend:
+    """Where kernels, the guest image and guests come from: the real ones by default,
+    fakes when the orchestration is tested without booting anything."""
+
+    # fetch_kernel(spec, stop=Event, progress=fn(step)); build_image(suite, arch=...)
+    fetch_kernel: Callable[..., KernelBuild] = fetch_kernel
+    build_image: Callable[..., GuestImage] = build_image
+    vm_factory: VMFactory = QemuVM
+    connect: Connector = ssh_connect
+    accel: Callable[[], str] = detect_accel
+
+
+@dataclass
 class RunOptions:
     concurrency: int = 0  # 0: decide from CPUs and memory
     use_cache: bool = True
     workdir: Path = Path(".bpfcompat/work")
-    boot_per_artifact: bool = False  # the reference tool's approach, for benchmarks
+    boot_per_artifact: bool = False  # one cold boot per cell, for benchmarks
     progress: Progress = _quiet
+    backend: Backend = field(default_factory=Backend)
+    labels: dict[str, str] = field(default_factory=dict)  # e.g. git sha, branch: shown everywhere
 
 
 @dataclass
@@ -75,15 +108,25 @@ class MatrixRunner:
         self.store = store
         self.options = options
         self.stop = threading.Event()
-        self.live_vms: set[QemuVM] = set()
-        self.accel = detect_accel()
+        self.live_vms: set[GuestVM] = set()
+        self.backend = options.backend
+        self.accel = self.backend.accel()
+        self.analysis = RunAnalysis([k.id for k in plan.kernels], self.stop)
         self.messages: list[str] = []
         self._lock = threading.Lock()
 
     # --- public ----------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
-        run = self.store.add(Run(accel=self.accel, tool_version=__version__))
+        run = self.store.add(
+            Run(
+                accel=self.accel,
+                tool_version=__version__,
+                labels_json=json.dumps(self.options.labels),
+                attach_mode=self.plan.attach_mode,
+                **process_identity(),
+            )
+        )
         assert run.id is not None
         self.run_id = run.id
         for artifact in self.plan.artifacts:
@@ -95,6 +138,13 @@ class MatrixRunner:
         except KeyboardInterrupt:
             status = "interrupted"
             self.interrupt()
+        except BaseException as exc:
+            # Not ours to swallow, but the run must not stay `running` forever.
+            self.interrupt()
+            self.store.update_run(
+                self.run_id, status="failed", error=describe_error(exc)[:1000], finished_at=utcnow()
+            )
+            raise
         finally:
             if self.stop.is_set() and status == "completed":
                 status = "interrupted"
@@ -111,11 +161,16 @@ class MatrixRunner:
             vm.stop()
 
     def exit_code(self, kernels: list[RunKernel], cells: list[Cell]) -> int:
+        # An unusable input fails the run unless the project expects exactly what it got.
+        unexpected = {c.artifact for c in cells if c.expected is not True}
         return run_exit_code(
             {k.kernel_id for k in kernels if k.required},
             {k.kernel_id for k in kernels if k.status == "error"},
-            [CellOutcome(c.kernel_id, c.status) for c in cells],
-            invalid_inputs=any(a.invalid_reason for a in self.plan.artifacts),
+            [CellOutcome(c.kernel_id, c.status, c.expected) for c in cells],
+            invalid_inputs=any(
+                a.invalid_reason and (a.expect is None or a.name in unexpected)
+                for a in self.plan.artifacts
+            ),
         )
 
     # --- scheduling ------------------------------------------------------------------------
@@ -152,7 +207,7 @@ class MatrixRunner:
 
     def _build_image(self, arch: str) -> GuestImage:
         self.options.progress("*", "building", f"guest image ({self.plan.guest_suite}, {arch})")
-        return build_image(self.plan.guest_suite, arch=arch)
+        return self.backend.build_image(self.plan.guest_suite, arch=arch)
 
     def _kernel_row(self, spec: KernelSpec) -> RunKernel:
         return self.store.add(
@@ -192,9 +247,13 @@ class MatrixRunner:
         progress = self.options.progress
         try:
             progress(spec.id, "fetching")
-            kernel = fetch_kernel(
-                spec, stop=self.stop, progress=lambda step: progress(spec.id, "fetching", step)
-            )
+            fetched: KernelBuild | None = None
+            try:
+                fetched = kernel = self.backend.fetch_kernel(
+                    spec, stop=self.stop, progress=lambda step: progress(spec.id, "fetching", step)
+                )
+            finally:
+                self.analysis.kernel_fetched(spec.id, fetched)
             self._update_kernel(
                 row, release=kernel.release, package_version=kernel.version, btf=kernel.has_btf
             )
@@ -211,6 +270,8 @@ class MatrixRunner:
                 kernel.version,
                 VALIDATOR_VERSION,
                 image.digest,
+                self.plan.attach_mode,
+                self.plan.auto_fixups,
                 btf_sha256=btf_digest(btf_file),
             )
             hit = self.store.cached_result(key) if self.options.use_cache else None
@@ -238,7 +299,17 @@ class MatrixRunner:
         workdir = self.options.workdir / f"run-{self.run_id}"
         workdir.mkdir(parents=True, exist_ok=True)
         session = GuestSession(
-            spec, kernel, image, workdir, self.stop, self.live_vms, btf_file=btf_file
+            spec,
+            kernel,
+            image,
+            workdir,
+            self.stop,
+            self.live_vms,
+            vm_factory=self.backend.vm_factory,
+            connect=self.backend.connect,
+            attach_mode=self.plan.attach_mode,
+            auto_fixups=self.plan.auto_fixups,
+            btf_file=btf_file,
         )
         try:
             progress(spec.id, "booting")
@@ -281,7 +352,9 @@ class MatrixRunner:
                         return  # killed by our own interrupt: not a verdict
                     artifact, key = by_index[index]
                     stored = self._store_result(key, artifact, spec, image, outcome)
-                    self._record_cell(spec, artifact, stored, kernel, cached=False)
+                    self._record_cell(
+                        spec, artifact, stored, kernel, cached=False, unstable=outcome.unstable
+                    )
                     finished.add(index)
             except BpfcompatError as exc:
                 if self.stop.is_set():
@@ -303,6 +376,15 @@ class MatrixRunner:
             session.shutdown()
             if session.peak_rss_kb:
                 self._update_kernel(row, peak_rss_mb=round(session.peak_rss_kb / 1024, 1))
+            notes = list(session.notes)
+            if session.ignored_lines:
+                shown = "; ".join(repr(line) for line in session.ignored_lines[:3])
+                notes.append(
+                    f"ignored {len(session.ignored_lines)} guest protocol line(s) that named no "
+                    f"running job: {shown}"
+                )
+            if notes:
+                self._update_kernel(row, notes_json=json.dumps(notes))
 
     # --- recording -------------------------------------------------------------------------
 
@@ -327,16 +409,8 @@ class MatrixRunner:
         with self._lock:
             self.messages.append(f"kernel {spec.id}: {message}")
         self._update_kernel(row, status="error", error=message, boots=boots)
+        verdict = kernel_failed(message)
         for artifact in artifacts:
-            verdict = Verdict(
-                "error",
-                "INFRA_ERROR",
-                "high",
-                "boot",
-                None,
-                message[:500],
-                "Check the console log and the kernel entry; rerun.",
-            )
             self._add_cell(spec, artifact, verdict, None, 0.0, cached=False)
 
     def _store_result(
@@ -372,6 +446,7 @@ class MatrixRunner:
         kernel: KernelBuild,
         *,
         cached: bool,
+        unstable: str | None = None,
     ) -> None:
         if cached:
             # The same evidence judged by the same classifier: reuse that verdict rather
@@ -381,6 +456,8 @@ class MatrixRunner:
                 fields = prior.model_dump(
                     exclude={"id", "run_id", "artifact", "artifact_path", "manifest_path", "cached"}
                 )
+                # Expectations are this run's to judge: they may have changed since.
+                fields.update(self._judged(artifact, spec, prior.status, prior.code))
                 manifest = str(artifact.manifest_path) if artifact.manifest_path else None
                 self.store.add(
                     Cell(
@@ -393,10 +470,32 @@ class MatrixRunner:
                     )
                 )
                 return
-        verdict = classify(stored, artifact_problem=artifact.invalid_reason, release=kernel.release)
-        self._add_cell(
-            spec, artifact, verdict, stored, stored.seconds, cached=cached, result=stored.result()
+        statics = self.analysis.of(artifact) if artifact.invalid_reason is None else {}
+        verdict = classify(
+            stored,
+            artifact_problem=artifact.invalid_reason,
+            release=kernel.release,
+            setup=statics.get("loader_setup") or (),
         )
+        result = stored.result()
+        flaky = is_flaky(result)
+        cell = self._add_cell(
+            spec,
+            artifact,
+            verdict,
+            stored,
+            stored.seconds,
+            cached=cached,
+            result=result,
+            analysis=statics,
+        )
+        extra = [unstable] if unstable else []
+        if flaky:
+            extra.append("flaky: a functional test passed only on a retry")
+        if extra or flaky:
+            self.store.update_cell(cell.id, flaky=flaky, notes=[*cell.notes, *extra])
+        if not cached and is_final(verdict.status, verdict.code, flaky):
+            self.store.mark_final(stored.id)
 
     def _add_cell(
         self,
@@ -407,9 +506,10 @@ class MatrixRunner:
         seconds: float,
         *,
         cached: bool,
-        result: dict | None = None,
-    ) -> None:
-        self.store.add(
+        result: ResultModel | ResultProblem | None = None,
+        analysis: dict[str, Any] | None = None,
+    ) -> Cell:
+        return self.store.add(
             Cell(
                 run_id=self.run_id,
                 artifact=artifact.name,
@@ -421,9 +521,37 @@ class MatrixRunner:
                 seconds=round(seconds, 3),
                 cached=cached,
                 result_id=stored.id if stored else None,
+                artifact_problem=artifact.invalid_reason,
+                analysis_json=json.dumps(analysis) if analysis else None,
                 **cell_fields(verdict, result),
+                **self._judged(artifact, spec, verdict.status, verdict.code),
             )
         )
+
+    def _judged(
+        self, artifact: Artifact, spec: KernelSpec, status: str, code: str | None
+    ) -> dict[str, Any]:
+        """Whether the cell is what the project expects (None: it states no expectation)."""
+        if artifact.expect is None:
+            return {"expected": None, "expectation": None}
+        want = artifact.expect.verdict(kernel_chain(self.plan.kernels, spec.id))
+        return {"expected": matches(want, status, code), "expectation": want.label}
+
+
+# Verdicts that say something about the kernel and the object every time; everything else
+# (errors, crashes, functional tests that failed or only passed on a retry) is re-run.
+_NOT_FINAL_CODES = frozenset({"FUNCTIONAL_TEST_FAILURE", "KERNEL_CRASH"})
+
+
+def is_final(status: str, code: str | None, flaky: bool) -> bool:
+    """Whether a verdict may be reused from the cache by a later run."""
+    if flaky:
+        return False
+    return status == "pass" or (status == "fail" and code not in _NOT_FINAL_CODES)
+
+
+def is_flaky(result: ResultModel | ResultProblem | None) -> bool:
+    return isinstance(result, ResultModel) and result.functional.flaky
 
 
 def run_plan(plan: Plan, store: Store, options: RunOptions) -> tuple[MatrixRunner, RunSummary]:

@@ -3,15 +3,22 @@
 Raw evidence (validator JSON, console tails) lives in `ValidatorResult`, apart from the
 verdict in `Cell`, so a newer classifier can reclassify stored runs without booting.
 WAL mode, short transactions and a busy timeout let two runs share one file.
+
+The schema is versioned (SQLite's user_version): older stores are migrated on open, newer
+ones refused; a store that fails SQLite's own check is refused with one line naming it;
+every database error is translated here, once, into StoreError. A run records the
+process that owns it, so a run whose process died is marked interrupted at the next open.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,9 +30,27 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from bpfcompat.errors import StoreError
+from bpfcompat.matrix.result import ResultModel, ResultProblem, parse_result
 
 DEFAULT_DB = Path(".bpfcompat/bpfcompat.db")
+# Bump when a change is not just added tables or columns (those migrate themselves).
+SCHEMA_VERSION = 2
 T = TypeVar("T")
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot): with the pid, it names
+    one process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def process_identity() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"pid": pid, "proc_start": process_start(pid), "hostname": socket.gethostname()}
 
 
 def utcnow() -> str:
@@ -42,6 +67,19 @@ class Run(SQLModel, table=True):
     kernels_file: str = ""
     tool_version: str = ""
     error: str | None = None
+    pid: int | None = None
+    proc_start: str | None = None
+    hostname: str | None = None
+    labels_json: str | None = None  # {"key": "value"} given with --label
+    attach_mode: str | None = None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.labels_json or "{}")
+        except ValueError:
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 class RunKernel(SQLModel, table=True):
@@ -60,6 +98,11 @@ class RunKernel(SQLModel, table=True):
     peak_rss_mb: float | None = None
     status: str = "pending"  # pending | ok | cached | error
     error: str | None = None
+    notes_json: str | None = None  # what the kernel did that no artifact is blamed for
+
+    @property
+    def notes(self) -> list[str]:
+        return _json_list(self.notes_json)
 
 
 class ValidatorResult(SQLModel, table=True):
@@ -79,15 +122,12 @@ class ValidatorResult(SQLModel, table=True):
     console_tail: str | None = None
     seconds: float = 0.0
     created_at: str = Field(default_factory=utcnow)
+    final: bool | None = None  # may be reused by a later run (see runner.is_final)
 
-    def result(self) -> dict[str, Any] | None:
-        if not self.raw_json:
-            return None
-        try:
-            data = json.loads(self.raw_json)
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
+    def result(self) -> ResultModel | ResultProblem | None:
+        """The typed result, or why the stored JSON is unusable; None when the guest
+        wrote none."""
+        return parse_result(self.raw_json) if self.raw_json else None
 
 
 class Cell(SQLModel, table=True):
@@ -109,19 +149,44 @@ class Cell(SQLModel, table=True):
     rule: str | None = None
     detail: str | None = None
     classifier_version: str = ""
+    # The host's ELF pre-check of the artifact as this cell's run read it (None: it passed,
+    # or a store from before this column), so reclassify never reads artifact files.
+    artifact_problem: str | None = None
     notes_json: str = "[]"
     details_json: str = "{}"
     seconds: float = 0.0
     cached: bool = False
+    flaky: bool | None = None  # a functional test passed only on a retry
+    attached: str | None = None  # for a pass: all | some | none | off (Verdict.attached)
+    # The host's static reading of the artifact (matrix/statics.summary): its upstream floor
+    # and the loader-setup findings the verdict was judged with.
+    analysis_json: str | None = None
+    # The project's expectation for this cell (`fail CODE`, `pass`) and whether it held;
+    # None: no expectation stated.
+    expectation: str | None = None
+    expected: bool | None = None
     result_id: int | None = Field(default=None, foreign_key="validatorresult.id")
 
     @property
     def notes(self) -> list[str]:
-        return json.loads(self.notes_json)
+        return _json_list(self.notes_json)
 
     @property
     def details(self) -> dict[str, Any]:
-        return json.loads(self.details_json)
+        try:
+            data = json.loads(self.details_json or "{}")
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+def _json_list(text: str | None) -> list[str]:
+    """A stored JSON list of strings; a damaged column reads as empty, not as a crash."""
+    try:
+        data = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [str(item) for item in data] if isinstance(data, list) else []
 
 
 class Store:
@@ -136,12 +201,14 @@ class Store:
         )
         event.listen(self.engine, "connect", _pragmas)
         deadline = time.monotonic() + 60
+        if path.exists() and not path.is_file():
+            raise StoreError(f"{path}: not a usable bpfcompat store: not a regular file")
         while True:
             try:
                 self._create_schema()
                 with self.engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA quick_check").fetchall()
-                return
+                    answer = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check")]
+                break
             except (DatabaseError, OperationalError, sqlite3.DatabaseError) as exc:
                 # SQLite answers "locked" without waiting when waiting could deadlock
                 # (e.g. a journal-mode switch racing a first write): back off and retry.
@@ -149,6 +216,13 @@ class Store:
                     time.sleep(random.uniform(0.02, 0.2))
                     continue
                 raise StoreError(f"{path}: not a usable bpfcompat store: {_reason(exc)}") from None
+        if answer != ["ok"]:
+            first = " ".join(str(answer[0] if answer else "no answer").split())[:200]
+            raise StoreError(
+                f"{path}: the store is corrupt (SQLite integrity check: {first}); "
+                "move it aside and run again"
+            )
+        self._close_abandoned_runs()
 
     def _create_schema(self) -> None:
         """Create tables, indexes and later-added columns in one IMMEDIATE transaction:
@@ -159,6 +233,13 @@ class Store:
         try:
             _pragmas(raw, None)
             raw.execute("BEGIN IMMEDIATE")
+            (version,) = raw.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raw.execute("ROLLBACK")
+                raise StoreError(
+                    f"{self.path}: written by a newer bpfcompat (store schema {version}; this "
+                    f"version reads up to {SCHEMA_VERSION}): upgrade bpfcompat or use another --db"
+                )
             for table in SQLModel.metadata.sorted_tables:
                 raw.execute(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
                 for index in table.indexes:
@@ -171,14 +252,37 @@ class Store:
                     if column.name not in have:
                         kind = column.type.compile(dialect)
                         raw.execute(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+            raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             raw.execute("COMMIT")
         finally:
             raw.close()
 
+    def _close_abandoned_runs(self) -> None:
+        """Mark `running` runs of this host whose process is gone as interrupted."""
+        host = socket.gethostname()
+
+        def _apply(session: Session) -> None:
+            stmt = select(Run).where(Run.status == "running").where(Run.hostname == host)
+            for run in session.exec(stmt):
+                if run.pid is None or process_start(run.pid) == run.proc_start:
+                    continue  # still running (or a pre-versioned run we cannot judge)
+                run.status = "interrupted"
+                run.error = f"the process that ran it (pid {run.pid}) ended without finishing it"
+                run.finished_at = run.finished_at or utcnow()
+                session.add(run)
+
+        self.write(_apply)
+
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session:
-            yield session
+        """A session whose database errors surface as one StoreError naming the store."""
+        try:
+            with Session(self.engine, expire_on_commit=False) as session:
+                yield session
+        except (DatabaseError, sqlite3.DatabaseError) as exc:
+            if isinstance(exc, OperationalError) and _is_busy(exc):
+                raise  # write() waits and retries these
+            raise StoreError(f"{self.path}: {_reason(exc)}") from None
 
     def write(self, fn: Callable[[Session], T]) -> T:
         """Run `fn` in one short transaction, retrying while another writer holds the lock
@@ -219,16 +323,39 @@ class Store:
         self.write(_update)
 
     def cached_result(self, cache_key: str) -> ValidatorResult | None:
-        """The newest conclusive result for this key (infra errors are never reused)."""
+        """The newest final result for this key: errors, crashes and functional-test
+        failures are never reused (see runner.is_final)."""
         with self.session() as session:
             stmt = (
                 select(ValidatorResult)
                 .where(ValidatorResult.cache_key == cache_key)
+                .where(ValidatorResult.final.is_(True))  # type: ignore[union-attr]
                 .where(ValidatorResult.infra_error.is_(None))  # type: ignore[union-attr]
                 .where(ValidatorResult.crash.is_(False))  # type: ignore[attr-defined]
                 .order_by(ValidatorResult.id.desc())  # type: ignore[union-attr]
             )
             return session.exec(stmt).first()
+
+    def mark_final(self, result_id: int | None) -> None:
+        def _apply(session: Session) -> None:
+            stored = session.get(ValidatorResult, result_id)
+            if stored is not None:
+                stored.final = True
+                session.add(stored)
+
+        self.write(_apply)
+
+    def update_cell(self, cell_id: int | None, *, notes: list[str], **fields: Any) -> None:
+        def _apply(session: Session) -> None:
+            cell = session.get(Cell, cell_id)
+            if cell is None:
+                raise StoreError(f"{self.path}: cell {cell_id} vanished")
+            for key, value in fields.items():
+                setattr(cell, key, value)
+            cell.notes_json = json.dumps(notes)
+            session.add(cell)
+
+        self.write(_apply)
 
     def prior_cell(self, result_id: int | None, classifier_version: str) -> Cell | None:
         """The newest cell judged from this result by this classifier version."""
@@ -274,6 +401,17 @@ class Store:
             return None
         with self.session() as session:
             return session.get(ValidatorResult, result_id)
+
+    def results(self, result_ids: Iterable[int]) -> dict[int, ValidatorResult]:
+        """Many results by id in a few queries (a report reads every cell's result)."""
+        wanted = sorted(set(result_ids))
+        found: dict[int, ValidatorResult] = {}
+        with self.session() as session:
+            for start in range(0, len(wanted), 500):  # under SQLite's bound-variable limit
+                chunk = wanted[start : start + 500]
+                stmt = select(ValidatorResult).where(ValidatorResult.id.in_(chunk))  # type: ignore[union-attr]
+                found.update((row.id, row) for row in session.exec(stmt) if row.id is not None)
+        return found
 
     def integrity_ok(self) -> bool:
         with self.engine.connect() as conn:

@@ -1,4 +1,4 @@
-"""Compare two stored runs cell by cell: what newly fails, what was fixed, what changed.
+"""Compare two runs cell by cell: what newly fails, what was fixed, what changed.
 
 Gating policy (used by `bpfcompat compare`, exit 2): a *regression* is a cell on a kernel
 that is required in the head run which passed in the base run and is `fail` or `error` in
@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bpfcompat.matrix.policy import EXIT_FAIL, EXIT_PASS
-from bpfcompat.matrix.store import Cell, Store
+from bpfcompat.matrix.store import Store
+from bpfcompat.report.view import CellInfo, RunView
 
 # Change kinds, in the order reports list them.
 NEW_FAILURE = "new_failure"
@@ -120,29 +121,27 @@ def _one_line(text: str, limit: int = 240) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def _kind(base: Cell | None, head: Cell | None) -> str | None:
+def _kind(base: CellInfo | None, head: CellInfo | None) -> str | None:
     if base is None:
         return ONLY_HEAD
     if head is None:
         return ONLY_BASE
-    if base.status == "pass" and head.status != "pass":
+    b, h = base.verdict, head.verdict
+    if b.status == "pass" and h.status != "pass":
         return NEW_FAILURE
-    if base.status != "pass" and head.status == "pass":
+    if b.status != "pass" and h.status == "pass":
         return FIXED
-    if (base.status, base.code) != (head.status, head.code):
+    if (b.status, b.code) != (h.status, h.code):
         return CHANGED
     return None
 
 
-def compare_runs(store: Store, base_id: int, head_id: int) -> Comparison:
-    """Cell-by-cell differences from `base_id` to `head_id` (both must exist)."""
-    base_run, head_run = store.run(base_id), store.run(head_id)
-    assert base_run.id is not None and head_run.id is not None
-    required = {k.kernel_id: k.required for k in store.kernels(base_run.id)}
-    required.update({k.kernel_id: k.required for k in store.kernels(head_run.id)})
-    base = {(c.artifact, c.kernel_id): c for c in store.cells(base_run.id)}
-    head = {(c.artifact, c.kernel_id): c for c in store.cells(head_run.id)}
-    comparison = Comparison(base_run.id, head_run.id)
+def compare_views(base_run: RunView, head_run: RunView) -> Comparison:
+    """Cell-by-cell differences from `base_run` to `head_run` (from a store or an export)."""
+    required = {k.id: k.required for k in base_run.kernels}
+    required.update({k.id: k.required for k in head_run.kernels})
+    base, head = base_run.cell_map(), head_run.cell_map()
+    comparison = Comparison(base_run.run.id, head_run.run.id)
     for key in [*head, *(k for k in base if k not in head)]:
         b, h = base.get(key), head.get(key)
         kind = _kind(b, h)
@@ -156,13 +155,21 @@ def compare_runs(store: Store, base_id: int, head_id: int) -> Comparison:
                 artifact=key[0],
                 kernel=key[1],
                 required=required.get(key[1], True),
-                base_status=b.status if b else None,
-                base_code=b.code if b else None,
-                head_status=h.status if h else None,
-                head_code=h.code if h else None,
-                evidence=evidence_from.evidence if evidence_from else None,
+                base_status=b.verdict.status if b else None,
+                base_code=b.verdict.code if b else None,
+                head_status=h.verdict.status if h else None,
+                head_code=h.verdict.code if h else None,
+                evidence=evidence_from.verdict.evidence if evidence_from else None,
             )
         )
     order = {k: i for i, k in enumerate(KIND_ORDER)}
     comparison.changes.sort(key=lambda c: (order[c.kind], not c.required, c.artifact, c.kernel))
     return comparison
+
+
+def compare_runs(store: Store, base_id: int, head_id: int) -> Comparison:
+    """Cell-by-cell differences between two stored runs (both must exist)."""
+    return compare_views(
+        RunView.from_store(store, base_id, with_results=False),
+        RunView.from_store(store, head_id, with_results=False),
+    )

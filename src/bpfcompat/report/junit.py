@@ -21,6 +21,9 @@ import re
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from bpfcompat.matrix.verdict import Verdict
+from bpfcompat.report.view import CellInfo, KernelInfo, RunView
+
 MESSAGE_CHARS = 500
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -29,62 +32,60 @@ def _clean(value: Any) -> str:
     return _XML_INVALID.sub("\ufffd", str("" if value is None else value))
 
 
-def _message(cell: dict[str, Any]) -> str:
-    code = cell.get("code") or cell["status"]
-    evidence = " ".join(str(cell.get("evidence") or "").split())
-    text = f"{code}: {evidence}" if evidence else str(code)
+def _message(verdict: Verdict) -> str:
+    code = verdict.code or verdict.status
+    evidence = " ".join((verdict.evidence or "").split())
+    text = f"{code}: {evidence}" if evidence else code
     return _clean(text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…")
 
 
-def _body(cell: dict[str, Any], kernel: dict[str, Any]) -> str:
+def _body(cell: CellInfo, kernel: KernelInfo) -> str:
+    v = cell.verdict
     lines = [
-        f"status: {cell['status']}",
-        f"code: {cell.get('code') or '-'}",
-        f"confidence: {cell.get('confidence') or '-'}",
-        f"stage: {cell.get('stage') or '-'}",
-        f"program: {cell.get('program') or '-'}",
-        f"kernel: {kernel['id']} {kernel.get('release') or ''}".rstrip(),
-        f"evidence: {cell.get('evidence') or '-'}",
-        f"remediation: {cell.get('remediation') or '-'}",
+        f"status: {v.status}",
+        f"code: {v.code or '-'}",
+        f"confidence: {v.confidence or '-'}",
+        f"stage: {v.stage or '-'}",
+        f"program: {v.program or '-'}",
+        f"kernel: {kernel.id} {kernel.release}".rstrip(),
+        f"evidence: {v.evidence or '-'}",
+        f"remediation: {v.remediation or '-'}",
     ]
-    lines += [f"note: {n}" for n in cell.get("notes") or []]
+    lines += [f"note: {n}" for n in cell.notes]
     return _clean("\n".join(lines))
 
 
-def render_junit(export: dict[str, Any]) -> str:
+def _property(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return _clean("" if value is None else value)
+
+
+def render_junit(view: RunView) -> str:
     """The run as JUnit XML (see the module docstring for the optional-kernel policy)."""
-    run = export["run"]
-    cells = {(c["artifact"], c["kernel"]): c for c in export["cells"]}
-    names = list(
-        dict.fromkeys(
-            [a["name"] for a in export["artifacts"]] + [c["artifact"] for c in export["cells"]]
-        )
-    )
-    root = ET.Element("testsuites", name=_clean(f"bpfcompat run {run['id']}"))
+    run = view.run
+    cells = view.cell_map()
+    names = view.artifact_names()
+    root = ET.Element("testsuites", name=_clean(f"bpfcompat run {run.id}"))
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     total_time = 0.0
-    for kernel in export["kernels"]:
+    for kernel in view.kernels:
         suite = ET.SubElement(
-            root,
-            "testsuite",
-            name=_clean(kernel["id"]),
-            timestamp=_clean(run.get("started_at") or ""),
+            root, "testsuite", name=_clean(kernel.id), timestamp=_clean(run.started_at)
         )
         props = ET.SubElement(suite, "properties")
         for key in ("release", "required", "btf", "boot_seconds", "status"):
-            value = kernel.get(key)
-            value = str(value).lower() if isinstance(value, bool) else value
-            ET.SubElement(props, "property", name=key, value=_clean("" if value is None else value))
+            ET.SubElement(props, "property", name=key, value=_property(getattr(kernel, key)))
         counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         suite_time = 0.0
         for name in names:
-            cell = cells.get((name, kernel["id"]))
-            seconds = float(cell.get("seconds") or 0.0) if cell else 0.0
+            cell = cells.get((name, kernel.id))
+            seconds = cell.seconds if cell else 0.0
             case = ET.SubElement(
                 suite,
                 "testcase",
                 classname=_clean(name),
-                name=_clean(kernel["id"]),
+                name=_clean(kernel.id),
                 time=f"{seconds:.3f}",
             )
             counts["tests"] += 1
@@ -92,26 +93,41 @@ def render_junit(export: dict[str, Any]) -> str:
             if cell is None:
                 ET.SubElement(case, "skipped", message="not run (the run did not reach this cell)")
                 counts["skipped"] += 1
-            elif cell["status"] in ("fail", "error") and not kernel["required"]:
-                verdict = f"{cell['status']} {_message(cell)}"
+                continue
+            v = cell.verdict
+            if cell.expected is not None:
+                ET.SubElement(ET.SubElement(case, "properties"), "property",
+                              name="expected", value=_clean(str(cell.expectation)))  # fmt: skip
+            if cell.unexpected and not cell.failing and kernel.required:
+                element = ET.SubElement(
+                    case, "failure", message=_clean(f"expected {cell.expectation}, got pass"),
+                    type="UNEXPECTED_PASS",
+                )  # fmt: skip
+                element.text = _body(cell, kernel)
+                counts["failures"] += 1
+            elif cell.failing and cell.expected and kernel.required:
+                skipped = ET.SubElement(
+                    case, "skipped", message=_clean(f"expected: {v.status} {_message(v)}")
+                )
+                skipped.text = _body(cell, kernel)
+                counts["skipped"] += 1
+            elif cell.failing and not kernel.required:
+                verdict = f"{v.status} {_message(v)}"
                 skipped = ET.SubElement(
                     case, "skipped", message=_clean(f"optional kernel: {verdict}")
                 )
                 skipped.text = _body(cell, kernel)
                 counts["skipped"] += 1
-            elif cell["status"] in ("fail", "error"):
-                tag = "failure" if cell["status"] == "fail" else "error"
+            elif cell.failing:
+                tag = "failure" if v.status == "fail" else "error"
                 element = ET.SubElement(
-                    case,
-                    tag,
-                    message=_message(cell),
-                    type=_clean(cell.get("code") or cell["status"]),
+                    case, tag, message=_message(v), type=_clean(v.code or v.status)
                 )
                 element.text = _body(cell, kernel)
                 counts["failures" if tag == "failure" else "errors"] += 1
-            elif cell.get("notes"):
+            elif cell.notes:
                 out = ET.SubElement(case, "system-out")
-                out.text = _clean("\n".join(str(n) for n in cell["notes"]))
+                out.text = _clean("\n".join(cell.notes))
         for key, value in counts.items():
             suite.set(key, str(value))
             totals[key] += value

@@ -13,7 +13,9 @@ import html
 import re
 from typing import Any
 
+from bpfcompat.matrix.policy import EXIT_MEANINGS
 from bpfcompat.report.compare import Comparison
+from bpfcompat.report.view import CellInfo, RunView
 
 EVIDENCE_CHARS = 300
 MAX_FAILURE_ROWS = 200  # keep a large matrix under CI summary size limits
@@ -31,49 +33,51 @@ def md_cell(value: Any, limit: int | None = None) -> str:
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 
-def _label(cell: dict[str, Any] | None) -> str:
+def _label(cell: CellInfo | None) -> str:
     if cell is None:
         return "—"
-    icon = {"pass": "✅", "fail": "❌", "error": "⚠️"}.get(cell["status"], "")
-    code = f" {md_cell(cell['code'])}" if cell.get("code") else ""
-    return f"{icon} {md_cell(cell['status'])}{code}".strip()
+    v = cell.verdict
+    icon = {"pass": "✅", "fail": "❌", "error": "⚠️"}[v.status]
+    code = f" {md_cell(v.code)}" if v.code else ""
+    return f"{icon} {md_cell(v.status)}{code}"
 
 
-def render_markdown(export: dict[str, Any], comparison: Comparison | None = None) -> str:
+def _kernel(view: RunView, kernel_id: str) -> str:
+    return md_cell(kernel_id) + ("" if view.required(kernel_id) else " (optional)")
+
+
+def _expected(cell: CellInfo) -> str:
+    if cell.expected is None:
+        return ""
+    return "yes" if cell.expected else f"**no** (expected {md_cell(cell.expectation)})"
+
+
+def render_markdown(view: RunView, comparison: Comparison | None = None) -> str:
     """The run as a CI summary; `comparison` adds the changes against a base run."""
-    run = export["run"]
-    kernels = export["kernels"]
-    cells = {(c["artifact"], c["kernel"]): c for c in export["cells"]}
-    names = list(
-        dict.fromkeys(
-            [a["name"] for a in export["artifacts"]] + [c["artifact"] for c in export["cells"]]
-        )
-    )
-    counts = {
-        s: sum(1 for c in export["cells"] if c["status"] == s) for s in ("pass", "fail", "error")
-    }
-    exit_code = run.get("exit_code")
+    run = view.run
+    cells = view.cell_map()
+    names = view.artifact_names()
+    counts = view.counts()
+    exit_code = "–" if run.exit_code is None else run.exit_code
+    meaning = EXIT_MEANINGS.get(run.exit_code, "") if run.exit_code is not None else ""
     out = [
-        f"## bpfcompat run {md_cell(run['id'])}: {md_cell(run['status'])}, "
-        f"exit code {md_cell('–' if exit_code is None else exit_code)}",
+        f"## bpfcompat run {run.id}: {md_cell(run.status)}, exit code {exit_code}"
+        + (f" ({md_cell(meaning)})" if meaning else ""),
         "",
         f"**{counts['pass']}** pass · **{counts['fail']}** fail · **{counts['error']}** error "
-        f"· {len(names)} artifacts × {len(kernels)} kernels "
-        f"· accel {md_cell(run.get('accel') or '?')}",
+        f"· {len(names)} artifacts × {len(view.kernels)} kernels "
+        f"· accel {md_cell(run.accel or '?')}",
         "",
     ]
-    if run.get("status") == "interrupted":
+    if run.status == "interrupted":
         out += ["> **Interrupted**: cells marked — were not run.", ""]
     header = ["artifact"] + [
-        md_cell(k["id"])
-        + ("" if k["required"] else " (optional)")
-        + f"<br>{md_cell(k.get('release') or '')}"
-        for k in kernels
+        _kernel(view, k.id) + f"<br>{md_cell(k.release)}" for k in view.kernels
     ]
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "---|" * len(header))
     for name in names:
-        row = [md_cell(name)] + [_label(cells.get((name, k["id"]))) for k in kernels]
+        row = [md_cell(name)] + [_label(cells.get((name, k.id))) for k in view.kernels]
         out.append("| " + " | ".join(row) + " |")
     out.append("")
     if comparison is not None:
@@ -93,26 +97,19 @@ def render_markdown(export: dict[str, Any], comparison: Comparison | None = None
         else:
             out.append(f"No cell changed ({comparison.unchanged} unchanged).")
         out.append("")
-    required = {k["id"]: bool(k["required"]) for k in kernels}
-    failing = [c for c in export["cells"] if c["status"] in ("fail", "error")]
+    failing = view.failing()
     if failing:
-        failing.sort(
-            key=lambda c: (not required.get(c["kernel"], True), c["artifact"], c["kernel"])
-        )
         out += [
             f"### Failing cells ({len(failing)})",
             "",
-            "| artifact | kernel | status | code | evidence |",
-            "|---|---|---|---|---|",
+            "| artifact | kernel | status | code | expected | evidence |",
+            "|---|---|---|---|---|---|",
         ]
         for c in failing[:MAX_FAILURE_ROWS]:
-            kernel = md_cell(c["kernel"]) + (
-                "" if required.get(c["kernel"], True) else " (optional)"
-            )
-            evidence = md_cell(c.get("evidence"), EVIDENCE_CHARS)
+            v = c.verdict
             out.append(
-                f"| {md_cell(c['artifact'])} | {kernel} | {md_cell(c['status'])} | "
-                f"{md_cell(c.get('code'))} | {evidence} |"
+                f"| {md_cell(c.artifact)} | {_kernel(view, c.kernel)} | {md_cell(v.status)} | "
+                f"{md_cell(v.code)} | {_expected(c)} | {md_cell(v.evidence, EVIDENCE_CHARS)} |"
             )
         if len(failing) > MAX_FAILURE_ROWS:
             out.append(f"\n… and {len(failing) - MAX_FAILURE_ROWS} more; see the HTML report.")

@@ -10,8 +10,23 @@ import argparse
 import json
 import os
 
+from .limits import (
+    FUNCTIONAL_TIMEOUT_DEFAULT,
+    FUNCTIONAL_TIMEOUT_MAX,
+    MAX_MAP_ENTRIES,
+    MAX_MAP_VALUE_BYTES,
+    MAX_TEST_RETRIES,
+    command_problem,
+    name_problem,
+)
 from .result import VALIDATOR_VERSION
-from .tables import helper_id_from_name, helper_name_from_id
+from .tables import (
+    ATTACH_TYPE_NAMES,
+    PROG_TYPE_NAMES,
+    helper_id_from_name,
+    helper_name_from_id,
+    type_id,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs an import under emulation; annotations are strings anyway
@@ -47,7 +62,14 @@ def _split_assignment(value: str, what: str) -> tuple[str, str]:
     name, rhs = name.strip(), rhs.strip()
     if not sep or not name or not rhs:
         raise argparse.ArgumentTypeError(f"invalid value {value!r}: expected {what}")
+    _check_name(value, name)
     return name, rhs
+
+
+def _check_name(value: str, name: str) -> None:
+    problem = name_problem(name)
+    if problem:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: name {name!r} {problem}")
 
 
 def _positive_int(text: str, limit: int) -> int | None:
@@ -62,7 +84,7 @@ def parse_map_max_entries(value: str) -> tuple[str, str]:
     name, rhs = _split_assignment(value, "<map>=<n|cpus>")
     if rhs.lower() == "cpus":
         return name, "cpus"
-    if _positive_int(rhs, 0xFFFFFFFF) is None:
+    if _positive_int(rhs, MAX_MAP_ENTRIES) is None:
         raise argparse.ArgumentTypeError(
             f"invalid value {value!r}: max entries must be 'cpus' or an integer 1..4294967295"
         )
@@ -78,6 +100,73 @@ def parse_inner_ringbuf(value: str) -> tuple[str, int]:
             f"invalid value {value!r}: bytes must be an integer 1..4294967295"
         )
     return name, size
+
+
+def parse_map_size(value: str) -> tuple[str, int]:
+    """``<map>=<bytes>`` for a map's value or key size."""
+    name, rhs = _split_assignment(value, "<map>=<bytes>")
+    size = _positive_int(rhs, MAX_MAP_VALUE_BYTES)
+    if size is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {value!r}: size must be an integer 1..{MAX_MAP_VALUE_BYTES}"
+        )
+    return name, size
+
+
+def parse_attach_target(value: str) -> tuple[str, str]:
+    """``<prog>=<function>``: the kernel function a tracing program attaches to."""
+    name, rhs = _split_assignment(value, "<prog>=<function>")
+    _check_name(value, rhs)
+    return name, rhs
+
+
+def parse_attach_program(value: str) -> tuple[str, dict[str, str]]:
+    """``<prog>=<object path>:<program>``: the loaded BPF program an extension (freplace)
+    program replaces a function of; the function is --set-prog-attach-target's."""
+    name, rhs = _split_assignment(value, "<prog>=<object path>:<program>")
+    path, sep, target = rhs.rpartition(":")
+    if not sep or not path or not target:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: expected <path>:<program>")
+    _check_name(value, target)
+    return name, {"object": path, "program": target}
+
+
+def parse_autoload(value: str) -> tuple[str, bool]:
+    name, rhs = _split_assignment(value, "<prog>=<true|false>")
+    return name, parse_bool(rhs)
+
+
+def parse_prog_type(value: str) -> tuple[str, dict[str, Any]]:
+    """``<prog>=<type>[/<expected attach type>]``: what a loader sets for a section libbpf
+    cannot type (``socket/x``, ``classifier``), by libbpf's names or the kernel's."""
+    name, rhs = _split_assignment(value, "<prog>=<type>[/<attach type>]")
+    type_name, _, attach_name = rhs.partition("/")
+    type_num = type_id(PROG_TYPE_NAMES, type_name)
+    if type_num is None:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: unknown program type")
+    attach_num = type_id(ATTACH_TYPE_NAMES, attach_name) if attach_name else None
+    if attach_name and attach_num is None:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: unknown attach type")
+    return name, {
+        "type": PROG_TYPE_NAMES[type_num],
+        "type_id": type_num,
+        "expected_attach_type": ATTACH_TYPE_NAMES[attach_num] if attach_num is not None else None,
+        "expected_attach_type_id": attach_num,
+    }
+
+
+def parse_global(value: str) -> tuple[str, Any]:
+    """``<name>=<JSON value>``: a global variable a loader sets before load."""
+    name, rhs = _split_assignment(value, "<name>=<JSON value>")
+    try:
+        parsed = json.loads(rhs)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: not a JSON value") from None
+    if isinstance(parsed, (dict, float)) or parsed is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {value!r}: a number, boolean, string or list of them"
+        )
+    return name, parsed
 
 
 def resolve_helper(token: str) -> tuple[str | None, int]:
@@ -104,6 +193,7 @@ def parse_prog_variants(value: str) -> dict[str, Any]:
         prog = prog.strip()
         if not prog:
             raise argparse.ArgumentTypeError(f"invalid value {value!r}: empty program name")
+        _check_name(value, prog)
         if prog in seen:
             raise argparse.ArgumentTypeError(
                 f"invalid value {value!r}: program {prog!r} listed twice"
@@ -172,6 +262,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="<group>=<prog>:<helper_id>,...",
         help="keep the first program whose helper the kernel supports (repeatable)",
     )
+    for flag, kind, meta, what in (
+        ("--set-map-value-size", parse_map_size, "<map>=<bytes>", "set a map's value size"),
+        ("--set-map-key-size", parse_map_size, "<map>=<bytes>", "set a map's key size"),
+        ("--set-prog-attach-target", parse_attach_target, "<prog>=<function>",
+         "set a tracing program's attach target (bpf_program__set_attach_target)"),
+        ("--set-prog-attach-program", parse_attach_program, "<prog>=<object path>:<program>",
+         "load <object path> first and attach an extension program to its <program>"),
+        ("--set-prog-autoload", parse_autoload, "<prog>=<bool>", "load a program or not"),
+        ("--set-prog-type", parse_prog_type, "<prog>=<type>[/<attach type>]",
+         "set a program's type (and expected attach type)"),
+        ("--set-global", parse_global, "<name>=<JSON value>",
+         "set a global variable (.rodata/.data/.bss) before load"),
+    ):  # fmt: skip
+        parser.add_argument(
+            flag, type=kind, action="append", default=[], metavar=meta, help=what + " (repeatable)"
+        )
+    parser.add_argument(
+        "--no-auto-fixups",
+        action="store_true",
+        help="do not size maps compiled with max_entries/value_size 0 (the loader's job)",
+    )
     parser.add_argument(
         "--btf-custom-path",
         metavar="PATH",
@@ -217,6 +328,7 @@ _PLAN_TEST_KEYS = {
     "expect_exit_code": (int,),
     "expect_stdout_contains": (str, type(None)),
     "expect_stderr_contains": (str, type(None)),
+    "retries": (int,),
 }
 
 
@@ -247,9 +359,15 @@ def parse_functional_plan(data: object) -> list[dict[str, Any]]:
         for key in ("name", "command"):
             if not test.get(key, "").strip():
                 raise ValueError(f"{where}: {key} is required and must be non-empty")
-        timeout = float(test.get("timeout_seconds", 10.0))
-        if not 0 < timeout <= 3600:
-            raise ValueError(f"{where}.timeout_seconds: must be in (0, 3600]")
+        problem = command_problem(test["command"])
+        if problem:
+            raise ValueError(f"{where}.command: {problem}")
+        retries = test.get("retries", 0)
+        if not 0 <= retries <= MAX_TEST_RETRIES:
+            raise ValueError(f"{where}.retries: must be in [0, {MAX_TEST_RETRIES}]")
+        timeout = float(test.get("timeout_seconds", FUNCTIONAL_TIMEOUT_DEFAULT))
+        if not 0 < timeout <= FUNCTIONAL_TIMEOUT_MAX:
+            raise ValueError(f"{where}.timeout_seconds: must be in (0, {FUNCTIONAL_TIMEOUT_MAX:g}]")
         if test["name"] in names:
             raise ValueError(f"{where}: duplicate test name {test['name']!r}")
         names.add(test["name"])
@@ -262,6 +380,7 @@ def parse_functional_plan(data: object) -> list[dict[str, Any]]:
                 "expect_exit_code": test.get("expect_exit_code", 0),
                 "expect_stdout_contains": test.get("expect_stdout_contains"),
                 "expect_stderr_contains": test.get("expect_stderr_contains"),
+                "retries": retries,
             }
         )
     return parsed
@@ -307,6 +426,34 @@ class Config:
             if entry["inner"] is not None:
                 raise UsageError(f"argument --set-map-inner-ringbuf: map {name!r} given twice")
             entry["inner"] = size
+        for flag, key, pairs in (
+            ("--set-map-value-size", "value_size", args.set_map_value_size),
+            ("--set-map-key-size", "key_size", args.set_map_key_size),
+        ):
+            for name, size in pairs:
+                entry = self.fixups.setdefault(name, {"requested": None, "inner": None})
+                if entry.get(key) is not None:
+                    raise UsageError(f"argument {flag}: map {name!r} given twice")
+                entry[key] = size
+        # program name -> what the loader sets on it, in first-mention order
+        self.programs: dict[str, dict[str, Any]] = {}
+        for flag, key, pairs in (
+            ("--set-prog-attach-target", "attach_target", args.set_prog_attach_target),
+            ("--set-prog-attach-program", "attach_program", args.set_prog_attach_program),
+            ("--set-prog-autoload", "autoload", args.set_prog_autoload),
+            ("--set-prog-type", "type", args.set_prog_type),
+        ):
+            for name, value in pairs:
+                entry = self.programs.setdefault(name, {})
+                if key in entry:
+                    raise UsageError(f"argument {flag}: program {name!r} given twice")
+                entry[key] = value
+        self.auto_fixups: bool = not args.no_auto_fixups
+        self.globals: dict[str, Any] = {}
+        for name, value in args.set_global:
+            if name in self.globals:
+                raise UsageError(f"argument --set-global: {name!r} given twice")
+            self.globals[name] = value
         groups = [g["group"] for g in self.variant_groups]
         for group in groups:
             if groups.count(group) > 1:

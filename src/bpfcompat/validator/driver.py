@@ -3,10 +3,11 @@
 
 Imports the validator once, then forks one child per job so a libbpf crash costs only
 that artifact. Each child's stdout/stderr go to files in its job dir; the driver's stdout
-carries only "start I" / "done I RC SECONDS HOW" lines, HOW being "timeout" when the
-driver killed a job over its timeout (SIGKILL, RC 137) and "exit" otherwise, so another
-SIGKILL (the kernel's OOM killer) is not mistaken for a timeout. Jobs arrive as JSON,
-never through a shell.
+carries only "start TOKEN" / "done TOKEN RC SECONDS HOW" lines, TOKEN being the job's
+random token from the host (which ignores any line that does not name the job it expects
+next), HOW "timeout" when the driver killed a job over its timeout (SIGKILL, RC 137) and
+"exit" otherwise, so another SIGKILL (the kernel's OOM killer) is not mistaken for a
+timeout. Jobs arrive as JSON, never through a shell.
 Runs on the guest's python (3.9+), stdlib only.
 """
 
@@ -54,10 +55,10 @@ def main(jobs_file: str) -> None:
     with open(jobs_file) as fh:
         jobs = json.load(fh)
     for job in jobs:
-        print("start", job["index"], flush=True)
+        print("start", job["token"], flush=True)
         started = time.monotonic()
         code, how = run(job)
-        print("done", job["index"], code, round(time.monotonic() - started, 3), how, flush=True)
+        print("done", job["token"], code, round(time.monotonic() - started, 3), how, flush=True)
 
 
 if __name__ == "__main__":

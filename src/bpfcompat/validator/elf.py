@@ -18,8 +18,17 @@ if TYPE_CHECKING:  # typing costs an import under emulation; annotations are str
     from typing import Any
 
 SHT_NULL = 0
-
+SHT_PROGBITS = 1
+SHT_SYMTAB = 2
+SHT_REL = 9
 SHT_NOBITS = 8
+SHF_EXECINSTR = 0x4
+
+STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
+STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION = 0, 1, 2, 3
+SHN_UNDEF = 0
+
+MAX_SYMBOL_NAME = 4096  # bytes scanned for one name: keeps hostile tables linear
 
 EM_BPF = 247
 
@@ -67,6 +76,16 @@ def _elf_section_names(data: bytes) -> list[str]:
 
 def elf_sections(data: bytes) -> list[tuple[str, int, int, int]]:
     """(name, sh_type, offset, size) of every section but the null one; ValueError if corrupt."""
+    return [(h[0], h[1], h[3], h[4]) for h in elf_section_headers(data)[1:]]
+
+
+def elf_section_headers(data: bytes, bpf_object: bool = True) -> list[tuple[Any, ...]]:
+    """Every section header, the null one included so that list index == section index:
+    (name, sh_type, sh_flags, offset, size, sh_link, sh_info, sh_entsize).
+
+    `bpf_object=False` accepts any 64-bit ELF (a kernel's vmlinux) instead of only a BPF
+    relocatable object. ValueError if the file is corrupt.
+    """
     size = len(data)
     if size < 16 or data[:4] != b"\x7fELF":
         raise ValueError("not an ELF file (no ELF magic)")
@@ -86,9 +105,9 @@ def elf_sections(data: bytes) -> list[tuple[str, int, int, int]]:
         header[11],
         header[12],
     )
-    if e_type != ET_REL:
+    if bpf_object and e_type != ET_REL:
         raise ValueError(f"ELF type {e_type} is not a relocatable object (ET_REL)")
-    if e_machine not in (0, EM_BPF):
+    if bpf_object and e_machine not in (0, EM_BPF):
         raise ValueError(f"ELF machine {e_machine} is not BPF (EM_BPF={EM_BPF})")
     if e_shoff == 0:
         raise ValueError("ELF has no section header table")
@@ -114,20 +133,72 @@ def elf_sections(data: bytes) -> list[tuple[str, int, int, int]]:
     if str_off + str_size > size:
         raise ValueError("truncated ELF: section name table lies beyond the end of the file")
     strtab = data[str_off : str_off + str_size]
-    sections: list[tuple[str, int, int, int]] = []
-    for index, (name_off, sh_type, _f, _a, offset, sec_size, *_rest) in enumerate(headers):
+    sections: list[tuple[Any, ...]] = []
+    for index, (
+        name_off,
+        sh_type,
+        flags,
+        _a,
+        offset,
+        sec_size,
+        link,
+        info,
+        _al,
+        entsize,
+    ) in enumerate(headers):
         if name_off >= max(str_size, 1) and index:
             raise ValueError(f"section #{index} has a name offset outside the name table")
-        nul = strtab.find(b"\0", name_off)
-        name = decode(strtab[name_off : nul if nul >= 0 else str_size])
+        nul = strtab.find(b"\0", name_off, name_off + MAX_SYMBOL_NAME)
+        name = decode(strtab[name_off : nul if nul >= 0 else name_off + MAX_SYMBOL_NAME])
         if sh_type not in (SHT_NULL, SHT_NOBITS) and offset + sec_size > size:
             raise ValueError(
                 f"truncated ELF: section #{index} {name!r} ({sec_size} bytes at offset "
                 f"{offset}) extends beyond the end of the file ({size} bytes)"
             )
-        if index:
-            sections.append((name, sh_type, offset, sec_size))
+        sections.append((name, sh_type, flags, offset, sec_size, link, info, entsize))
     return sections
+
+
+def section_bytes(data: bytes, header: tuple[Any, ...]) -> bytes:
+    """A section's contents (empty for SHT_NOBITS such as .bss)."""
+    if header[1] in (SHT_NULL, SHT_NOBITS):
+        return b""
+    return data[header[3] : header[3] + header[4]]
+
+
+def elf_symbols(data: bytes, headers: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The .symtab: (name, value, size, bind, type, section index) per symbol, index 0
+    included so that list index == symbol index. Empty when there is no symbol table."""
+    for sec in headers:
+        if sec[1] == SHT_SYMTAB:
+            break
+    else:
+        return []
+    if not 0 < sec[5] < len(headers):
+        raise ValueError(f"symbol table links to invalid string table #{sec[5]}")
+    strtab = section_bytes(data, headers[sec[5]])
+    raw = section_bytes(data, sec)
+    end = "<" if data[5] == 1 else ">"
+    out: list[tuple[Any, ...]] = []
+    for name_off, info, _other, shndx, value, size in struct.iter_unpack(
+        end + "IBBHQQ", raw[: len(raw) // 24 * 24]
+    ):
+        if name_off >= max(len(strtab), 1) and name_off:
+            raise ValueError(f"symbol #{len(out)} has a name offset outside the string table")
+        nul = strtab.find(b"\0", name_off, name_off + MAX_SYMBOL_NAME)
+        name = decode(strtab[name_off : nul if nul >= 0 else name_off + MAX_SYMBOL_NAME])
+        out.append((name, value, size, info >> 4, info & 0xF, shndx))
+    return out
+
+
+def elf_relocations(data: bytes, header: tuple[Any, ...]) -> list[tuple[int, int, int]]:
+    """An SHT_REL section's entries: (offset in the target section, symbol index, type)."""
+    raw = section_bytes(data, header)
+    end = "<" if data[5] == 1 else ">"
+    return [
+        (offset, info >> 32, info & 0xFFFFFFFF)
+        for offset, info in struct.iter_unpack(end + "QQ", raw[: len(raw) // 16 * 16])
+    ]
 
 
 # struct bpf_insn (include/uapi/linux/bpf.h): code u8, dst_reg:4 src_reg:4, off s16, imm s32.

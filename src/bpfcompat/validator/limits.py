@@ -31,11 +31,20 @@ LOCKDOWN_DENIALS_MAX = 32
 # -- what a manifest may ask for
 MAX_MAP_ENTRIES = 2**32 - 1  # the kernel's u32 max_entries
 MAX_RINGBUF_BYTES = 2**30  # 1 GiB: more than any guest we boot could hold
+# The kernel caps a value at KMALLOC_MAX_SIZE for most map types; a loader never asks more.
+MAX_MAP_VALUE_BYTES = 1 << 24
+# What a loader gives maps its object compiled with a zero size, when the manifest does
+# not say: one entry per possible CPU (how per-CPU and ring-buffer maps are sized from the
+# CPU count), a 256 KiB ring buffer, and stack-trace values of PERF_MAX_STACK_DEPTH (127)
+# 8-byte frames (include/uapi/linux/perf_event.h).
+AUTO_RINGBUF_BYTES = 256 << 10
+AUTO_STACK_VALUE_BYTES = 127 * 8
 MAX_HELPER_ID = 1023
 MAX_NAME_CHARS = 255  # BPF object, map and program names, variant groups, test names
 MAX_COMMAND_CHARS = 4096
 FUNCTIONAL_TIMEOUT_DEFAULT = 10.0
 FUNCTIONAL_TIMEOUT_MAX = 600.0
+MAX_TEST_RETRIES = 5  # a functional test that fails is run again up to this many times
 # The contract's flags pack names into `<map>=<n>` and `<group>=<prog>:<helper>,...`:
 # these characters would be read as separators.
 NAME_SEPARATORS = "=,:"

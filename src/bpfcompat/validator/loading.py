@@ -100,6 +100,8 @@ class LoadSteps(FixupSteps):
                     "type": map_type_name(type_id),
                     "type_id": type_id,
                     "max_entries": lib.map_max_entries(bpf_map),
+                    "value_size": lib.map_value_size(bpf_map),
+                    "key_size": lib.map_key_size(bpf_map),
                 }
             )
         disc["program_count"] = len(disc["programs"])

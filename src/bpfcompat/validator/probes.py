@@ -255,6 +255,9 @@ class ProbeSteps(FixupSteps):
                 entry["load_skip_reason"] = reason
             return
         for index, entry in enumerate(entries):
+            if self.config.programs.get(entry["name"], {}).get("autoload") is False:
+                entry["load_skip_reason"] = "not loaded: autoload off in the manifest"
+                continue
             self.log.mark(f"isolated load probe of program {entry['name']!r}")
             begin = time.monotonic()
             try:

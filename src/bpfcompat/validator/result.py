@@ -57,6 +57,8 @@ def skeleton(
         "map_fixups": [],
         "auto_sized_maps": [],
         "auto_typed_programs": [],
+        "program_setup": [],
+        "globals_set": [],
         "program_type_overrides": [],
         "program_variants": [],
         "btf": {
@@ -122,7 +124,7 @@ def skeleton(
             "skipped": 0,
             "required_failed": [],
         },
-        "functional": {"status": "skipped", "tests": []},
+        "functional": {"status": "skipped", "tests": [], "flaky": False},
         "logs": {
             "libbpf": "",
             "libbpf_load": "",

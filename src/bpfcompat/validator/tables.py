@@ -80,6 +80,23 @@ PROG_TYPE_NAMES = (
     "sk_lookup", "syscall", "netfilter",
 )  # fmt: skip
 
+# enum bpf_attach_type, named as libbpf's libbpf_bpf_attach_type_str() names them.
+ATTACH_TYPE_NAMES = (
+    "cgroup_inet_ingress", "cgroup_inet_egress", "cgroup_inet_sock_create", "cgroup_sock_ops",
+    "sk_skb_stream_parser", "sk_skb_stream_verdict", "cgroup_device", "sk_msg_verdict",
+    "cgroup_inet4_bind", "cgroup_inet6_bind", "cgroup_inet4_connect", "cgroup_inet6_connect",
+    "cgroup_inet4_post_bind", "cgroup_inet6_post_bind", "cgroup_udp4_sendmsg",
+    "cgroup_udp6_sendmsg", "lirc_mode2", "flow_dissector", "cgroup_sysctl",
+    "cgroup_udp4_recvmsg", "cgroup_udp6_recvmsg", "cgroup_getsockopt", "cgroup_setsockopt",
+    "trace_raw_tp", "trace_fentry", "trace_fexit", "modify_return", "lsm_mac", "trace_iter",
+    "cgroup_inet4_getpeername", "cgroup_inet6_getpeername", "cgroup_inet4_getsockname",
+    "cgroup_inet6_getsockname", "xdp_devmap", "cgroup_inet_sock_release", "xdp_cpumap",
+    "sk_lookup", "xdp", "sk_skb_verdict", "sk_reuseport_select", "sk_reuseport_select_or_migrate",
+    "perf_event", "trace_kprobe_multi", "lsm_cgroup", "struct_ops", "netfilter", "tcx_ingress",
+    "tcx_egress", "trace_uprobe_multi", "cgroup_unix_connect", "cgroup_unix_sendmsg",
+    "cgroup_unix_recvmsg", "cgroup_unix_getpeername", "cgroup_unix_getsockname",
+    "netkit_primary", "netkit_peer", "trace_kprobe_session",
+)  # fmt: skip
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 
 BPF_PROG_TYPE_SYSCALL = 31
@@ -194,3 +211,14 @@ def errno_from_text(text: str) -> int | None:
         for code in range(1, 134):
             _STRERROR_TO_ERRNO.setdefault(os.strerror(code), code)
     return _STRERROR_TO_ERRNO.get(text.strip())
+
+
+def type_id(names: tuple[str, ...], name: str) -> int | None:
+    """The enum value of a type written as libbpf names it (``socket_filter``) or as the
+    kernel's header does (``BPF_PROG_TYPE_SOCKET_FILTER``)."""
+    key = name.strip().lower()
+    for prefix in ("bpf_prog_type_", "bpf_map_type_", "bpf_"):
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+            break
+    return names.index(key) if key in names and key != "unspec" else None

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from bpfcompat.errors import FetchError
+from bpfcompat.vm.proc import run_bounded
 
 MIRROR_ENV = "BPFCOMPAT_DEBIAN_MIRROR"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 APT_SOURCES = Path("/etc/apt/sources.list")
 APT_SOURCES_DIR = Path("/etc/apt/sources.list.d")
+APT_NET_TIMEOUT_S = 60
+APT_STALL_S = 180.0
 
 
 def _deb822_uris(text: str) -> list[tuple[str, list[str]]]:
@@ -125,6 +127,10 @@ class AptWorkspace:
             "-o",
             "Acquire::Retries=3",
             "-o",
+            f"Acquire::http::Timeout={APT_NET_TIMEOUT_S}",
+            "-o",
+            f"Acquire::https::Timeout={APT_NET_TIMEOUT_S}",
+            "-o",
             "Debug::NoLocking=true",
         ]
 
@@ -142,18 +148,13 @@ class AptWorkspace:
 
     def _run(self, tool: str, args: list[str], cwd: Path | None = None) -> str:
         cmd = [tool, *self._options(), *args]
-        try:
-            proc = subprocess.run(
-                cmd, cwd=cwd, capture_output=True, text=True, timeout=900, check=False
-            )
-        except FileNotFoundError:
-            raise FetchError(f"{tool} not found: install apt (Debian host required)") from None
-        except subprocess.TimeoutExpired:
-            raise FetchError(f"{tool} {' '.join(args)}: timed out after 900 s") from None
+        what = f"{tool} {' '.join(args)} (mirror {self.mirror})"
+        # apt prints a line per file it fetches: minutes of silence is a hang (seen on a
+        # full disk), not a slow mirror.
+        proc = run_bounded(cmd, what, error=FetchError, timeout=900, stall=APT_STALL_S, cwd=cwd)
         if proc.returncode != 0:
-            detail = _last_error_line(proc.stderr or proc.stdout)
-            raise FetchError(f"{tool} {' '.join(args)} (mirror {self.mirror}): {detail}")
-        return proc.stdout
+            raise FetchError(f"{what}: {_last_error_line(proc.err or proc.out)}")
+        return proc.out
 
     def update(self) -> None:
         out = self._run("apt-get", ["update", "-q"])

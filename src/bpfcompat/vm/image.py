@@ -16,10 +16,10 @@ binfmt_misc.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -33,10 +33,12 @@ from bpfcompat.vm.cache import (
     cache_root,
     entry_lock,
     read_verified_manifest,
+    sha256_file,
     write_manifest,
 )
 from bpfcompat.vm.cpio import CpioWriter
 from bpfcompat.vm.kernels import KernelBuild
+from bpfcompat.vm.proc import run_bounded
 
 RECIPE_VERSION = 5
 GUEST_PACKAGES = (
@@ -112,23 +114,31 @@ class GuestImage:
         return (self.entry / "hostkey.pub").read_text().strip()
 
     def initrd_for(self, kernel: KernelBuild) -> Path:
-        """rootfs + the kernel's NIC modules and config, concatenated (cpio archives stack)."""
+        """rootfs + the kernel's NIC modules and config, concatenated (cpio archives stack).
+
+        Reused only when its sha256 matches the one recorded when it was written: a
+        same-size corruption would make every boot of this kernel panic, unexplained."""
         if kernel.arch != self.arch:
             raise ImageError(f"a {self.arch} guest image cannot boot a {kernel.arch} kernel")
         target = kernel.entry / f"initrd-{self.digest}.cpio"
+        digest_file = target.with_name(target.name + ".sha256")
         parts = (self.rootfs_cpio, kernel.modules_cpio)
-        expected = sum(p.stat().st_size for p in parts)
         with entry_lock(target):  # kernels sharing a package share this file
-            if target.is_file() and target.stat().st_size == expected:
-                return target
+            with contextlib.suppress(OSError):
+                if target.is_file() and sha256_file(target) == digest_file.read_text().strip():
+                    return target
             fd, tmp_name = tempfile.mkstemp(prefix=".initrd-", dir=kernel.entry)
             tmp = Path(tmp_name)
             try:
+                digest = hashlib.sha256()
                 with os.fdopen(fd, "wb") as out:
                     for part in parts:
                         with part.open("rb") as src:
-                            shutil.copyfileobj(src, out, 1 << 20)
+                            for block in iter(lambda src=src: src.read(1 << 20), b""):
+                                digest.update(block)
+                                out.write(block)
                 os.replace(tmp, target)
+                digest_file.write_text(digest.hexdigest() + "\n")
             finally:
                 tmp.unlink(missing_ok=True)
         return target
@@ -248,17 +258,12 @@ def _build(suite: str, root: Path | None, mirror: str | None, arch: Arch) -> Gue
     return GuestImage(suite, digest, entry, arch.name)
 
 
-def _run(cmd: list[str], what: str, timeout: float = 900) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise ImageError(f"{what}: {cmd[0]} not found") from None
-    except subprocess.TimeoutExpired:
-        raise ImageError(f"{what}: timed out after {timeout:.0f} s") from None
+def _run(cmd: list[str], what: str, timeout: float = 900, stall: float = 300) -> str:
+    proc = run_bounded(cmd, what, error=ImageError, timeout=timeout, stall=stall)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        tail = (proc.err or proc.out).strip().splitlines()[-3:]
         raise ImageError(f"{what} failed (exit {proc.returncode}): {' | '.join(tail)}")
-    return proc.stdout
+    return proc.out
 
 
 def _mmdebstrap(suite: str, tree: Path, sources: Path, arch: Arch) -> None:
@@ -419,22 +424,18 @@ class _Keep:
 def _needed_libs(tree: Path, binary: str, loader: str) -> list[str]:
     """The shared libraries `binary` loads, as the tree's own dynamic loader resolves
     them (never call this on a static executable: the loader crashes on those)."""
-    try:
-        proc = subprocess.run(
-            ["chroot", str(tree), loader, "--list", binary],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ImageError(f"guest image: listing the libraries of {binary}: {exc}") from None
+    proc = run_bounded(
+        ["chroot", str(tree), loader, "--list", binary],
+        f"guest image: listing the libraries of {binary}",
+        error=ImageError,
+        timeout=60,
+    )
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+        tail = (proc.err or proc.out).strip().splitlines()[-1:]
         why = " ".join(tail) or f"exit {proc.returncode}"
         raise ImageError(f"guest image: listing the libraries of {binary}: {why}")
     libs = []
-    for line in proc.stdout.splitlines():
+    for line in proc.out.splitlines():
         if "not found" in line:
             raise ImageError(f"guest image: {binary} needs a library the suite lacks: {line}")
         words = line.split()
@@ -468,16 +469,10 @@ def _finish(slim: Path, sources: dict[str, str]) -> None:
         (vdir / name).parent.mkdir(parents=True, exist_ok=True)
         (vdir / name).write_text(text)
     # Legacy-layout .pyc files beside no source: imported directly, half the bytes.
-    compile_cmd = [
-        "chroot",
-        str(slim),
-        f"/usr/bin/{python}",
-        "-B",
-        "-m",
-        "compileall",
-        "-q",
-    ]
-    _run([*compile_cmd, "-b", libdir], "byte-compiling the guest stdlib")
+    # Not -q: a line per file feeds the stall detector, and under qemu-user (a foreign
+    # arch) the stdlib takes a minute of CPU, many more on a loaded host.
+    compile_cmd = ["chroot", str(slim), f"/usr/bin/{python}", "-B", "-m", "compileall"]
+    _run([*compile_cmd, "-b", libdir], "byte-compiling the guest stdlib", timeout=3600)
     for path in (slim / libdir.lstrip("/")).rglob("*.py"):
         path.unlink()
     _run([*compile_cmd, f"/{GUEST_VALIDATOR_DIR}"], "byte-compiling the validator")

@@ -4,7 +4,7 @@ all ending in one cache entry layout.
 An entry holds `vmlinuz`, `config` and `modules.cpio`: a cpio layer appended to the guest
 image that carries the NIC modules (and their dependencies) and the kernel's own config
 at /boot/config-<release>, where libbpf looks to resolve `extern ... __kconfig`. A kernel
-built from source also holds `vmlinux.btf`, BTF generated from its DWARF.
+built from source also holds `detached.btf`, BTF generated from its DWARF.
 
 Package layouts differ by release (vmlinuz in /boot or in /usr/lib/modules, modules as
 .ko or .ko.xz, meta packages on sid), so files are found by walking, never assumed.
@@ -16,7 +16,6 @@ import hashlib
 import lzma
 import re
 import shutil
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from bpfcompat.vm.cache import (
     write_manifest,
 )
 from bpfcompat.vm.cpio import CpioWriter
+from bpfcompat.vm.proc import run_bounded
 from bpfcompat.vm.spec import BTF_FROM_BUILD, KernelSpec
 
 # The guest talks SSH over virtio-net; on some releases virtio_pci is a module too.
@@ -42,7 +42,8 @@ NIC_MODULES = ("virtio_pci", "virtio_net")
 # Bump when the entry layout changes; entries of each layout live apart, so tools of
 # different layouts can share one cache without rebuilding each other's entries.
 CACHE_LAYOUT = 3
-DETACHED_BTF = "vmlinux.btf"
+# Not vmlinux.btf: that name beside an entry is vm/kbtf.py's, BTF taken out of the image.
+DETACHED_BTF = "detached.btf"
 
 Progress = Callable[[str], None]
 
@@ -306,13 +307,11 @@ def _download_with_deps(ws: AptWorkspace, package: str, dest: Path) -> tuple[lis
 
 def extract_deb(deb: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    try:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True, capture_output=True)
-    except FileNotFoundError:
-        raise FetchError("dpkg-deb not found: a Debian host (dpkg) is required") from None
-    except subprocess.CalledProcessError as exc:
-        detail = exc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise FetchError(f"{deb.name}: not a Debian package ({detail[0][:200]})") from None
+    what = f"{deb.name}: dpkg-deb -x"
+    proc = run_bounded(["dpkg-deb", "-x", str(deb), str(dest)], what, error=FetchError, timeout=600)
+    if proc.returncode != 0:
+        detail = (proc.err.strip().splitlines() or ["no output"])[-1][:200]
+        raise FetchError(f"{what} failed: {detail}")
 
 
 # --- finding the kernel in an unpacked package --------------------------------------------
@@ -407,10 +406,10 @@ def _module_bytes(path: Path) -> bytes:
     if path.name.endswith(".xz"):
         return lzma.decompress(data)
     if path.name.endswith(".zst"):
-        try:
-            out = subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True)
-        except (FileNotFoundError, subprocess.CalledProcessError) as exc:
-            raise FetchError(f"{path.name}: cannot decompress (.zst needs zstd): {exc}") from None
+        what = f"{path.name}: zstd -dc"
+        out = run_bounded(["zstd", "-dc", str(path)], what, error=FetchError, timeout=300)
+        if out.returncode != 0:
+            raise FetchError(f"{what} failed: {out.err.strip()[-300:]}")
         return out.stdout
     if path.name.endswith(".gz"):
         import gzip

@@ -22,6 +22,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from bpfcompat.errors import GuestCrash, VMError
 from bpfcompat.vm.arch import get_arch, host_arch
@@ -85,6 +86,24 @@ class BootSpec:
     def effective_accel(self) -> str:
         """KVM runs only guests of the host's own architecture; others are emulated."""
         return self.accel if self.arch == host_arch() else "tcg"
+
+
+class GuestVM(Protocol):
+    """A running guest as the orchestration sees it: QEMU, or a fake in tests."""
+
+    ssh_port: int
+    started_at: float
+    last_peak_rss_kb: int | None
+
+    def start(self) -> None: ...
+    def wait_ready(self, timeout: float) -> float: ...
+    def alive(self) -> bool: ...
+    def check(self) -> None: ...
+    def stop(self) -> None: ...
+    def console_offset(self) -> int: ...
+    def console_tail(self, lines: int = 40) -> str: ...
+    def crash_line(self, since: int = 0) -> str | None: ...
+    def oom_line(self, since: int = 0) -> str | None: ...
 
 
 class QemuVM:

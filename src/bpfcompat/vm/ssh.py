@@ -11,13 +11,16 @@ import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from bpfcompat.errors import TransportError
+from bpfcompat.errors import OversizeError, TransportError
+
+if TYPE_CHECKING:
+    from bpfcompat.vm.qemu import GuestVM
 
 
 @dataclass(frozen=True)
@@ -29,13 +32,15 @@ class CommandResult:
 
 
 SFTP_TIMEOUT_S = 60.0
+# A protocol line longer than this is a misbehaving guest, not a message.
+MAX_LINE_BYTES = 64 << 10
 
 
 class GuestTransport(Protocol):
     def run(self, command: str, timeout: float, stdin: bytes | None = None) -> CommandResult: ...
     def stream(self, command: str, idle_timeout: float) -> Iterator[str]: ...
     def put_files(self, files: dict[str, bytes], root: str) -> None: ...
-    def get_bytes(self, remote: str) -> bytes: ...
+    def get_bytes(self, remote: str, max_bytes: int) -> bytes: ...
     def close(self) -> None: ...
 
 
@@ -191,15 +196,27 @@ class ParamikoTransport:
                     data = chan.recv(65536)
                     if data:
                         last = time.monotonic()
-                        buffer += data
-                        *lines, buffer = buffer.split(b"\n")
+                        *lines, tail = data.split(b"\n")
+                        if lines:
+                            lines[0], buffer = buffer + lines[0], tail
+                        else:
+                            buffer += tail
                         for line in lines:
-                            yield line.decode("utf-8", "replace")
+                            yield line[:MAX_LINE_BYTES].decode("utf-8", "replace")
+                        if len(buffer) > MAX_LINE_BYTES:
+                            raise OversizeError(
+                                f"{self.where}: the guest wrote a line over {MAX_LINE_BYTES} "
+                                "bytes on the protocol channel",
+                                len(buffer),
+                            )
                     continue
                 if chan.recv_stderr_ready():
                     chan.recv_stderr(65536)
                     continue
                 if chan.exit_status_ready() and not chan.recv_ready():
+                    if chan.recv_exit_status() == -1 and not transport.is_active():
+                        # Closed without an exit status: the connection, not the command, ended.
+                        raise TransportError(f"{self.where}: SSH connection dropped")
                     if buffer:
                         yield buffer.decode("utf-8", "replace")
                     return
@@ -231,11 +248,18 @@ class ParamikoTransport:
             detail = result.stderr.strip().splitlines()[-1:] or [""]
             raise TransportError(f"{self.where}: tar upload to {root} failed ({why}) {detail[0]}")
 
-    def get_bytes(self, remote: str) -> bytes:
+    def get_bytes(self, remote: str, max_bytes: int) -> bytes:
+        """The file's bytes, its size checked before any is read (OversizeError)."""
         try:
             with self._sftp_client().open(remote, "rb") as fh:
-                return fh.read()
-        except FileNotFoundError:
+                size = fh.stat().st_size or 0
+                if size > max_bytes:
+                    raise OversizeError(f"{self.where}: {remote} is {size} bytes", size)
+                data = fh.read(max_bytes + 1)
+            if len(data) > max_bytes:  # grew while we read it
+                raise OversizeError(f"{self.where}: {remote} is over {max_bytes} bytes", len(data))
+            return data
+        except (FileNotFoundError, OversizeError):
             raise
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"{self.where}: SFTP get {remote}: {exc}") from None
@@ -246,3 +270,10 @@ class ParamikoTransport:
                 self._sftp.close()
         finally:
             self._client.close()
+
+
+def ssh_connect(
+    vm: GuestVM, key: RunKey, host_key: str, deadline: float, where: str
+) -> GuestTransport:
+    """The real connector: SSH to the guest's loopback forward, host key pinned."""
+    return ParamikoTransport.connect(vm.ssh_port, key, host_key, deadline, where, alive=vm.check)

@@ -1,4 +1,5 @@
-"""Headless Chromium for report screenshots and browser tests, with no Python dependency.
+"""Headless Chromium for the browser tests and scripts/screenshot_report.py (never shipped
+in the package: users do not need a browser driver), with no Python dependency.
 
 Drives the system's Chromium (Debian's `chromium` + `chromium-driver`) through
 chromedriver's W3C WebDriver HTTP API with urllib: nothing is downloaded, and the browser

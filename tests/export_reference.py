@@ -1,21 +1,22 @@
-"""The run export (`bpfcompat.run.v1`): the one view model every report format reads.
-
-Keys are only ever added, never renamed: CI scripts parse this file.
+"""The run export (`bpfcompat.run.v1`) as the tool wrote it before RunView, reading the
+store directly: the oracle that RunView.export keeps every key and value CI scripts
+parse. A key added to the export is added here too; none is ever renamed or removed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from bpfcompat.matrix.result import ResultModel
 from bpfcompat.matrix.store import Store
 
 SCHEMA = "bpfcompat.run.v1"
 
 
-def run_export(
+def reference_export(
     store: Store, run_id: int | None = None, *, include_results: bool = False
 ) -> dict[str, Any]:
-    """The stored run as plain data; `include_results` adds each cell's raw validator JSON."""
+    """The stored run as plain data; `include_results` adds each cell's validator result."""
     run = store.run(run_id)
     assert run.id is not None
     kernels = store.kernels(run.id)
@@ -55,7 +56,9 @@ def run_export(
         }
         if include_results:
             stored = store.result(cell.result_id)
-            entry["result"] = stored.result() if stored else None
+            parsed = stored.result() if stored else None
+            # Normalised: only what the typed model read, bounded (the guest wrote it).
+            entry["result"] = parsed.as_dict() if isinstance(parsed, ResultModel) else None
             entry["console_tail"] = stored.console_tail if stored else None
             entry["infra_error"] = stored.infra_error if stored else None
             entry["exit_code"] = stored.exit_code if stored else None

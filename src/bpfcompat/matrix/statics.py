@@ -1,0 +1,98 @@
+"""The host's static reading of each artifact, made once per run and kept with its cells.
+
+The classifier needs it to tell the loader's job from the kernel's answer ("this fentry
+target exists in no kernel of the matrix", "this section is another loader's
+convention"), and the reports show the artifact's upstream floor beside what the run
+observed. A target is a placeholder only if no kernel of the run has it, so the reading
+waits until every kernel of the run has been fetched (or has failed to be).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from bpfcompat.analysis.features import parse_release
+from bpfcompat.analysis.inspect import inspect_object
+from bpfcompat.analysis.kernelset import KernelBtf, KernelSet
+from bpfcompat.matrix.plan import Artifact
+from bpfcompat.vm.kernels import KernelBuild
+
+# What a cell keeps: the findings that change a verdict (required and kernel-level ones;
+# the informational ones, hundreds in a big object, stay with `bpfcompat inspect`).
+MAX_KEPT_FINDINGS = 50
+KEPT_LEVELS = ("required", "kernel")
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of an inspect report a cell keeps (bounded)."""
+    findings = [f for f in report.get("loader_setup") or [] if f.get("level") in KEPT_LEVELS]
+    return {
+        "floor": report.get("floor"),
+        "floor_reason": report.get("floor_reason"),
+        "floor_without_unused_maps": report.get("floor_without_unused_maps"),
+        "loader_setup": findings[:MAX_KEPT_FINDINGS],
+        "findings_left_out": max(0, len(report.get("loader_setup") or []) - len(findings)),
+    }
+
+
+def setup_of(analysis_json: str | None) -> list[dict[str, Any]]:
+    """The loader-setup findings a stored cell kept."""
+    try:
+        data = json.loads(analysis_json or "{}")
+    except ValueError:
+        return []
+    found = data.get("loader_setup") if isinstance(data, dict) else None
+    return [f for f in found if isinstance(f, dict)] if isinstance(found, list) else []
+
+
+class RunAnalysis:
+    """Each artifact read once per run, against the kernels the run fetched."""
+
+    def __init__(self, kernel_ids: list[str], stop: threading.Event) -> None:
+        self._waiting = set(kernel_ids)
+        self._kernels: dict[str, KernelBuild] = {}
+        self._ready = threading.Event()
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._done: dict[str, dict[str, Any]] = {}
+        if not kernel_ids:
+            self._ready.set()
+
+    def kernel_fetched(self, kernel_id: str, build: KernelBuild | None) -> None:
+        """Record that a kernel's fetch ended (None: it failed)."""
+        with self._lock:
+            if build is not None:
+                self._kernels[kernel_id] = build
+            self._waiting.discard(kernel_id)
+            if not self._waiting:
+                self._ready.set()
+
+    def of(self, artifact: Artifact) -> dict[str, Any]:
+        """The artifact's summary (see `summary`), read on first use."""
+        while not self._ready.wait(0.2):
+            if self._stop.is_set():
+                break
+        key = f"{artifact.sha256}:{artifact.manifest_hash}"
+        with self._lock:
+            if key not in self._done:
+                report = inspect_object(
+                    artifact.path,
+                    self._kernel_set(),
+                    artifact.manifest_path,
+                    data=artifact.data,
+                )
+                self._done[key] = summary(report)
+            return self._done[key]
+
+    def _kernel_set(self) -> KernelSet:
+        out = KernelSet()
+        for kernel_id, build in self._kernels.items():
+            try:
+                major, minor = parse_release(build.release)
+                release = f"{major}.{minor}"
+            except ValueError:
+                release = build.release
+            out.kernels.append(KernelBtf(kernel_id, release, build.entry))
+        return out
