@@ -98,8 +98,8 @@ def test_export_carries_variants_and_map_fixups(store: Store, run_id: int) -> No
     assert new == [{"group": "loop_x", "chosen": "loop_x", "disabled": ["loop_old_x"]}]
     fixups = cells[("runtime-sized-maps", "debian-12-6.1")]["map_fixups"]
     assert {f["name"]: (f["requested"], f["applied_entries"]) for f in fixups} == {
-        "auxiliary_maps": ("cpus", 2),
-        "ringbuf_maps": ("cpus", 2),
+        "auxiliary_maps": ("cpus", 1),
+        "ringbuf_maps": ("cpus", 1),
     }
 
 
@@ -274,7 +274,7 @@ def test_html_view_model_from_real_results(store: Store, run_id: int) -> None:
     variants = details[("program-variants", "debian-11-5.10")].result.variants
     assert variants[0].chosen == "loop_old_x" and variants[0].disabled == ["loop_x"]
     fixups = details[("runtime-sized-maps", "debian-12-6.1")].result.map_fixups
-    assert [f.applied for f in fixups] == ["cpus → 2", "cpus → 2"]
+    assert [f.applied for f in fixups] == ["cpus → 1", "cpus → 1"]
     assert fixups[1].inner_ringbuf_bytes == 8388608
     functional = details[("functional-execve", "debian-13-6.12-lockdown")]
     assert functional.verdict.code == "FUNCTIONAL_TEST_FAILURE"
@@ -490,7 +490,7 @@ def test_html_without_raw_results(store: Store, run_id: int) -> None:
     """An export without raw results still renders every cell from the stored verdicts."""
     html = render_html(_view(store, run_id))
     assert html.count('<article class="detail"') == len(ARTIFACTS) * len(ALL_KERNELS)
-    assert "cpus → 2" in html  # map fixups from the cell summary
+    assert "cpus → 1" in html  # map fixups from the cell summary
 
 
 def test_screenshot_script_needs_a_store(tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ def test_click_failing_cell_shows_evidence(browser: Chromium, tmp_path: Path) ->
     browser.click(f"#{other}")
     assert not browser.displayed(detail)
     other_detail = "#" + other.replace("cell-", "detail-")
-    assert "cpus → 2" in browser.text(f"{other_detail} table.fixups")
+    assert "cpus → 1" in browser.text(f"{other_detail} table.fixups")
     assert (
         browser.script("return document.querySelectorAll('article.detail:not([hidden])').length")
         == 1
