@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -20,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from bpfcompat import __version__
+from bpfcompat.cli_kernels import KernelsOpt, image_app, kernels_app, with_btf
 from bpfcompat.errors import BpfcompatError, ConfigError
 from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
 from bpfcompat.matrix.plan import Plan, discover_artifacts, load_artifact
@@ -32,12 +31,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="On which kernels does this .bpf.o load, verify and attach — and if not, why?",
 )
-kernels_app = typer.Typer(
-    no_args_is_help=True, help="The kernel matrix: list, fetch and build kernels."
-)
 matrix_app = typer.Typer(no_args_is_help=True, help="Run artifacts across kernels.")
 runs_app = typer.Typer(no_args_is_help=True, help="Stored runs.")
-image_app = typer.Typer(no_args_is_help=True, help="The guest image.")
 manifest_app = typer.Typer(no_args_is_help=True, help="Artifact manifests.")
 app.add_typer(kernels_app, name="kernels")
 app.add_typer(matrix_app, name="matrix")
@@ -45,10 +40,6 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(image_app, name="image")
 app.add_typer(manifest_app, name="manifest")
 
-KernelsOpt = Annotated[
-    Path | None,
-    typer.Option("--kernels", help="Kernel matrix YAML (default: the embedded kernels.yaml)."),
-]
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite store.")]
 HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")]
 JsonOpt = Annotated[
@@ -112,145 +103,6 @@ def _say(line: str) -> None:
 
 def _matrix(path: Path | None):  # type: ignore[no-untyped-def]
     return load_kernel_matrix(path or default_kernels_file())
-
-
-@kernels_app.command("list")
-def kernels_list(
-    kernels: KernelsOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
-) -> None:
-    """List the kernels of the matrix and whether they are cached."""
-    from bpfcompat.vm.kernels import cached_kernel
-
-    matrix = _matrix(kernels)
-    rows = []
-    for spec in matrix.kernels:
-        hit = cached_kernel(spec, deep=False)
-        rows.append(
-            {
-                "id": spec.id,
-                "arch": spec.arch,
-                "release": hit.release if hit else None,
-                "btf": hit.has_btf if hit else None,  # unknown until fetched
-                "source": spec.source_kind,
-                "required": spec.required,
-                "cached": hit is not None,
-                "location": spec.source_label,
-                "external_btf": spec.btf,
-                "detached_btf": str(hit.detached_btf) if hit and hit.detached_btf else None,
-                "cmdline": spec.cmdline,
-            }
-        )
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))  # JSON escapes control characters itself
-        return
-    for row in rows:
-        state = f"cached {row['release']}" if row["cached"] else "not fetched"
-        req = "required" if row["required"] else "optional"
-        _out(
-            f"{row['id']:28} {row['arch']:8} {req:9} {row['location']}  [{state}]"
-            + (f"  cmdline: {row['cmdline']}" if row["cmdline"] else "")
-        )
-
-
-def _obtain_kernels(specs: list[Any]) -> None:
-    """Fetch or build each kernel; a failure is one line naming the kernel and the rest go on."""
-    from bpfcompat.vm.kernels import fetch_kernel
-
-    failed = 0
-    for spec in specs:
-        started = time.monotonic()
-
-        def step(what: str, kid: str = spec.id) -> None:
-            _say(f"{kid}: {what}")
-
-        try:
-            build = fetch_kernel(spec, progress=step)
-        except BpfcompatError as exc:
-            _say(f"bpfcompat: error: kernel {spec.id}: {exc}")
-            failed += 1
-            continue
-        took = time.monotonic() - started
-        _out(f"{spec.id}: {build.release} ({build.version}) in {took:.1f} s -> {build.entry}")
-    if failed:
-        raise typer.Exit(1)
-
-
-@kernels_app.command("fetch")
-def kernels_fetch(
-    ids: Annotated[list[str] | None, typer.Argument(help="Kernel ids (default: all).")] = None,
-    kernels: KernelsOpt = None,
-) -> None:
-    """Download (or build, for `source: build`) kernels into the cache; cached ones cost nothing."""
-    _obtain_kernels(_matrix(kernels).select(ids))
-
-
-@kernels_app.command("build")
-def kernels_build(
-    ids: Annotated[
-        list[str] | None, typer.Argument(help="Kernel ids (default: every `source: build` one).")
-    ] = None,
-    kernels: KernelsOpt = None,
-) -> None:
-    """Build kernels from Debian source packages (`source: build`) into the cache."""
-    matrix = _matrix(kernels)
-    specs = matrix.select(ids) if ids else [k for k in matrix.kernels if k.source_kind == "build"]
-    for spec in specs:
-        if spec.source_kind != "build":
-            raise ConfigError(f"kernel {spec.id}: source is {spec.source_kind}, not build")
-    _obtain_kernels(specs)
-
-
-@image_app.command("build")
-def image_build(
-    kernels: KernelsOpt = None,
-    arch: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--arch", help="Only these architectures (default: every one the matrix uses)."
-        ),
-    ] = None,
-) -> None:
-    """Build (or find cached) the guest image for the matrix's guest suite, per architecture."""
-    from bpfcompat.vm.arch import ARCH_NAMES
-    from bpfcompat.vm.image import build_image
-
-    matrix = _matrix(kernels)
-    suite = matrix.guest_suite
-    arches = arch or list(dict.fromkeys(k.arch for k in matrix.kernels))
-    for name in arches:
-        if name not in ARCH_NAMES:
-            raise ConfigError(f"--arch {name!r}: unknown (known: {', '.join(ARCH_NAMES)})")
-        started = time.monotonic()
-        image = build_image(suite, arch=name)
-        _out(
-            f"guest image {suite}/{name} {image.digest}: {image.rootfs_cpio} "
-            f"({image.rootfs_cpio.stat().st_size // 1024} KiB) "
-            f"in {time.monotonic() - started:.1f} s"
-        )
-
-
-def _with_btf(specs: list[Any], options: list[str]) -> list[Any]:
-    """Apply `--btf KERNEL_ID=PATH` options: the kernel's external BTF for this run."""
-    from bpfcompat.vm.spec import BTF_FROM_BUILD
-
-    by_id = {spec.id: spec for spec in specs}
-    for option in options:
-        kid, sep, value = option.partition("=")
-        if not sep or not kid or not value:
-            raise ConfigError(f"--btf {option!r}: expected KERNEL_ID=PATH")
-        if kid not in by_id:
-            raise ConfigError(f"--btf {option!r}: kernel {kid!r} is not in this run")
-        if value == BTF_FROM_BUILD:
-            if by_id[kid].source_kind != "build":
-                raise ConfigError(f"--btf {option!r}: only a `source: build` kernel has one")
-        else:
-            path = Path(value).expanduser().resolve()
-            if not path.is_file():
-                raise ConfigError(f"--btf {option!r}: {path} is not a file")
-            value = str(path)
-        by_id[kid] = by_id[kid].model_copy(update={"btf": value})
-    return [by_id[spec.id] for spec in specs]
 
 
 class _Printer:
@@ -348,7 +200,7 @@ def matrix_run(
 
     labels = _labels(label)
     matrix = _matrix(kernels)
-    specs = _with_btf(matrix.select(kernel), btf or [])
+    specs = with_btf(matrix.select(kernel), btf or [])
     found = discover_artifacts(artifacts, manifest)
     plan = Plan(specs, found, matrix.guest_suite, attach_mode.value, not no_auto_fixups)
     store = Store(db)
