@@ -38,6 +38,7 @@ EXAMPLE_FLOORS = {
     "functional-execve": ("5.2", "feature", "global_data"),  # bpf_printk's format in .rodata
     "gpl-helper-proprietary": ("5.2", "feature", "global_data"),  # a .bss variable
     "lockdown-probe-read": ("5.4", "feature", "core"),  # probe_read_kernel falls back
+    "printk-many-args": ("5.16", "helper", "bpf_trace_vprintk"),  # bpf_printk, 4 arguments
     "core-relocation-fail": ("5.4", "feature", "core"),
     "fentry-missing-target": ("5.5", "program_type", "tracing"),
     "simple-pass": ("4.7", "program_type", "tracepoint"),

@@ -459,7 +459,7 @@ class MatrixRunner:
             stored,
             artifact_problem=artifact.invalid_reason,
             release=kernel.release,
-            setup=statics.get("loader_setup") or (),
+            analysis=statics,
         )
         result = stored.result()
         flaky = is_flaky(result)

@@ -162,10 +162,20 @@ class Cell(SQLModel, table=True):
     # and the loader-setup findings the verdict was judged with.
     analysis_json: str | None = None
     result_id: int | None = Field(default=None, foreign_key="validatorresult.id")
+    needs: str | None = None  # Verdict.needs
+    pinpoint_json: str | None = None  # Verdict.pinpoint as JSON
 
     @property
     def notes(self) -> list[str]:
         return _json_list(self.notes_json)
+
+    @property
+    def pinpoint(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.pinpoint_json or "null")
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
 
     @property
     def details(self) -> dict[str, Any]:
