@@ -30,14 +30,15 @@ def run_id(store: Store) -> int:
 ADDED = {
     "run": {"labels", "attach_mode"},
     "kernels": {"notes"},
-    "cells": {"attached", "flaky"},
+    "artifacts": {"floor", "floor_reason"},
+    "cells": {"attached", "flaky", "needs", "pinpoint", "programs", "programs_left_out"},
 }
 
 
 def _without_added(export: dict) -> dict:
     out = dict(export)
     out["run"] = {k: v for k, v in export["run"].items() if k not in ADDED["run"]}
-    for part in ("kernels", "cells"):
+    for part in ("kernels", "artifacts", "cells"):
         out[part] = [{k: v for k, v in e.items() if k not in ADDED[part]} for e in export[part]]
     return out
 

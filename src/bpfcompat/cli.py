@@ -23,6 +23,7 @@ from bpfcompat.errors import BpfcompatError, ConfigError
 from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
 from bpfcompat.matrix.plan import Plan, discover_artifacts, load_artifact
 from bpfcompat.matrix.store import DEFAULT_DB, Store
+from bpfcompat.matrix.verdict import Verdict
 from bpfcompat.report.terminal import printable
 
 app = typer.Typer(
@@ -378,6 +379,7 @@ def validate(
                 f"{cell.artifact} on {cell.kernel_id}: {cell.status}"
                 + (f" {cell.code}: {cell.evidence}" if cell.code else "")
             )
+            _explained(Verdict.stored(cell))
             for note in cell.notes:
                 _out(f"  note: {note}")
             if out is not None:
@@ -405,7 +407,16 @@ def validate(
         f"{loaded.name} on host {ran.release}: {verdict.status}"
         + (f" {verdict.code}: {verdict.evidence}" if verdict.code else "")
     )
+    _explained(verdict)
     raise typer.Exit(cell_exit_code(verdict.status))
+
+
+def _explained(verdict: Verdict) -> None:
+    """What a failing cell needs and where the verifier stopped, under its line."""
+    if verdict.needs:
+        _out(f"  {verdict.needs}")
+    if verdict.pinpoint and verdict.pinpoint.where:
+        _out(f"  at {verdict.pinpoint.where}")
 
 
 def _write_text(path: Path, text: str) -> None:
