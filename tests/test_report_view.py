@@ -28,7 +28,7 @@ def run_id(store: Store) -> int:
 
 # Keys the export gained after the first release (keys are only ever added).
 ADDED = {
-    "run": {"labels", "attach_mode"},
+    "run": {"labels", "attach_mode", "plan_digest", "shard"},
     "kernels": {"notes"},
     "cells": {"attached", "flaky", "expectation", "expected"},
 }

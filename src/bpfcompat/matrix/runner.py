@@ -110,7 +110,7 @@ class MatrixRunner:
         self.live_vms: set[GuestVM] = set()
         self.backend = options.backend
         self.accel = self.backend.accel()
-        self.analysis = RunAnalysis([k.id for k in plan.kernels], self.stop)
+        self.analysis = RunAnalysis([k.id for k in plan.active_kernels()], self.stop)
         self.messages: list[str] = []
         self._lock = threading.Lock()
 
@@ -123,12 +123,15 @@ class MatrixRunner:
                 tool_version=__version__,
                 labels_json=json.dumps(self.options.labels),
                 attach_mode=self.plan.attach_mode,
+                plan_digest=self.plan.digest(),
+                shard="/".join(map(str, self.plan.shard)) if self.plan.shard else None,
                 **process_identity(),
             )
         )
         assert run.id is not None
         self.run_id = run.id
-        for artifact in self.plan.artifacts:
+        mine = {a.name: a for _, a in self.plan.cells()}
+        for artifact in mine.values():
             if artifact.invalid_reason:
                 self.messages.append(f"{artifact.path}: {artifact.invalid_reason}")
         status = "completed"
@@ -168,14 +171,14 @@ class MatrixRunner:
             [CellOutcome(c.kernel_id, c.status, c.expected) for c in cells],
             invalid_inputs=any(
                 a.invalid_reason and (a.expect is None or a.name in unexpected)
-                for a in self.plan.artifacts
+                for _, a in self.plan.cells()
             ),
         )
 
     # --- scheduling ------------------------------------------------------------------------
 
     def _run_kernels(self) -> None:
-        kernels = self.plan.kernels
+        kernels = self.plan.active_kernels()
         workers = self.options.concurrency or default_concurrency(kernels)
         # Every kernel gets a thread so fetches overlap with running VMs; the semaphore
         # bounds how many VMs run at once. The image build overlaps with the fetches.
@@ -229,7 +232,7 @@ class MatrixRunner:
         except Exception as exc:  # the boundary that keeps the other kernels going
             if not self.stop.is_set():
                 done = {c.artifact for c in self.store.cells(self.run_id) if c.kernel_id == spec.id}
-                left = [a for a in self.plan.artifacts if a.name not in done]
+                left = [a for a in self.plan.artifacts_for(spec.id) if a.name not in done]
                 self._kernel_failed(spec, row, f"internal error: {describe_error(exc)}", left)
 
     def _kernel_work(
@@ -255,10 +258,10 @@ class MatrixRunner:
             )
             image = image_future.result()
         except BpfcompatError as exc:
-            self._kernel_failed(spec, row, describe_error(exc), self.plan.artifacts)
+            self._kernel_failed(spec, row, describe_error(exc), self.plan.artifacts_for(spec.id))
             return
         todo: list[tuple[int, Artifact, str]] = []
-        for index, artifact in enumerate(self.plan.artifacts):
+        for index, artifact in enumerate(self.plan.artifacts_for(spec.id)):
             key = cache_key(
                 artifact,
                 spec,

@@ -72,6 +72,8 @@ class Run(SQLModel, table=True):
     hostname: str | None = None
     labels_json: str | None = None  # {"key": "value"} given with --label
     attach_mode: str | None = None
+    plan_digest: str | None = None  # shards of one plan share it (matrix/plan.Plan.digest)
+    shard: str | None = None  # "I/N" when the run is one slice of a plan
 
     @property
     def labels(self) -> dict[str, str]:

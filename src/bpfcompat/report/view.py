@@ -59,6 +59,8 @@ class RunInfo(_Model):
     error: str | None
     labels: dict[str, str] = {}
     attach_mode: str | None = None
+    plan_digest: str | None = None  # shards of one plan share it
+    shard: str | None = None  # "I/N" for one slice of a plan; "merged N" for a merge
 
 
 class KernelInfo(_Model):
@@ -222,6 +224,8 @@ class RunView(_Model):
                     error=run.error,
                     labels=run.labels,
                     attach_mode=run.attach_mode,
+                    plan_digest=run.plan_digest,
+                    shard=run.shard,
                 ),
                 kernels=[
                     KernelInfo(
