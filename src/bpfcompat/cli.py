@@ -597,6 +597,23 @@ def manifest_suggest(
     typer.echo(run_suggest(obj, kernels), nl=False)
 
 
+@app.command("doctor")
+def doctor(
+    kernels: KernelsOpt = None,
+    kernel: Annotated[
+        list[str] | None, typer.Option("--kernel", help="Only these kernel ids (repeatable).")
+    ] = None,
+) -> None:
+    """Check this host for a matrix run (QEMU, KVM, image tools, disk, cache); print what
+    is missing with the command that fixes it. Exits 1 when something needed is missing."""
+    from bpfcompat.doctor import run_doctor
+
+    path = kernels or default_kernels_file()
+    matrix = load_kernel_matrix(path)
+    code = run_doctor(matrix, path, matrix.select(kernel), kernels is not None, typer.echo)
+    raise typer.Exit(code)
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
