@@ -10,6 +10,7 @@ import json
 import re
 import stat
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -494,9 +495,7 @@ def load_manifest(path: Path) -> Manifest:
 
 
 def default_kernels_file() -> Path:
-    """kernels.yaml at the repository root, or the copy shipped inside the package."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[3] / "kernels.yaml", here.parents[1] / "kernels.yaml"):
-        if candidate.is_file():
-            return candidate
-    return Path("kernels.yaml")
+    """The default matrix shipped inside the package: in a checkout,
+    src/bpfcompat/kernels.yaml is a symlink to the repository root's kernels.yaml, and
+    a built wheel holds a copy of it, so both find the same file from any directory."""
+    return Path(str(resources.files("bpfcompat").joinpath("kernels.yaml")))
