@@ -2,12 +2,13 @@
 # Install bpfcompat to use it, not to develop it: the Debian packages a matrix run needs,
 # and this checkout built into a wheel and installed, with its dependencies, into a venv
 # of its own. The Dockerfile and the GitHub Action run this script, and
-# tests/test_package.py runs it too, so what they install is what the test suite checks.
+# tests/test_package.py runs it (through the Action's step), so what they install is tested.
 #
-#   scripts/install.sh [--prefix DIR] [--bin-dir DIR] [--no-apt]
+#   scripts/install.sh [--prefix DIR] [--bin-dir DIR] [--no-apt] [--print-apt]
 #     --prefix DIR   the venv to create (default /opt/bpfcompat; replaced if it exists)
 #     --bin-dir DIR  put a `bpfcompat` symlink here (default /usr/local/bin; '' for none)
 #     --no-apt       install no Debian packages
+#     --print-apt    print the Debian packages this host would get, one a line, and stop
 #   PYTHON=python3.12 picks the interpreter (3.11 or newer; default python3).
 #
 # Development tools (clang, libbpf-dev, chromium) are scripts/setup.sh's business.
@@ -16,11 +17,13 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 prefix=/opt/bpfcompat
 bin_dir=/usr/local/bin
 apt=1
+print_apt=0
 while (($#)); do
   case "$1" in
     --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
     --bin-dir) bin_dir=${2?--bin-dir needs a directory}; shift 2 ;;
     --no-apt) apt=0; shift ;;
+    --print-apt) print_apt=1; shift ;;
     -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -38,10 +41,15 @@ RUNTIME_PACKAGES=(
 PY=${PYTHON:-python3}
 py_ok() { "$PY" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
 
+wanted=("${RUNTIME_PACKAGES[@]}")
+# Debian's python3 ships venv's ensurepip separately (python3-venv).
+py_ok || wanted+=(python3 python3-venv)
+if ((print_apt)); then
+  printf '%s\n' "${wanted[@]}"
+  exit 0
+fi
+
 if ((apt)); then
-  wanted=("${RUNTIME_PACKAGES[@]}")
-  # Debian's python3 ships venv's ensurepip separately (python3-venv).
-  py_ok || wanted+=(python3 python3-venv)
   missing=()
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -1,7 +1,7 @@
-"""The installable package: scripts/install.sh (what the Dockerfile and the GitHub Action
-run) builds a wheel from this checkout and installs it, with its dependencies from the
-package index, into a fresh venv; the installed `bpfcompat` then works from a directory
-outside the checkout, on the kernel and image cache shared with every other run."""
+"""The installable package: scripts/install.sh (what the Dockerfile and the GitHub Action's
+install step run) builds a wheel from this checkout and installs it, with its dependencies
+from the package index, into a fresh venv; the installed `bpfcompat` then works from a
+directory outside the checkout, on the kernel and image cache shared with every other run."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from bpfcompat.matrix.config import load_kernel_matrix
 from conftest import ROOT, require_tool
 from expectations import expected
 
-INSTALL = ROOT / "scripts" / "install.sh"
+ACTION_INSTALL = ROOT / "scripts" / "action" / "install.sh"
 KERNEL = "debian-12-6.1"
 OBJECTS = ("simple-pass", "verifier-oob")
 
@@ -40,23 +40,45 @@ def _env(tmp: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The GitHub Action's install step, with the environment a runner gives it: it runs
+    scripts/install.sh (as the Dockerfile does) into RUNNER_TEMP."""
     base = tmp_path_factory.mktemp("install")
     scratch = base / "tmp"
-    scratch.mkdir()
+    runner_temp = base / "runner-temp"
+    for path in (scratch, runner_temp, base / "workspace"):
+        path.mkdir()
+    env = _env(scratch) | {
+        "RUNNER_TEMP": str(runner_temp),
+        "RUNNER_OS": "Linux",
+        "GITHUB_PATH": str(base / "github_path"),
+        "GITHUB_OUTPUT": str(base / "github_output"),
+        "GITHUB_WORKSPACE": str(base / "workspace"),
+        "INPUT_KERNELS_FILE": "",
+    }
     started = time.monotonic()
     proc = subprocess.run(
-        ["bash", str(INSTALL), "--prefix", str(base / "venv"), "--bin-dir", str(base / "bin")],
+        ["bash", str(ACTION_INSTALL)],
         capture_output=True,
         text=True,
-        env=_env(scratch),
-        cwd=base,
+        env=env,
+        cwd=base / "workspace",
         check=False,
     )
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == f"bpfcompat {__version__}"
-    print(f"install.sh took {took:.1f} s")
-    return {"base": base, "scratch": scratch, "bin": base / "bin" / "bpfcompat"}
+    print(f"install step took {took:.1f} s")
+    assert f"bpfcompat {__version__}" in proc.stdout.splitlines()
+    bin_dir = runner_temp / "bpfcompat" / "bin"
+    assert (base / "github_path").read_text() == f"{bin_dir}\n"
+    outputs = (base / "github_output").read_text()
+    assert f"bpfcompat={bin_dir / 'bpfcompat'}\n" in outputs
+    assert "cache-key=bpfcompat-v1-Linux-" in outputs
+    return {
+        "base": base,
+        "scratch": scratch,
+        "bin": bin_dir / "bpfcompat",
+        "prefix": bin_dir.parent,
+    }
 
 
 def _run(installed: dict[str, Any], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -77,7 +99,7 @@ def test_install_leaves_no_wheel_or_build_behind(installed: dict[str, Any]) -> N
 
 
 def test_the_venv_holds_the_wheel_not_the_checkout(installed: dict[str, Any]) -> None:
-    venv = installed["base"] / "venv"
+    venv = installed["prefix"] / "venv"
     probe = (
         "import json, bpfcompat\n"
         "from importlib import resources\n"
