@@ -147,6 +147,55 @@ def test_outputs_named_in_action_yml_are_written_by_their_scripts() -> None:
         ), (step_id, name)
 
 
+def test_scripts_pass_shellcheck() -> None:
+    shellcheck = require_tool("shellcheck")
+    scripts = [*sorted(SCRIPTS.glob("*.sh")), ROOT / "scripts" / "install.sh"]
+    proc = subprocess.run(
+        [shellcheck, "-x", "-P", str(SCRIPTS), *map(str, scripts)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout
+
+
+def _doc_yaml_blocks() -> list[Any]:
+    blocks = re.findall(r"^```yaml\n(.*?)^```", CI_DOC, re.M | re.S)
+    assert len(blocks) >= 5
+    return [yaml.safe_load(block) for block in blocks]
+
+
+def _uses_of_the_action(node: Any) -> list[dict[str, Any]]:
+    """Every step of a workflow in the docs that uses this action."""
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        if str(node.get("uses", "")).startswith("OWNER/bpfcompat@"):
+            found.append(node)
+        for value in node.values():
+            found += _uses_of_the_action(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _uses_of_the_action(value)
+    return found
+
+
+def test_documented_workflows_parse_and_use_real_inputs() -> None:
+    blocks = _doc_yaml_blocks()
+    steps = [s for block in blocks for s in _uses_of_the_action(block)]
+    assert len(steps) >= 4
+    for step in steps:
+        given = set(step.get("with", {}))
+        assert "artifacts" in given
+        assert given <= set(ACTION["inputs"]), given - set(ACTION["inputs"])
+        if "fail-on" in given:
+            assert step["with"]["fail-on"] in {"never", "error", "regression", "fail"}
+    gitlab = next(b for b in blocks if isinstance(b, dict) and "bpfcompat" in b)
+    job = gitlab["bpfcompat"]
+    assert job["artifacts"]["reports"]["junit"] == "bpfcompat-out/junit.xml"
+    assert job["cache"]["key"]["prefix"] == f"bpfcompat-v1-{__version__}-trixie"
+    assert any("scripts/install.sh" in line for line in job["before_script"])
+
+
 # --- the cache key ---------------------------------------------------------------------------
 
 

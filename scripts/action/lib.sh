@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by the Action's step scripts (sourced, not run).
 
 # Write one step output (GitHub's GITHUB_OUTPUT file; printed when there is none).
@@ -47,6 +48,7 @@ as_root() {
   fi
 }
 
+# shellcheck disable=SC2034 # read by the scripts that source this file
 FAIL_ON_VALUES="never error regression fail"
 
 # The step's exit code from `fail-on`, the exit code of `bpfcompat matrix run` (0 every
