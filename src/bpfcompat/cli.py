@@ -610,7 +610,7 @@ def doctor(
 
     path = kernels or default_kernels_file()
     matrix = load_kernel_matrix(path)
-    code = run_doctor(matrix, path, matrix.select(kernel), kernels is not None, typer.echo)
+    code = run_doctor(matrix, path, matrix.select(kernel), kernels is not None, _out)
     raise typer.Exit(code)
 
 

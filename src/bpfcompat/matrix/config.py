@@ -356,8 +356,9 @@ class ProgramExpectation(Strict):
     )
     expected_attach_type: Annotated[str | None, _known(ATTACH_TYPE_NAMES, "attach type")] = Field(
         None,
-        description="The expected attach type that goes with `type`, when the program "
-        "type needs one: libbpf's name (`cgroup_inet_ingress`, ...) or the kernel's.",
+        description="The expected attach type that goes with `type` (and needs it), when "
+        "the program type needs one: libbpf's name (`cgroup_inet_ingress`, ...) or the "
+        "kernel's.",
         examples=["cgroup_inet_ingress"],
     )
 
