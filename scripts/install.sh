@@ -34,7 +34,7 @@ RUNTIME_PACKAGES=(
   qemu-system-x86        # boots the kernels
   mmdebstrap             # builds the guest image
   debian-archive-keyring # verifies the Debian packages fetched for kernels and the image
-  zstd                   # unpacks .ko.zst kernel modules
+  zstd lz4               # unpack kernel modules, and kernels to read their BTF
   ca-certificates        # pip and https mirrors
 )
 

@@ -38,6 +38,7 @@ class FakeHost(Host):
             "apt-cache",
             "dpkg-deb",
             "zstd",
+            "lz4",
             "mmdebstrap",
             "newuidmap",
         }
@@ -120,8 +121,17 @@ def test_everything_present_exits_0() -> None:
     assert "vmx" in by["kvm"].detail
 
 
+def test_missing_decompressors_are_needed_by_every_run() -> None:
+    host = FakeHost(tools=FakeHost().tools - {"lz4"}, uid=1000)
+    code, out = doctor(host)
+    assert code == 1
+    assert checks(host)["lz4"].fix == "sudo apt-get install -y lz4"
+    assert "1 missing: lz4" in out
+
+
 def test_missing_qemu_fails_with_the_apt_command() -> None:
-    code, out = doctor(FakeHost(tools={"apt-get", "apt-cache", "dpkg-deb", "zstd"}, uid=1000))
+    tools = {"apt-get", "apt-cache", "dpkg-deb", "zstd", "lz4"}
+    code, out = doctor(FakeHost(tools=tools, uid=1000))
     assert code == 1
     assert "  missing   qemu-system-x86_64" in out
     assert "fix: sudo apt-get install -y qemu-system-x86" in out
@@ -190,7 +200,7 @@ def test_fix_commands_name_a_custom_kernels_file() -> None:
 def test_tools_for_what_is_cached_are_not_needed() -> None:
     """A warm cache runs without apt, dpkg-deb, mmdebstrap, the keyring, root or a mirror."""
     host = FakeHost(
-        tools={"qemu-system-x86_64"},
+        tools={"qemu-system-x86_64", "zstd", "lz4"},
         paths={"/dev/kvm"},
         uid=1000,
         mirror_uri=None,
@@ -245,7 +255,12 @@ def test_non_debian_host_points_at_the_docker_image() -> None:
     host = FakeHost(kernels={}, tools={"qemu-system-x86_64", "mmdebstrap"}, files=files)
     code, out = doctor(host)
     assert code == 1
-    assert checks(host)["apt-get"].fix.startswith("not a Debian-based host")
+    by = checks(host)
+    assert by["apt-get"].fix.startswith("not a Debian-based host")
+    assert by["lz4"].fix == (
+        "not a Debian-based host: install lz4 (Debian's names) with its package manager, "
+        "or run bpfcompat in its Docker image (docs/ci.md)"
+    )
     assert "install the missing packages at once" not in out
 
 

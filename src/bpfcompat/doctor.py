@@ -1,8 +1,9 @@
 """`bpfcompat doctor`: what this host has and lacks for a matrix run, each missing piece
 with the command that fixes it.
 
-What counts as needed depends on the cache. QEMU always is. The tools that fetch kernels
-(apt-get, apt-cache, dpkg-deb, zstd, a Debian mirror) are needed only while a kernel of the
+What counts as needed depends on the cache. QEMU always is, and so are the decompressors
+that read each run kernel's BTF for the static checks. The tools that fetch kernels
+(apt-get, apt-cache, dpkg-deb, a Debian mirror) are needed only while a kernel of the
 matrix is not cached, and those that build the guest image (mmdebstrap, the archive
 keyring, root) only while the image is not built: a host with a warm cache runs without
 them. KVM is never needed (guests run under TCG without it, only slower), so its line
@@ -37,8 +38,10 @@ QEMU = {
     "x86_64": ("qemu-system-x86_64", "qemu-system-x86"),
     "aarch64": ("qemu-system-aarch64", "qemu-system-arm"),
 }
-# Kernel fetching and image building: program -> Debian package.
-FETCH_TOOLS = {"apt-get": "apt", "apt-cache": "apt", "dpkg-deb": "dpkg", "zstd": "zstd"}
+# Program -> Debian package. Every run decompresses its kernels to read their BTF (LZ4 on
+# Debian 11/12, zstd later); fetching a kernel unpacks .deb files and .ko.zst modules.
+RUN_TOOLS = {"zstd": "zstd", "lz4": "lz4"}
+FETCH_TOOLS = {"apt-get": "apt", "apt-cache": "apt", "dpkg-deb": "dpkg"}
 CAP_SYS_CHROOT = 18  # include/uapi/linux/capability.h
 # Disk a run needs beyond the cache (store, guest consoles, per-kernel initrds), and what a
 # missing kernel (its .debs and extracted tree while fetching, ~100-140 MiB kept) or the
@@ -139,8 +142,14 @@ class Doctor:
         self.kernels_opt = kernels_opt  # " --kernels FILE" for fix commands, or ""
         self.host = host
         self.sudo = "" if host.euid() == 0 else "sudo "
+        self.debian = host.read_text("/etc/debian_version") is not None
 
     def _apt(self, *packages: str) -> str:
+        if not self.debian:
+            return (
+                f"not a Debian-based host: install {' '.join(packages)} (Debian's names) with "
+                "its package manager, or run bpfcompat in its Docker image (docs/ci.md)"
+            )
         return f"{self.sudo}apt-get install -y {' '.join(packages)}"
 
     def checks(self) -> list[Check]:
@@ -148,6 +157,7 @@ class Doctor:
         image_missing = not self.host.image_built(self.matrix.guest_suite)
         out = self._qemu()
         out.append(self._kvm())
+        out += self._run_tools()
         out += self._cache(missing_kernels, image_missing)
         out += self._fetch_tools(bool(missing_kernels))
         out += self._image_tools(image_missing)
@@ -262,27 +272,40 @@ class Doctor:
             return Check(name, "missing", f"{detail}: {why}", fix, pkg)
         return Check(name, "info", f"{detail}: not needed while the cache is complete", fix)
 
+    def _run_tools(self) -> list[Check]:
+        out = []
+        for tool, package in RUN_TOOLS.items():
+            path = self.host.which(tool)
+            if path:
+                out.append(Check(tool, "ok", path))
+            else:
+                out.append(
+                    Check(
+                        tool,
+                        "missing",
+                        "not installed: decompresses the kernels to read their BTF for the "
+                        "static checks of every run (without it they are left unchecked)",
+                        self._apt(package),
+                        package,
+                    )
+                )
+        return out
+
     def _fetch_tools(self, needed: bool) -> list[Check]:
         out = []
-        debian = self.host.read_text("/etc/debian_version")
         for tool, package in FETCH_TOOLS.items():
             path = self.host.which(tool)
             if path:
                 out.append(Check(tool, "ok", path))
                 continue
-            fix = (
-                self._apt(package)
-                if debian
-                else "not a Debian-based host: run bpfcompat in its Docker image (docs/ci.md)"
-            )
             out.append(
                 self._needed(
                     tool,
                     needed,
                     "fetches the kernels",
                     "not installed",
-                    fix,
-                    package if debian else "",
+                    self._apt(package),
+                    package,
                 )
             )
         return out
@@ -417,7 +440,7 @@ def run_doctor(
         return 0
     packages = list(dict.fromkeys(c.package for c in missing if c.package))
     echo(f"{len(missing)} missing: {', '.join(c.name for c in missing)}")
-    if packages:
+    if packages and host.read_text("/etc/debian_version") is not None:
         sudo = "" if host.euid() == 0 else "sudo "
         echo(f"install the missing packages at once: {sudo}apt-get install -y {' '.join(packages)}")
     return 1
