@@ -385,12 +385,15 @@ def test_run_step_end_to_end(built_examples: Path, tmp_path: Path) -> None:
     require_tool("qemu-system-x86_64")
     env = _github_env(
         tmp_path,
-        artifacts=" ".join(f"bpf/{n}" for n in OBJECTS),
+        artifacts=" ".join(f"bpf/{n}.bpf.o" for n in OBJECTS),
         kernels=KERNEL,
         labels="team=ebpf",
     )
+    # The objects alone: the examples' expect.yaml would turn the expected failure into an
+    # expected cell, and this test wants a failing run to map.
+    (tmp_path / "workspace" / "bpf").mkdir(parents=True)
     for name in OBJECTS:
-        shutil.copytree(built_examples / name, tmp_path / "workspace" / "bpf" / name)
+        shutil.copy(built_examples / name / f"{name}.bpf.o", tmp_path / "workspace" / "bpf")
     (tmp_path / "summary.md").write_text("output of an earlier step\n")
 
     proc, took = _run_step(tmp_path, env)
