@@ -456,6 +456,54 @@ def test_run_step_end_to_end(built_examples: Path, tmp_path: Path) -> None:
     assert _gate(env, outputs).returncode == 0
     assert (tmp_path / "summary.md").read_text().count("## bpfcompat run") == 2
 
+    # against the first run's export as base: nothing regressed, so fail-on regression passes
+    shutil.copy(files["run-json"], tmp_path / "workspace" / "base.json")
+    env.update(INPUT_BASE="base.json", INPUT_FAIL_ON="regression")
+    proc, _ = _run_step(tmp_path, env)
+    outputs = _parse_outputs(tmp_path / "github_output")
+    assert outputs["compare-exit-code"] == "0", proc.stdout + proc.stderr[-2000:]
+    assert (outputs["exit-code"], outputs["step-exit-code"]) == (str(tool), "0")
+    assert "comparison with the base run failed" not in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.vm
+def test_sharded_run_steps_merge_into_the_whole_run(built_examples: Path, tmp_path: Path) -> None:
+    """docs/ci.md's sharded workflow: two shard jobs (run step with shard I/2, fail-on never,
+    each with its own runner), then the merge job's command over their exports."""
+    require_tool("qemu-system-x86_64")
+    exports = []
+    for index in (1, 2):
+        job = tmp_path / f"job{index}"
+        job.mkdir()
+        env = _github_env(job, artifacts="bpf", kernels=KERNEL, shard=f"{index}/2",
+                          **{"fail-on": "never"})  # fmt: skip
+        (job / "workspace" / "bpf").mkdir()
+        for name in OBJECTS:
+            shutil.copy(built_examples / name / f"{name}.bpf.o", job / "workspace" / "bpf")
+        proc, _ = _run_step(job, env)
+        outputs = _parse_outputs(job / "github_output")
+        assert outputs["step-exit-code"] == "0", proc.stdout + proc.stderr[-2000:]
+        assert outputs["artifact-name"] == f"bpfcompat-report-shard-{index}-of-2"
+        assert outputs["exit-code"] in {"0", "2"}, proc.stderr[-2000:]
+        exports.append(job / "workspace" / outputs["run-json"])
+    cells = [c for e in exports for c in json.loads(e.read_text())["cells"]]
+    assert sorted(c["artifact"] for c in cells) == sorted(OBJECTS)  # each cell in one shard
+    merged = tmp_path / "merged"
+    proc = subprocess.run(
+        ["bpfcompat", "merge", *map(str, exports), "--db", str(tmp_path / "merge.db"),
+         "--json", str(merged / "run.json"), "--html", str(merged / "report.html"),
+         "--markdown", str(merged / "summary.md"), "--junit", str(merged / "junit.xml")],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    want = {n: expected(n, KERNEL) for n in OBJECTS}
+    assert proc.returncode == (2 if any(w["status"] == "fail" for w in want.values()) else 0)
+    export = json.loads((merged / "run.json").read_text())
+    assert {c["artifact"]: (c["status"], c["code"]) for c in export["cells"]} == {
+        n: (w["status"], w["code"]) for n, w in want.items()
+    }
+    for name in ("report.html", "summary.md", "junit.xml"):
+        assert (merged / name).stat().st_size > 0
+
 
 def test_run_step_tool_error_goes_to_the_summary(tmp_path: Path) -> None:
     """A missing artifact: bpfcompat exits 1 before booting anything; the summary has its
