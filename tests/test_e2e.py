@@ -208,7 +208,7 @@ def test_rerun_is_served_from_cache(default_run: dict[str, Any]) -> None:
 
 
 def test_two_examples_on_one_kernel_exit_zero(built_examples: Path, tmp_path: Path) -> None:
-    """Issue 2's acceptance command, on a fresh store."""
+    """The smallest real run: two examples on one kernel, on a fresh store."""
     out = tmp_path / "out.json"
     proc = run_cli(
         "matrix",

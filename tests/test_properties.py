@@ -1,4 +1,4 @@
-"""Property-based tests of every host-side parser of untrusted input (issue 7).
+"""Property-based tests of every host-side parser of untrusted input.
 
 The inputs here come from users (manifests, kernels.yaml), from the artifact under test
 (ELF bytes) or from a guest that just ran that artifact as root (validator results). A

@@ -229,15 +229,16 @@ def test_markdown_matrix_shape(store: Store, run_id: int) -> None:
     assert "debian-13-6.12-lockdown (optional)" in header[-1]
     bloom = next(r for r in body if r[0] == "bloom-filter-map")
     assert "UNSUPPORTED_MAP_TYPE" in bloom[1] and "pass" in bloom[2]
-    failing = _table_rows(text, "| artifact | kernel | status | code | evidence | needs | where |")
+    head = "| artifact | kernel | status | code | expected | evidence | needs | where |"
+    failing = _table_rows(text, head)
     n_fail = sum(1 for c in export["cells"] if c["status"] != "pass")
     assert len(failing) == 2 + n_fail
-    assert all(len(r) == 7 for r in failing)
+    assert all(len(r) == 8 for r in failing)
     by_cell = {(r[0], r[1]): r for r in failing[2:]}
     bloom_510 = by_cell[("bloom-filter-map", "debian-11-5.10")]
-    assert bloom_510[5] == md_cell("needs >= 5.16 for map type bloom_filter (this kernel: 5.10)")
+    assert bloom_510[6] == md_cell("needs >= 5.16 for map type bloom_filter (this kernel: 5.10)")
     oob = by_cell[("verifier-oob", "debian-13-6.12")]
-    assert oob[6] == md_cell("verifier-oob.bpf.c:30 `return *next != 0;` (insn 8)")
+    assert oob[7] == md_cell("verifier-oob.bpf.c:30 `return *next != 0;` (insn 8)")
 
 
 def test_markdown_escapes_cells(store: Store) -> None:
@@ -255,8 +256,8 @@ def test_markdown_escapes_cells(store: Store) -> None:
     assert (
         "x \\| y \\`z\\` &lt;script&gt;alert(1)&lt;/script&gt; next line \\*\\*bold\\*\\*" in text
     )
-    for row in _table_rows(text, "| artifact | kernel | status | code | evidence |")[2:]:
-        assert len(row) == 7
+    for row in _table_rows(text, "| artifact | kernel | status | code | expected | evidence |")[2:]:
+        assert len(row) == 8
     assert md_cell("CORE_RELOCATION_FAILURE") == "CORE_RELOCATION_FAILURE"
     assert md_cell("_emph_") == "\\_emph\\_"
 

@@ -28,10 +28,19 @@ def run_id(store: Store) -> int:
 
 # Keys the export gained after the first release (keys are only ever added).
 ADDED = {
-    "run": {"labels", "attach_mode"},
+    "run": {"labels", "attach_mode", "plan_digest", "shard"},
     "kernels": {"notes"},
     "artifacts": {"floor", "floor_reason"},
-    "cells": {"attached", "flaky", "needs", "pinpoint", "programs", "programs_left_out"},
+    "cells": {
+        "attached",
+        "flaky",
+        "expectation",
+        "expected",
+        "needs",
+        "pinpoint",
+        "programs",
+        "programs_left_out",
+    },
 }
 
 

@@ -109,7 +109,23 @@ def render_junit(view: RunView) -> str:
                 counts["skipped"] += 1
                 continue
             v = cell.verdict
-            if cell.failing and not kernel.required:
+            if cell.expected is not None:
+                ET.SubElement(ET.SubElement(case, "properties"), "property",
+                              name="expected", value=_clean(str(cell.expectation)))  # fmt: skip
+            if cell.unexpected and not cell.failing and kernel.required:
+                element = ET.SubElement(
+                    case, "failure", message=_clean(f"expected {cell.expectation}, got pass"),
+                    type="UNEXPECTED_PASS",
+                )  # fmt: skip
+                element.text = _body(cell, kernel)
+                counts["failures"] += 1
+            elif cell.failing and cell.expected and kernel.required:
+                skipped = ET.SubElement(
+                    case, "skipped", message=_clean(f"expected: {v.status} {_message(v)}")
+                )
+                skipped.text = _body(cell, kernel)
+                counts["skipped"] += 1
+            elif cell.failing and not kernel.required:
                 verdict = f"{v.status} {_message(v)}"
                 skipped = ET.SubElement(
                     case, "skipped", message=_clean(f"optional kernel: {verdict}")

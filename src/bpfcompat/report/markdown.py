@@ -50,6 +50,12 @@ def _kernel(view: RunView, kernel_id: str) -> str:
     return md_cell(kernel_id) + ("" if view.required(kernel_id) else " (optional)")
 
 
+def _expected(cell: CellInfo) -> str:
+    if cell.expected is None:
+        return ""
+    return "yes" if cell.expected else f"**no** (expected {md_cell(cell.expectation)})"
+
+
 def render_markdown(view: RunView, comparison: Comparison | None = None) -> str:
     """The run as a CI summary; `comparison` adds the changes against a base run."""
     run = view.run
@@ -100,15 +106,15 @@ def render_markdown(view: RunView, comparison: Comparison | None = None) -> str:
         out += [
             f"### Failing cells ({len(failing)})",
             "",
-            "| artifact | kernel | status | code | evidence | needs | where |",
-            "|---|---|---|---|---|---|---|",
+            "| artifact | kernel | status | code | expected | evidence | needs | where |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for c in failing[:MAX_FAILURE_ROWS]:
             v = c.verdict
             where = v.pinpoint.where if v.pinpoint else None
             out.append(
                 f"| {md_cell(c.artifact)} | {_kernel(view, c.kernel)} | {md_cell(v.status)} | "
-                f"{md_cell(v.code)} | {md_cell(v.evidence, EVIDENCE_CHARS)} | "
+                f"{md_cell(v.code)} | {_expected(c)} | {md_cell(v.evidence, EVIDENCE_CHARS)} | "
                 f"{md_cell(v.needs)} | {md_cell(where, EVIDENCE_CHARS)} |"
             )
         if len(failing) > MAX_FAILURE_ROWS:

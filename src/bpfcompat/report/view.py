@@ -60,6 +60,8 @@ class RunInfo(_Model):
     error: str | None
     labels: dict[str, str] = {}
     attach_mode: str | None = None
+    plan_digest: str | None = None  # shards of one plan share it
+    shard: str | None = None  # "I/N" for one slice of a plan; "merged N" for a merge
 
 
 class KernelInfo(_Model):
@@ -150,10 +152,16 @@ class CellInfo(_Model):
     classifier_version: str
     raw: RawEvidence | None = None  # loaded only when asked for (the HTML report)
     flaky: bool = False  # a functional test passed only on a retry
+    expectation: str | None = None  # what the project expects here (`fail CODE`, `pass`)
+    expected: bool | None = None  # whether it held; None: no expectation stated
     programs: list[ProgramSummary] = []
     programs_left_out: int = 0  # programs beyond what a cell keeps
 
     text_lists = field_validator("notes", mode="before")(_texts)
+
+    @property
+    def unexpected(self) -> bool:
+        return self.expected is False
 
     @property
     def failing(self) -> bool:
@@ -182,6 +190,8 @@ class CellInfo(_Model):
             "map_fixups": [s.model_dump() for s in self.map_fixups],
             "attached": v.attached,
             "flaky": self.flaky,
+            "expectation": self.expectation,
+            "expected": self.expected,
             "needs": v.needs,
             "pinpoint": v.pinpoint.model_dump() if v.pinpoint else None,
             "programs": [p.model_dump() for p in self.programs],
@@ -242,6 +252,8 @@ class RunView(_Model):
                     error=run.error,
                     labels=run.labels,
                     attach_mode=run.attach_mode,
+                    plan_digest=run.plan_digest,
+                    shard=run.shard,
                 ),
                 kernels=[
                     KernelInfo(
@@ -373,6 +385,8 @@ def _stored_cell(cell: Cell, results: dict[int, ValidatorResult] | None) -> Cell
         classifier_version=cell.classifier_version or "",
         raw=raw,
         flaky=bool(cell.flaky),
+        expectation=cell.expectation,
+        expected=cell.expected,
         programs=_dicts(details.get("programs")),
         programs_left_out=_count_of(details.get("programs_left_out")),
     )
@@ -410,6 +424,8 @@ def _exported_cell(cell: dict[str, Any]) -> dict[str, Any]:
         "classifier_version": cell.get("classifier_version"),
         "raw": {k: cell.get(k) for k in _RAW_KEYS} if "result" in cell else None,
         "flaky": cell.get("flaky", False),
+        "expectation": cell.get("expectation"),
+        "expected": cell.get("expected"),
         "programs": cell.get("programs") or [],
         "programs_left_out": cell.get("programs_left_out") or 0,
     }

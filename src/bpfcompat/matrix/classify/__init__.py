@@ -1,12 +1,12 @@
 """Classify one stored validator result into a precise code with the line that proves it.
 
-Why a table: the reference tool did first-match substring search over the libbpf log and
-ignored errno, so EACCES verifier rejections became capability failures, BTF-less kernels
-turned everything into MISSING_BTF and every attach failure was "unsupported attach
-type". Here each rule is a small named predicate over a `Facts` view of *all* the
-evidence (facts.py), built from the one typed model of a result (bpfcompat.matrix.result);
-rules are data in precedence order (rules.py) and every message they match is a `Msg`
-naming the source that prints it (messages.py). Evidence is always one verbatim line from
+Why a table: first-match substring search over the libbpf log, ignoring errno, turns
+EACCES verifier rejections into capability failures, makes every failure on a BTF-less
+kernel MISSING_BTF and every attach failure "unsupported attach type". Here each rule
+is a small named predicate over a `Facts` view of *all* the evidence (facts.py), built
+from the one typed model of a result (bpfcompat.matrix.result); rules are data in
+precedence order (rules.py) and every message they match is a `Msg` naming the source
+that prints it (messages.py). Evidence is always one verbatim line from
 the recorded logs, the console, or the host's ELF pre-check for objects that never
 reached libbpf; every verdict names the rule that gave it.
 """
