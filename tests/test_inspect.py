@@ -58,6 +58,8 @@ EXAMPLE_FLOORS = {
     "loader-section": ("3.19", "program_type", "socket_filter"),  # suggested type
     "loader-section-typed": ("3.19", "program_type", "socket_filter"),
     "struct-ops-unknown": ("5.6", "program_type", "struct_ops"),
+    "freplace-with-target": ("5.6", "program_type", "ext"),
+    "rodata-globals": ("5.2", "feature", "global_data"),  # the globals a loader sets
 }
 # Loader-contract examples: (finding kind, subject, declared by the example's manifest).
 EXAMPLE_FINDINGS = {
