@@ -76,6 +76,8 @@ class GridCell:
     required: bool
     tooltip: str
     change: ChangeView | None = None
+    expectation: str | None = None  # what the project expects here, when it says
+    expected: bool | None = None  # whether that held; None: nothing expected
 
     @property
     def id(self) -> str:
@@ -159,6 +161,13 @@ class ReportView:
     comparison: ComparisonSummary | None = None
     changes: list[ChangeView] = field(default_factory=list)
 
+    @property
+    def expectations(self) -> tuple[int, int]:
+        """(cells whose stated expectation held, cells where it did not)."""
+        cells = [c for row in self.rows for c in row.cells if c.expected is not None]
+        held = sum(1 for c in cells if c.expected)
+        return held, len(cells) - held
+
 
 def _yes_no(value: bool | None) -> str:
     return "yes" if value is True else "no" if value is False else "unknown"
@@ -218,7 +227,22 @@ def _grid_cell(row: int, k: KernelColumn, cell: CellInfo | None) -> GridCell:
     v = cell.verdict
     tip = v.label + (f": {v.evidence or ''}" if v.code else "")
     tip += f" — {v.needs}" if v.needs else ""
-    return GridCell(row, k.index, v.status, v.code, k.required, tip[:TOOLTIP_CHARS])
+    if cell.expected is not None:
+        tip = (
+            f"expected ({cell.expectation}) · {tip}"
+            if cell.expected
+            else f"UNEXPECTED: expected {cell.expectation} · {tip}"
+        )
+    return GridCell(
+        row,
+        k.index,
+        v.status,
+        v.code,
+        k.required,
+        tip[:TOOLTIP_CHARS],
+        expectation=cell.expectation,
+        expected=cell.expected,
+    )
 
 
 def build_view(run: RunView, comparison: Comparison | None = None) -> ReportView:
