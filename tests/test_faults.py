@@ -194,7 +194,7 @@ def test_unknown_kernel_leaves_store_untouched(tmp_path: Path) -> None:
     assert not db.exists()
 
 
-# --- guest-side faults (issue 7) ----------------------------------------------------------
+# --- guest-side faults -------------------------------------------------------------------
 
 
 def _stage(root: Path, src: Path, manifests: dict[str, str]) -> list[Path]:
@@ -405,3 +405,30 @@ def test_concurrent_first_opens_of_a_new_store(tmp_path: Path) -> None:
         errors = [p.stderr.read() for p in procs if p.wait() != 0]  # type: ignore[union-attr]
         assert errors == [], errors[0][-500:]
         assert sqlite3.connect(db).execute("select count(*) from run").fetchone()[0] == 6
+
+
+@pytest.mark.vm
+def test_kill_9_leaves_no_guest_and_the_next_open_closes_the_run(
+    built_examples: Path, tmp_path: Path, runs: list[_Run]
+) -> None:
+    """SIGKILL of bpfcompat mid-validation: nothing of it runs on (QEMU dies with the
+    process that started it), and the next open of the store marks the run interrupted."""
+    require_tool("qemu-system-x86_64")
+    sleeper = "functional_tests:\n  - name: slow\n    command: sleep 40\n    timeout: 60s\n"
+    inputs = _stage(tmp_path / "in", built_examples / "simple-pass" / "simple-pass.bpf.o",
+                    {"a-slow": sleeper})  # fmt: skip
+    run = _Run(tmp_path, inputs, "--kernel", "debian-12-6.1")
+    runs.append(run)
+    run.wait_for("validating 1/1 a-slow")
+    assert len(_qemu_pids(str(run.out))) == 1
+    started = time.monotonic()
+    run.proc.kill()
+    run.proc.wait(timeout=30)
+    while _qemu_pids(str(run.out)) and time.monotonic() - started < 30:
+        time.sleep(0.1)
+    assert _qemu_pids(str(run.out)) == [], "QEMU outlived the bpfcompat that started it"
+    assert integrity(run.db) == "ok"
+    proc = run_cli("runs", "list", "--db", str(run.db))
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert "interrupted" in line, line

@@ -15,6 +15,8 @@ import pytest
 from bpfcompat.matrix.plan import Plan, discover_artifacts
 from bpfcompat.matrix.runner import RunOptions, run_plan
 from bpfcompat.matrix.store import Run, Store
+from bpfcompat.report.html import render_html
+from bpfcompat.report.view import RunView
 from bpfcompat.vm.spec import KernelSpec
 from fake_guest import PANIC, FakeWorld, Step, recorded_result
 
@@ -359,11 +361,15 @@ def test_a_cell_that_differs_from_its_expectation_fails_the_run(
     while verifier-oob's own expected rejection does not count."""
     world.script("ringbuf", Step(result=recorded_result("verifier-oob")))
     world.script("verifier-oob", Step(result=recorded_result("verifier-oob")))
-    summary, _ = run(tmp_path, built_examples, world, ["ringbuf", "verifier-oob"])
+    summary, store = run(tmp_path, built_examples, world, ["ringbuf", "verifier-oob"])
     got = cells(summary)
     assert (got["ringbuf"].expected, got["ringbuf"].expectation) == (False, "pass")
     assert got["verifier-oob"].expected is True
     assert summary.exit_code == 2
+    page = render_html(RunView.from_store(store, summary.run_id))
+    assert 'id="expectations"' in page and "as expected <b>1</b> · unexpected <b>1</b>" in page
+    assert page.count(">UNEXPECTED</span>") == 1 and page.count(">expected</span>") == 1
+    assert "pass — did not hold" in page and "fail VERIFIER_REJECTION — held" in page
 
 
 def test_an_unexpected_pass_fails_the_run_too(

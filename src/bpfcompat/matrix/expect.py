@@ -24,8 +24,17 @@ EXPECT_SUFFIX = ".expect.yaml"
 
 
 class ExpectedVerdict(Strict):
-    status: Literal["pass", "fail", "error"]
-    code: Annotated[str, Field(pattern=r"^[A-Z][A-Z_]{2,40}$")] | None = None
+    """The verdict a cell is expected to get."""
+
+    status: Literal["pass", "fail", "error"] = Field(
+        description="The expected status of the cell.", examples=["fail"]
+    )
+    code: Annotated[str, Field(pattern=r"^[A-Z][A-Z_]{2,40}$")] | None = Field(
+        None,
+        description="The expected classification code (docs/codes.md): required for fail "
+        "and error, absent for pass.",
+        examples=["VERIFIER_REJECTION"],
+    )
 
     @model_validator(mode="after")
     def _code_for_failures(self) -> ExpectedVerdict:
@@ -40,10 +49,22 @@ class ExpectedVerdict(Strict):
 
 
 class Expectations(Strict):
-    default: ExpectedVerdict
-    kernels: dict[str, ExpectedVerdict] = Field(default_factory=dict)
+    """What the project expects on each kernel, like pytest's xfail: a cell that matches
+    does not fail the run; one that differs (an unexpected pass included) does."""
+
+    default: ExpectedVerdict = Field(description="The expectation on every kernel not named.")
+    kernels: dict[str, ExpectedVerdict] = Field(
+        default_factory=dict,
+        description="Per-kernel expectations, by kernel id.",
+        examples=[{"debian-11-5.10": {"status": "fail", "code": "VERIFIER_REJECTION"}}],
+    )
     # group -> the program the variant selection should choose, by default and per kernel
-    variants: dict[str, dict[str, str]] = Field(default_factory=dict)
+    variants: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="The program each program_variants group should choose: under "
+        "`default` and under kernel ids, group names map to program names.",
+        examples=[{"default": {"loop_x": "loop_x"}, "debian-11-5.10": {"loop_x": "loop_old_x"}}],
+    )
 
     def verdict(self, kernel_ids: list[str]) -> ExpectedVerdict:
         """The expectation for a kernel, given it and the kernels it is judged like."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import stat
 import struct
 from dataclasses import dataclass, field
@@ -66,6 +67,47 @@ class Plan:
     # Size maps the object compiled with size 0 as its loader would (when the manifest
     # does not say): the kernel's own answer instead of the loader's.
     auto_fixups: bool = True
+    # (I, N): run only the I-th of N deterministic slices of the cells (1-based).
+    shard: tuple[int, int] | None = None
+
+    def digest(self) -> str:
+        """What makes two runs the same plan (shards of one plan share it)."""
+        h = hashlib.sha256()
+        for spec in self.kernels:
+            h.update(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode() + b"\0")
+        for a in self.artifacts:
+            h.update(f"{a.name}\0{a.sha256}\0{a.manifest_hash}\0".encode())
+        h.update(f"{self.guest_suite}\0{self.attach_mode}\0{self.auto_fixups}".encode())
+        return h.hexdigest()[:16]
+
+    def cells(self) -> list[tuple[KernelSpec, Artifact]]:
+        """This run's cells, kernel by kernel: all of them, or the shard's slice of them.
+
+        Slices are contiguous in kernel-then-artifact order and differ in size by at most
+        one, so a shard boots as few kernels as it can."""
+        every = [(spec, artifact) for spec in self.kernels for artifact in self.artifacts]
+        if self.shard is None:
+            return every
+        index, count = self.shard
+        return every[(index - 1) * len(every) // count : index * len(every) // count]
+
+    def artifacts_for(self, kernel_id: str) -> list[Artifact]:
+        return [a for spec, a in self.cells() if spec.id == kernel_id]
+
+    def active_kernels(self) -> list[KernelSpec]:
+        ids = {spec.id for spec, _ in self.cells()}
+        return [spec for spec in self.kernels if spec.id in ids]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` with 1 <= I <= N: which slice of the cells this job runs."""
+    match = re.fullmatch(r"\s*(\d{1,4})\s*/\s*(\d{1,4})\s*", text)
+    if not match:
+        raise ConfigError(f"--shard {text!r}: expected I/N, e.g. 2/4")
+    index, count = int(match.group(1)), int(match.group(2))
+    if not 1 <= index <= count:
+        raise ConfigError(f"--shard {text!r}: I must be between 1 and N ({count})")
+    return index, count
 
 
 def artifact_name(path: Path) -> str:

@@ -111,7 +111,7 @@ class MatrixRunner:
         self.live_vms: set[GuestVM] = set()
         self.backend = options.backend
         self.accel = self.backend.accel()
-        self.analysis = RunAnalysis([k.id for k in plan.kernels], self.stop)
+        self.analysis = RunAnalysis([k.id for k in plan.active_kernels()], self.stop)
         self.messages: list[str] = []
         self._lock = threading.Lock()
 
@@ -124,12 +124,15 @@ class MatrixRunner:
                 tool_version=__version__,
                 labels_json=json.dumps(self.options.labels),
                 attach_mode=self.plan.attach_mode,
+                plan_digest=self.plan.digest(),
+                shard="/".join(map(str, self.plan.shard)) if self.plan.shard else None,
                 **process_identity(),
             )
         )
         assert run.id is not None
         self.run_id = run.id
-        for artifact in self.plan.artifacts:
+        mine = {a.name: a for _, a in self.plan.cells()}
+        for artifact in mine.values():
             if artifact.invalid_reason:
                 self.messages.append(f"{artifact.path}: {artifact.invalid_reason}")
         status = "completed"
@@ -169,22 +172,23 @@ class MatrixRunner:
             [CellOutcome(c.kernel_id, c.status, c.expected) for c in cells],
             invalid_inputs=any(
                 a.invalid_reason and (a.expect is None or a.name in unexpected)
-                for a in self.plan.artifacts
+                for _, a in self.plan.cells()
             ),
         )
 
     # --- scheduling ------------------------------------------------------------------------
 
     def _run_kernels(self) -> None:
-        kernels = self.plan.kernels
+        kernels = self.plan.active_kernels()
         workers = self.options.concurrency or default_concurrency(kernels)
         # Every kernel gets a thread so fetches overlap with running VMs; the semaphore
         # bounds how many VMs run at once. The image build overlaps with the fetches.
-        with ThreadPoolExecutor(max_workers=len(kernels) + 1, thread_name_prefix="bpfc") as pool:
-            # One guest image per architecture in the plan (vm/image.py keys them).
+        # One guest image per architecture in the plan (vm/image.py keys them).
+        arches = list(dict.fromkeys(spec.arch for spec in kernels))
+        pool_size = len(kernels) + len(arches)
+        with ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="bpfc") as pool:
             images: dict[str, Future[GuestImage]] = {
-                arch: pool.submit(self._build_image, arch)
-                for arch in dict.fromkeys(spec.arch for spec in kernels)
+                arch: pool.submit(self._build_image, arch) for arch in arches
             }
             gate = threading.Semaphore(workers)
             # Rows are made here, in plan order, so every report lists kernels as planned.
@@ -234,7 +238,7 @@ class MatrixRunner:
         except Exception as exc:  # the boundary that keeps the other kernels going
             if not self.stop.is_set():
                 done = {c.artifact for c in self.store.cells(self.run_id) if c.kernel_id == spec.id}
-                left = [a for a in self.plan.artifacts if a.name not in done]
+                left = [a for a in self.plan.artifacts_for(spec.id) if a.name not in done]
                 self._kernel_failed(spec, row, f"internal error: {describe_error(exc)}", left)
 
     def _kernel_work(
@@ -260,10 +264,10 @@ class MatrixRunner:
             btf_file = btf_file_for(spec, kernel)
             image = image_future.result()
         except BpfcompatError as exc:
-            self._kernel_failed(spec, row, describe_error(exc), self.plan.artifacts)
+            self._kernel_failed(spec, row, describe_error(exc), self.plan.artifacts_for(spec.id))
             return
         todo: list[tuple[int, Artifact, str]] = []
-        for index, artifact in enumerate(self.plan.artifacts):
+        for index, artifact in enumerate(self.plan.artifacts_for(spec.id)):
             key = cache_key(
                 artifact,
                 spec,
@@ -475,7 +479,7 @@ class MatrixRunner:
             stored,
             artifact_problem=artifact.invalid_reason,
             release=kernel.release,
-            setup=statics.get("loader_setup") or (),
+            analysis=statics,
         )
         result = stored.result()
         flaky = is_flaky(result)

@@ -18,6 +18,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from bpfcompat.matrix.policy import EXIT_MEANINGS
 from bpfcompat.matrix.verdict import Verdict
 from bpfcompat.report.compare import CellChange, Comparison
+from bpfcompat.report.insight import FloorCheck, Subset, floor_check, loadable_subset
 from bpfcompat.report.result_view import ResultView, result_view
 from bpfcompat.report.view import CellInfo, KernelInfo, RunInfo, RunView
 
@@ -75,6 +76,8 @@ class GridCell:
     required: bool
     tooltip: str
     change: ChangeView | None = None
+    expectation: str | None = None  # what the project expects here, when it says
+    expected: bool | None = None  # whether that held; None: nothing expected
 
     @property
     def id(self) -> str:
@@ -92,6 +95,8 @@ class GridRow:
     path: str
     sha256: str
     cells: list[GridCell]
+    floor: FloorCheck | None = None
+    subset: Subset | None = None
 
     @property
     def failing(self) -> bool:
@@ -119,6 +124,19 @@ class DetailView:
     def verdict(self) -> Verdict:
         return self.info.verdict
 
+    @property
+    def alone(self) -> tuple[list[str], list[str]] | None:
+        """Where the whole object failed to load: the programs that load on their own here
+        and those that fail (None when it loaded, or has one program)."""
+        v = self.info.verdict
+        progs = [p for p in self.info.programs if p.name and p.autoload]
+        if v.status != "fail" or v.stage != "load" or len(progs) < 2:
+            return None
+        return (
+            [str(p.name) for p in progs if p.load_status == "pass"],
+            [str(p.name) for p in progs if p.load_status == "fail"],
+        )
+
 
 @dataclass
 class ComparisonSummary:
@@ -142,6 +160,13 @@ class ReportView:
     kernel_errors: list[KernelColumn] = field(default_factory=list)
     comparison: ComparisonSummary | None = None
     changes: list[ChangeView] = field(default_factory=list)
+
+    @property
+    def expectations(self) -> tuple[int, int]:
+        """(cells whose stated expectation held, cells where it did not)."""
+        cells = [c for row in self.rows for c in row.cells if c.expected is not None]
+        held = sum(1 for c in cells if c.expected)
+        return held, len(cells) - held
 
 
 def _yes_no(value: bool | None) -> str:
@@ -201,7 +226,23 @@ def _grid_cell(row: int, k: KernelColumn, cell: CellInfo | None) -> GridCell:
         return GridCell(row, k.index, "none", None, k.required, "not run")
     v = cell.verdict
     tip = v.label + (f": {v.evidence or ''}" if v.code else "")
-    return GridCell(row, k.index, v.status, v.code, k.required, tip[:TOOLTIP_CHARS])
+    tip += f" — {v.needs}" if v.needs else ""
+    if cell.expected is not None:
+        tip = (
+            f"expected ({cell.expectation}) · {tip}"
+            if cell.expected
+            else f"UNEXPECTED: expected {cell.expectation} · {tip}"
+        )
+    return GridCell(
+        row,
+        k.index,
+        v.status,
+        v.code,
+        k.required,
+        tip[:TOOLTIP_CHARS],
+        expectation=cell.expectation,
+        expected=cell.expected,
+    )
 
 
 def build_view(run: RunView, comparison: Comparison | None = None) -> ReportView:
@@ -222,7 +263,17 @@ def build_view(run: RunView, comparison: Comparison | None = None) -> ReportView
                 detail = result_view(cell, with_libbpf_log=cell.failing)
                 details.append(DetailView(grid, k, cell, detail))
         art = run.artifact(name)
-        rows.append(GridRow(r, name, art.path if art else "", art.sha256 if art else "", row_cells))
+        rows.append(
+            GridRow(
+                r,
+                name,
+                art.path if art else "",
+                art.sha256 if art else "",
+                row_cells,
+                floor_check(run, name),
+                loadable_subset(run, name),
+            )
+        )
     change_views = []
     if comparison:
         change_views = [

@@ -1,5 +1,6 @@
 """The run in a terminal or a CI log: the matrix grid, then every failing or erroring cell
-on one line with its full code and evidence.
+on one line with its full code and evidence, what the kernel lacks (needs) and where the
+verifier stopped in the source (pinpoint).
 
 Names, codes and evidence come from file names, manifests and guests: `printable`
 escapes whatever could drive a terminal (control and format characters, line
@@ -79,7 +80,8 @@ def matrix_lines(view: RunView) -> list[str]:
 
 
 def failure_line(view: RunView, cell: CellInfo) -> str:
-    """One failing cell, whole: status, where, full code, evidence."""
+    """One failing cell, whole: status, where, full code, evidence, then what it needs
+    or where the verifier stopped."""
     v = cell.verdict
     req = "required" if view.required(cell.kernel) else "optional"
     text = f"{v.status.upper():5}  {cell.artifact} on {cell.kernel} ({req}): {v.code or '-'}"
@@ -88,6 +90,10 @@ def failure_line(view: RunView, cell: CellInfo) -> str:
         text += (
             f" [{'expected' if cell.expected else 'UNEXPECTED, expected ' + str(cell.expectation)}]"
         )
+    if v.needs:
+        text += f" — {v.needs}"
+    if v.pinpoint and v.pinpoint.where:
+        text += f" — at {v.pinpoint.where}"
     return printable(text)
 
 
