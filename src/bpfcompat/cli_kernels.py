@@ -131,6 +131,10 @@ def kernels_build(
 @image_app.command("build")
 def image_build(
     kernels: KernelsOpt = None,
+    kernel: Annotated[
+        list[str] | None,
+        typer.Option("--kernel", help="Only the architectures of these kernels (repeatable)."),
+    ] = None,
     arch: Annotated[
         list[str] | None,
         typer.Option(
@@ -144,14 +148,15 @@ def image_build(
 
     matrix = _matrix(kernels)
     suite = matrix.guest_suite
-    arches = arch or list(dict.fromkeys(k.arch for k in matrix.kernels))
+    arches = arch or list(dict.fromkeys(k.arch for k in matrix.select(kernel)))
     for name in arches:
         if name not in ARCH_NAMES:
             raise ConfigError(f"--arch {name!r}: unknown (known: {', '.join(ARCH_NAMES)})")
         started = time.monotonic()
         image = build_image(suite, arch=name)
+        label = suite if name == "x86_64" else f"{suite} ({name})"
         _out(
-            f"guest image {suite}/{name} {image.digest}: {image.rootfs_cpio} "
+            f"guest image {label} {image.digest}: {image.rootfs_cpio} "
             f"({image.rootfs_cpio.stat().st_size // 1024} KiB) "
             f"in {time.monotonic() - started:.1f} s"
         )
