@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bpfcompat.vm.cache import cache_root
 from conftest import EXAMPLES, require_tool, run_cli
 from expectations import expected
 from kernel_packages import base_kernel, kernel_tree, make_deb, make_rpm
@@ -38,8 +39,17 @@ def test_a_local_rpm_kernel_boots_with_its_config(tmp_path: Path) -> None:
         f"kernels:\n  - id: my-rpm-kernel\n    source: {{rpm: {rpm}, sha256: '{digest}'}}\n"
     )
     # kconfig-externs loads only if libbpf finds the booted kernel's config in the guest.
+    # A private cache (this test's package would add an entry to the shared one on every
+    # run) that shares the built guest images.
+    cache = tmp_path / "xdg" / "bpfcompat"
+    cache.mkdir(parents=True)
+    (cache / "images").symlink_to(cache_root() / "images")
     proc, export = run_matrix(
-        tmp_path, kernels, str(EXAMPLES / "simple-pass"), str(EXAMPLES / "kconfig-externs")
+        tmp_path,
+        kernels,
+        str(EXAMPLES / "simple-pass"),
+        str(EXAMPLES / "kconfig-externs"),
+        env={"XDG_CACHE_HOME": str(tmp_path / "xdg")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (kernel,) = export["kernels"]
