@@ -40,6 +40,7 @@ from bpfcompat.matrix.store import (
 )
 from bpfcompat.matrix.verdict import Verdict
 from bpfcompat.validator import VALIDATOR_VERSION
+from bpfcompat.vm.arch import host_arch
 from bpfcompat.vm.image import GuestImage, build_image
 from bpfcompat.vm.kernels import KernelBuild, btf_digest, btf_file_for, fetch_kernel
 from bpfcompat.vm.qemu import GuestVM, QemuVM, detect_accel
@@ -222,6 +223,8 @@ class MatrixRunner:
                 package=spec.package or spec.source_label,
                 cmdline=spec.cmdline,
                 required=spec.required,
+                arch=spec.arch,
+                accel=self.accel if spec.arch == host_arch() else "tcg",
             )
         )
 

@@ -78,6 +78,8 @@ class KernelInfo(_Model):
     error: str | None
     boots: int
     peak_rss_mb: float | None
+    arch: str = ""
+    accel: str = ""  # empty in runs stored before kernels had their own: the run's accel
     notes: list[str] = []
 
 
@@ -271,6 +273,8 @@ class RunView(_Model):
                         boots=k.boots or 0,
                         peak_rss_mb=k.peak_rss_mb,
                         notes=k.notes,
+                        arch=k.arch or "",
+                        accel=k.accel or "",
                     )
                     for k in kernels
                 ],
