@@ -9,6 +9,7 @@ import os
 import re
 
 from .limits import LOG_FILE_CHARS, LOG_MESSAGE_CHARS, LOG_MESSAGE_HEAD, WARN_TAIL
+from .tables import errno_from_text
 from .util import decode, tail_text
 
 TYPE_CHECKING = False
@@ -30,6 +31,15 @@ _LOAD_ERRNO_TEXT_RE = re.compile(r"(?:BPF program load failed|load bpf program f
 _SLOT_INIT_TEXT = "failed to initialize slot"
 
 
+def load_errno(rc: int, text: str) -> int:
+    """The kernel's errno of a failed load (libbpf 0.x hides it behind codes >= 4000)."""
+    code = -rc
+    if code >= 4000:
+        found = _LOAD_ERRNO_TEXT_RE.findall(text)
+        code = (found and errno_from_text(found[-1])) or code
+    return code
+
+
 class LibbpfLog:
     """Every message libbpf prints during the run (bounded), plus per-call windows.
 
@@ -49,6 +59,11 @@ class LibbpfLog:
         self.dropped = 0
         self.count = 0
         self._windows: list[list[tuple[int, str]]] = []
+        # Debug messages dropped unread: set while the per-program probes load the object
+        # again and again. A CO-RE-heavy object makes libbpf print 100k of them per load,
+        # which the callback formats at a cost of whole seconds under emulation, and the
+        # probes read only warnings (tracee: 470k messages, most of its probe time).
+        self.quiet = False
 
     def add(self, level: int, text: str) -> None:
         if len(text) > LOG_MESSAGE_CHARS:
@@ -131,14 +146,20 @@ def extract_verifier_log(text: str) -> str:
         if start >= 0:
             start += len(begin)
             stop = text.find(end, start)
-            lines = text[start : stop if stop >= 0 else len(text)].split("\n")
-            # 0.x prints the log as its own "libbpf: \n<log>\n" message: drop the prefixes
-            while lines and lines[0].strip() in ("", "libbpf:"):
-                lines.pop(0)
-            while lines and lines[-1].strip() in ("", "libbpf:"):
-                lines.pop()
-            return "\n".join(lines) + "\n" if lines else ""
+            return tidy_verifier_log(text[start : stop if stop >= 0 else len(text)])
     return ""
+
+
+def tidy_verifier_log(text: str) -> str:
+    """A verifier log without leading or trailing blank lines, ending in one newline.
+
+    0.x prints the log as its own "libbpf: \n<log>\n" message: those prefixes go too."""
+    lines = text.split("\n")
+    while lines and lines[0].strip() in ("", "libbpf:"):
+        lines.pop(0)
+    while lines and lines[-1].strip() in ("", "libbpf:"):
+        lines.pop()
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 LOG_LEVELS = {-1: "bpfcompat", 0: "warn", 1: "info", 2: "debug"}
@@ -170,7 +191,7 @@ def make_print_callback(log: LibbpfLog) -> Any:
 
     def callback(level: int, fmt: int | None, args: int | None) -> int:
         try:
-            if not fmt:
+            if not fmt or (level == 2 and log.quiet):
                 return 0
             if va_size and args:
                 ctypes.memmove(va_copy, args, va_size)
