@@ -188,28 +188,35 @@ def make_print_callback(log: LibbpfLog) -> Any:
     small = ctypes.create_string_buffer(small_size)
     va_size = {"x86_64": 24, "aarch64": 32}.get(os.uname().machine, 0)
     va_copy = ctypes.create_string_buffer(max(va_size, 1))
+    # Addresses, not buffer objects, and string_at (the message's bytes) rather than .raw
+    # (all 8 KiB): libbpf prints 100k messages for a CO-RE-heavy object.
+    small_at, va_copy_at, string_at = (
+        ctypes.addressof(small),
+        ctypes.addressof(va_copy),
+        ctypes.string_at,
+    )
 
     def callback(level: int, fmt: int | None, args: int | None) -> int:
         try:
             if not fmt or (level == 2 and log.quiet):
                 return 0
             if va_size and args:
-                ctypes.memmove(va_copy, args, va_size)
-                length = vsnprintf(small, small_size, fmt, ctypes.addressof(va_copy))
+                ctypes.memmove(va_copy_at, args, va_size)
+                length = vsnprintf(small_at, small_size, fmt, va_copy_at)
                 if length >= small_size:
                     big = ctypes.create_string_buffer(length + 1)
                     length = vsnprintf(big, length + 1, fmt, args)
                     raw = big.raw[: max(length, 0)]
                 else:
-                    raw = small.raw[: max(length, 0)]
+                    raw = string_at(small_at, max(length, 0))
             else:
-                length = vsnprintf(small, small_size, fmt, args)
-                raw = small.raw[: max(min(length, small_size - 1), 0)]
+                length = vsnprintf(small_at, small_size, fmt, args)
+                raw = string_at(small_at, max(min(length, small_size - 1), 0))
             log.add(int(level), decode(raw))
         except Exception:  # a callback must never raise into C
             pass
         return 0
 
     thunk = _PRINT_FN(callback)
-    _CALLBACKS.append(thunk)
+    _CALLBACKS.append((thunk, small, va_copy))  # the buffers outlive this call: C uses them
     return thunk
