@@ -468,6 +468,32 @@ def test_too_small_log_buffer_still_reports_real_errno(examples: Path, tmp_path:
     assert "processed" in prog["load_log"]
 
 
+def test_an_overflowing_statistics_log_never_decides_the_load(
+    examples: Path, tracefs: Path, tmp_path: Path
+) -> None:
+    """A statistics slice too small for the summary makes the kernel refuse the load with
+    ENOSPC: that is our buffer, not the kernel's verdict, so the object is loaded again
+    without logs, and attached from that load."""
+    out = tmp_path / "r.json"
+    script = (
+        "import sys; from bpfcompat.validator import run, vstats; "
+        "vstats.STATS_SLICE_MIN = vstats.STATS_SLICE_MAX = 128; "
+        "sys.exit(run.main(sys.argv[1:]))"
+    )
+    artifact = example(examples, "simple-pass")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "--artifact", str(artifact), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["load"]["status"] == "pass" and result["errors"] == []
+    assert result["attach"]["status"] == "pass"
+    assert any("statistics log overflowed" in w["message"] for w in result["warnings"])
+    (prog,) = result["discovery"]["programs"]
+    assert (prog["load_status"], prog["verifier_stats"]) == ("pass", None)
+
+
 def test_probe_features_off_and_attach_disabled(examples: Path, tmp_path: Path) -> None:
     proc, result = run_validator(
         tmp_path,
