@@ -11,8 +11,8 @@ Measures, in one run:
 - the marginal seconds per extra small artifact: (T(N copies) - T(1 copy)) / (N - 1) in
   one boot;
 - the wall time of the default matrix (kernels.yaml x examples/, no cache);
-- the wall time of the same matrix with one cold boot per cell (--boot-per-artifact,
-  the reference tool's approach);
+- the wall time of the same matrix with one cold boot per cell (--boot-per-artifact, what
+  a tool that boots a VM per artifact and kernel pays);
 - the wall time of a cached rerun of the default matrix (the whole CLI process);
 - the peak RSS of a QEMU process.
 """

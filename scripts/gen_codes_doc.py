@@ -39,6 +39,16 @@ def render() -> str:
         "logs (the failing program's own verifier log first, then the whole-object log and "
         "libbpf's messages; the host's ELF check for objects libbpf never saw).",
         "",
+        "Beyond the rule's own words, each failing verdict is put in the user's terms "
+        "(bpfcompat.matrix.classify.explain): a missing feature says what it needs and since "
+        "when, from analysis/data/features.yaml (`needs >= 5.16 for map type bloom_filter "
+        "(this kernel: 5.10)`); a helper the log names by id is named, with the "
+        "bpf_helpers.h macro or libbpf load-time rewrite that produced it (the object's "
+        "static reading tells what its source called); where the verifier printed the "
+        "failing instruction, the verdict keeps it with the C source line and the register "
+        "state before it; and the remediation names this cell's map, helper, kfunc, program "
+        "or source line. The table below gives each rule's general fix.",
+        "",
         f"Codes: {', '.join(f'`{c}`' for c in CODES)}.",
         "",
         f"## Rules, in precedence order ({len(RULES)} evidence rules, then "

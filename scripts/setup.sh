@@ -17,6 +17,7 @@ APT_PACKAGES=(
   lz4                  # kernel BTF from LZ4-compressed vmlinuz (Debian 11/12)
   busybox-static       # bench: the bare-boot floor initramfs
   chromium chromium-driver  # browser tests of the HTML report
+  shellcheck           # lints the GitHub Action's scripts
 )
 
 missing=()

@@ -1,4 +1,4 @@
-"""A seeded, reproducible generator of hostile artifacts (issue 7).
+"""A seeded, reproducible generator of hostile artifacts.
 
 `generate(out, examples)` writes one sub-directory per category below `out`, each file
 named *.bpf.o so `bpfcompat matrix run out` discovers all of them in one run. The same

@@ -1,8 +1,9 @@
 """Build real stores for report tests from tests/data/recorded (no VM needed).
 
 Each recorded file holds what the guest's validator produced for every example on one
-kernel. A run made here stores those raw results and classifies them with today's
-classifier, the way the matrix runner does, so reports are tested on real evidence.
+kernel, and the host's static reading of each artifact that run kept. A run made here
+stores both and classifies the results with today's classifier, the way the matrix runner
+does, so reports are tested on real evidence.
 """
 
 from __future__ import annotations
@@ -57,13 +58,20 @@ def _precheck(result: Any) -> str | None:
     return ((result or {}).get("artifact") or {}).get("elf_error")
 
 
-def _classify(row: ValidatorResult, problem: str | None, release: str, *, cache: bool) -> Verdict:
+def _classify(
+    row: ValidatorResult,
+    problem: str | None,
+    release: str,
+    analysis: dict[str, Any] | None,
+    *,
+    cache: bool,
+) -> Verdict:
     """Today's verdict for a recorded result; unedited results are classified once per
     session (the classifier is the slow part of building a store)."""
     key = (row.kernel_id, row.cache_key)
     if cache and key in _VERDICTS:
         return _VERDICTS[key]
-    verdict = classify(_Stored(row), artifact_problem=problem, release=release)
+    verdict = classify(_Stored(row), artifact_problem=problem, release=release, analysis=analysis)
     if cache:
         _VERDICTS[key] = verdict
     return verdict
@@ -142,7 +150,8 @@ def add_recorded_run(
                     )
                 )
                 problem = _precheck(result)
-                verdict = _classify(row, problem, c["release"], cache=edit is None)
+                analysis = c.get("analysis")  # the host's static reading the run kept
+                verdict = _classify(row, problem, c["release"], analysis, cache=edit is None)
                 name = (rename or {}).get(c["artifact"], c["artifact"])
                 cells.append(
                     add(
@@ -156,6 +165,7 @@ def add_recorded_run(
                             cached=False,
                             result_id=row.id,
                             artifact_problem=problem,
+                            analysis_json=json.dumps(analysis) if analysis else None,
                             **cell_fields(verdict, result),
                         )
                     )

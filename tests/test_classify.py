@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from bpfcompat.analysis.inspect import inspect_object
+from bpfcompat.analysis.kernelset import matrix_kernels
 from bpfcompat.matrix.classify import (
     CODES,
     NOISE,
@@ -35,7 +37,8 @@ from bpfcompat.matrix.classify import (
     rule_table,
     verifier_summary,
 )
-from bpfcompat.matrix.plan import elf_problem
+from bpfcompat.matrix.plan import elf_problem, manifest_for
+from bpfcompat.matrix.statics import summary
 from bpfcompat.matrix.store import ValidatorResult
 from bpfcompat.matrix.verdict import Verdict
 from expectations import EXAMPLES, examples, expected
@@ -102,11 +105,27 @@ def recorded_texts(res: dict[str, Any]) -> list[str]:
     return [t for t in texts if t]
 
 
+@cache
+def setup_of(artifact: str) -> tuple[dict[str, Any], ...]:
+    """The loader-setup findings the runner would pass: the host's static reading of the
+    built example against the matrix's cached kernels (fetched by scripts/setup.sh)."""
+    path = EXAMPLES / artifact / f"{artifact}.bpf.o"
+    if not path.is_file():
+        return ()
+    kernels = matrix_kernels(ROOT / "kernels.yaml")
+    assert kernels.checked, "no kernel of kernels.yaml is cached: run scripts/setup.sh"
+    manifest = manifest_for(path)
+    return tuple(summary(inspect_object(path, kernels, manifest))["loader_setup"])
+
+
 def classify_cell(kernel_id: str, artifact: str) -> Verdict:
     c = cell(kernel_id, artifact)
     stored = Stored(c["result"], signal=c.get("signal"), infra_error=c.get("infra_error"),
                     console_tail=c.get("console_tail"))  # fmt: skip
-    return classify(stored, artifact_problem=host_precheck(artifact), release=c["release"])
+    # The static reading the recorded run kept with the cell; else the host's own now.
+    analysis = c.get("analysis")
+    return classify(stored, artifact_problem=host_precheck(artifact), release=c["release"],
+                    analysis=analysis, setup=() if analysis else setup_of(artifact))  # fmt: skip
 
 
 # --- every recorded cell -----------------------------------------------------------------
@@ -324,7 +343,7 @@ def test_lockdown_denials_are_quoted_in_policy_details() -> None:
     res["security"]["lockdown_denials"] = [perf, read]
     verdict = classify_result(res)
     assert verdict.code == "POLICY_DENIED"
-    assert (verdict.detail or "").endswith(f"kernel: {read}")
+    assert f"kernel: {read}" in (verdict.detail or "")
     # edit: the refusal line lost; the helper probe of the program's own call still shows
     # the withheld helper (libbpf only rewrites 113 into 4 at load)
     _replace_everywhere(res, "program of this type cannot use helper bpf_probe_read#4\n", "")

@@ -208,7 +208,7 @@ def test_rerun_is_served_from_cache(default_run: dict[str, Any]) -> None:
 
 
 def test_two_examples_on_one_kernel_exit_zero(built_examples: Path, tmp_path: Path) -> None:
-    """Issue 2's acceptance command, on a fresh store."""
+    """The smallest real run: two examples on one kernel, on a fresh store."""
     out = tmp_path / "out.json"
     proc = run_cli(
         "matrix",
@@ -272,3 +272,24 @@ def test_guest_panic_costs_one_cell(built_examples: Path, tmp_path: Path) -> Non
     assert "sysrq" in crash["evidence"].lower() or "panic" in crash["evidence"].lower()
     assert export["kernels"][0]["boots"] == 3  # the others; b-panic; b-panic again, alone
     assert proc.returncode == 2
+
+
+def test_cells_explain_themselves(default_run: dict[str, Any]) -> None:
+    """A live run gives the same explanations as the recorded one: what a missing feature
+    needs, and where the verifier stopped in the source."""
+    cells = _cells(default_run["export"])
+    assert cells[("bloom-filter-map", "debian-11-5.10")]["needs"] == (
+        "needs >= 5.16 for map type bloom_filter (this kernel: 5.10)"
+    )
+    assert cells[("printk-many-args", "debian-11-5.10")]["needs"] == (
+        "needs >= 5.16 for helper bpf_trace_vprintk (this kernel: 5.10)"
+    )
+    for kernel in MATRIX.kernels:
+        pin = cells[("verifier-oob", kernel.id)]["pinpoint"]
+        assert pin and (pin["insn"], pin["source"]) == (8, "return *next != 0;"), kernel.id
+    # where the whole object fails, each program's own load probe
+    programs = cells[("printk-many-args", "debian-11-5.10")]["programs"]
+    assert {p["name"]: p["load_status"] for p in programs} == {
+        "print_four": "fail",
+        "print_three": "pass",
+    }

@@ -194,7 +194,7 @@ def test_unknown_kernel_leaves_store_untouched(tmp_path: Path) -> None:
     assert not db.exists()
 
 
-# --- guest-side faults (issue 7) ----------------------------------------------------------
+# --- guest-side faults -------------------------------------------------------------------
 
 
 def _stage(root: Path, src: Path, manifests: dict[str, str]) -> list[Path]:

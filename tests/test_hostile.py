@@ -1,4 +1,4 @@
-"""Every hostile artifact of tests/hostile.py through one `matrix run` on one boot (issue 7).
+"""Every hostile artifact of tests/hostile.py through one `matrix run`.
 
 The contract: each input gets a cell with a verdict the evidence supports, the host never
 prints a traceback, the run completes by itself, the store stays intact, no shell ever

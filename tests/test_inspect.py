@@ -38,6 +38,7 @@ EXAMPLE_FLOORS = {
     "functional-execve": ("5.2", "feature", "global_data"),  # bpf_printk's format in .rodata
     "gpl-helper-proprietary": ("5.2", "feature", "global_data"),  # a .bss variable
     "lockdown-probe-read": ("5.4", "feature", "core"),  # probe_read_kernel falls back
+    "printk-many-args": ("5.16", "helper", "bpf_trace_vprintk"),  # bpf_printk, 4 arguments
     "core-relocation-fail": ("5.4", "feature", "core"),
     "fentry-missing-target": ("5.5", "program_type", "tracing"),
     "simple-pass": ("4.7", "program_type", "tracepoint"),
@@ -57,6 +58,8 @@ EXAMPLE_FLOORS = {
     "loader-section": ("3.19", "program_type", "socket_filter"),  # suggested type
     "loader-section-typed": ("3.19", "program_type", "socket_filter"),
     "struct-ops-unknown": ("5.6", "program_type", "struct_ops"),
+    "freplace-with-target": ("5.6", "program_type", "ext"),
+    "rodata-globals": ("5.2", "feature", "global_data"),  # the globals a loader sets
 }
 # Loader-contract examples: (finding kind, subject, declared by the example's manifest).
 EXAMPLE_FINDINGS = {

@@ -1,4 +1,4 @@
-"""Isolation and least privilege (issue 7).
+"""Isolation and least privilege.
 
 The guest runs untrusted objects and their manifests' commands as root, so it must not
 reach the host; the host must never hand configuration text to a shell; the per-run SSH

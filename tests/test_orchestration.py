@@ -4,6 +4,7 @@ No VM is booted; the guest side follows the real protocol with recorded real res
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,8 @@ def test_one_boot_for_every_artifact_and_a_cached_rerun_boots_nothing(
     assert got["simple-pass"].status == "pass" and got["ringbuf"].status == "pass"
     assert (got["verifier-oob"].status, got["verifier-oob"].code) == ("fail", "VERIFIER_REJECTION")
     assert world.boots == 1 and world.batches == [names]
-    assert summary.exit_code == 2
+    # verifier-oob fails exactly as its expect.yaml says: expected, so the run passes.
+    assert got["verifier-oob"].expected is True and summary.exit_code == 0
     again, _ = run(tmp_path, built_examples, world, names, store=store)
     assert world.boots == 1, "every cell was final: nothing should boot"
     assert all(c.cached for c in again.cells)
@@ -345,3 +347,60 @@ def test_kernels_run_in_parallel_threads_without_sharing_guests(
     assert len(summary.cells) == 6 and {c.status for c in summary.cells} == {"pass"}
     assert world.boots == 3
     assert sorted(map(sorted, world.batches)) == [["ringbuf", "simple-pass"]] * 3
+
+
+# --- expectations -----------------------------------------------------------------------------
+
+
+def test_a_cell_that_differs_from_its_expectation_fails_the_run(
+    tmp_path: Path, built_examples: Path, world: FakeWorld
+) -> None:
+    """ringbuf is expected to pass; a verifier rejection there is a new failure (exit 2),
+    while verifier-oob's own expected rejection does not count."""
+    world.script("ringbuf", Step(result=recorded_result("verifier-oob")))
+    world.script("verifier-oob", Step(result=recorded_result("verifier-oob")))
+    summary, _ = run(tmp_path, built_examples, world, ["ringbuf", "verifier-oob"])
+    got = cells(summary)
+    assert (got["ringbuf"].expected, got["ringbuf"].expectation) == (False, "pass")
+    assert got["verifier-oob"].expected is True
+    assert summary.exit_code == 2
+
+
+def test_an_unexpected_pass_fails_the_run_too(
+    tmp_path: Path, built_examples: Path, world: FakeWorld
+) -> None:
+    world.script("verifier-oob", Step())  # passes, though its expect.yaml says it fails
+    summary, _ = run(tmp_path, built_examples, world, ["verifier-oob"])
+    (cell,) = summary.cells
+    assert cell.status == "pass" and cell.expected is False
+    assert cell.expectation == "fail VERIFIER_REJECTION"
+    assert summary.exit_code == 2
+
+
+def test_without_expectations_failures_fail_as_before(
+    tmp_path: Path, built_examples: Path, world: FakeWorld
+) -> None:
+    shutil.copy(built_examples / "verifier-oob" / "verifier-oob.bpf.o", tmp_path / "vo.bpf.o")
+    artifacts = discover_artifacts([tmp_path / "vo.bpf.o"])
+    world.names[artifacts[0].sha256] = "verifier-oob"
+    world.script("verifier-oob", Step(result=recorded_result("verifier-oob")))
+    store = Store(tmp_path / "store.db")
+    opts = RunOptions(workdir=tmp_path / "w", backend=world.backend(tmp_path / "f"), concurrency=1)
+    _, summary = run_plan(Plan([KERNEL], artifacts, "trixie"), store, opts)
+    (cell,) = summary.cells
+    assert cell.expected is None and cell.code == "VERIFIER_REJECTION"
+    assert summary.exit_code == 2
+
+
+def test_a_cached_cell_is_judged_by_todays_expectations(
+    tmp_path: Path, built_examples: Path, world: FakeWorld
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(built_examples / "verifier-oob", copy / "verifier-oob")
+    world.script("verifier-oob", Step(result=recorded_result("verifier-oob")))
+    first, store = run(tmp_path, copy, world, ["verifier-oob"])
+    assert first.exit_code == 0
+    (copy / "verifier-oob" / "expect.yaml").write_text("default: {status: pass}\n")
+    again, _ = run(tmp_path, copy, world, ["verifier-oob"], store=store)
+    (cell,) = again.cells
+    assert cell.cached and cell.expected is False and again.exit_code == 2

@@ -1,4 +1,4 @@
-"""Property-based tests of every host-side parser of untrusted input (issue 7).
+"""Property-based tests of every host-side parser of untrusted input.
 
 The inputs here come from users (manifests, kernels.yaml), from the artifact under test
 (ELF bytes) or from a guest that just ran that artifact as root (validator results). A
@@ -126,7 +126,26 @@ RANDOM_RESULTS = st.dictionaries(
 def mutated_results(draw: st.DrawFn) -> dict[str, Any]:
     """A real recorded result with 1-4 subtrees replaced by arbitrary JSON values: the
     shape a buggy or hostile validator would write, deep enough to reach every rule."""
-    result = copy.deepcopy(draw(st.sampled_from(RESULTS)))
+    return _mutated(draw, draw(st.sampled_from(RESULTS)))
+
+
+def _recorded_analyses() -> list[dict[str, Any]]:
+    """Every static reading the recorded run kept with its cells (floor, findings,
+    requirements)."""
+    found = []
+    for path in sorted(RECORDED.glob("*.json")):
+        found += [c["analysis"] for c in json.loads(path.read_text())["cells"] if c.get("analysis")]
+    return found
+
+
+@st.composite
+def mutated_analyses(draw: st.DrawFn) -> dict[str, Any]:
+    """A recorded static reading with subtrees replaced: a damaged analysis column."""
+    return _mutated(draw, draw(st.sampled_from(_recorded_analyses())))
+
+
+def _mutated(draw: st.DrawFn, original: dict[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(original)
     for _ in range(draw(st.integers(1, 4))):
         node: Any = result
         while True:
@@ -205,6 +224,21 @@ def test_classify_stored_row_never_raises(
 ) -> None:
     row = StoredRow(raw, crash, signal, infra_error, console_tail)
     assert_verdict(classify(row, artifact_problem=problem, release="6.1.0-50-cloud-amd64"))
+
+
+@SETTINGS
+@given(result=mutated_results(), analysis=st.none() | mutated_analyses() | JSONISH)
+def test_classify_with_any_static_reading_never_raises(
+    result: dict[str, Any], analysis: Any
+) -> None:
+    """The explanations read the stored static reading: any shape of it still classifies,
+    and what the cell stores (needs, pinpoint) is plain data."""
+    verdict = classify_result(result, "5.10.0-32-cloud-amd64", analysis=analysis)
+    assert_verdict(verdict)
+    fields = cell_fields(verdict, result)
+    assert fields["needs"] is None or fields["needs"].startswith("needs >= ")
+    pin = json.loads(fields["pinpoint_json"] or "null")
+    assert pin is None or isinstance(pin, dict)
 
 
 @SETTINGS

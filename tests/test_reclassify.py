@@ -162,8 +162,10 @@ def test_reclassify_reads_the_model_not_the_artifact(store: Store) -> None:
 
     store.write(_cut)
     report = reclassify_run(store, run_id)
+    # details: the programs whose own load probes the cell kept are gone with the result
     assert report == [f"simple-pass on {KERNEL}: pass -> error INFRA_ERROR (changed: "
-                      "status, code, evidence, confidence, stage, remediation, rule)"]  # fmt: skip
+                      "status, code, evidence, confidence, stage, remediation, rule, "
+                      "details)"]  # fmt: skip
     verdict = classify(store.result(cell.result_id))  # type: ignore[arg-type]
     assert verdict.rule == "malformed-result"
 

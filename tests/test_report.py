@@ -97,9 +97,10 @@ def test_export_carries_variants_and_map_fixups(store: Store, run_id: int) -> No
     assert old == [{"group": "loop_x", "chosen": "loop_old_x", "disabled": ["loop_x"]}]
     assert new == [{"group": "loop_x", "chosen": "loop_x", "disabled": ["loop_old_x"]}]
     fixups = cells[("runtime-sized-maps", "debian-12-6.1")]["map_fixups"]
+    # `cpus` resolved in the guest: the default matrix boots one CPU (kernels.yaml cpus: 1)
     assert {f["name"]: (f["requested"], f["applied_entries"]) for f in fixups} == {
-        "auxiliary_maps": ("cpus", 2),
-        "ringbuf_maps": ("cpus", 2),
+        "auxiliary_maps": ("cpus", 1),
+        "ringbuf_maps": ("cpus", 1),
     }
 
 
@@ -125,8 +126,11 @@ def test_junit_counts_and_messages(store: Store, run_id: int, tmp_path: Path) ->
     assert required_fail and optional_bad
     xml.update_statistics()
     assert xml.tests == len(ARTIFACTS) * len(ALL_KERNELS)
+    required_error = [
+        c for c in export["cells"] if c["kernel"] in REQUIRED_KERNELS and c["status"] == "error"
+    ]
     assert xml.failures == len(required_fail)
-    assert xml.errors == 0
+    assert xml.errors == len(required_error)
     assert xml.skipped == len(optional_bad)
     suites = {suite.name: suite for suite in xml}
     assert list(suites) == list(ALL_KERNELS)
@@ -141,19 +145,28 @@ def test_junit_counts_and_messages(store: Store, run_id: int, tmp_path: Path) ->
                 assert results == []
                 continue
             (result,) = results
+            message = f"{cell['code']}: {' '.join(cell['evidence'].split())}"
+            if cell["needs"]:
+                message += f" ({cell['needs']})"
             if kernel_id in OPTIONAL_KERNELS:
                 assert isinstance(result, Skipped)
-                assert result.message.startswith(f"optional kernel: fail {cell['code']}: ")
+                assert result.message.startswith(f"optional kernel: {cell['status']} {message}")
+            elif cell["status"] == "error":
+                assert isinstance(result, Error) and result.message == message
             else:
                 assert isinstance(result, Failure)
                 assert result.type == cell["code"]
-                assert result.message == f"{cell['code']}: {' '.join(cell['evidence'].split())}"
+                assert result.message == message
                 assert f"remediation: {cell['remediation']}" in result.text
+                if cell["pinpoint"] and cell["pinpoint"]["source"]:
+                    assert cell["pinpoint"]["source"] in result.text
     assert seen == xml.tests
 
 
 def test_junit_error_cells_and_unparseable_text(store: Store, run_id: int, tmp_path: Path) -> None:
     """An infrastructure error is <error>; control characters in evidence still give XML."""
+    before = _junit(store, run_id, tmp_path)
+    before.update_statistics()
     set_cell(
         store,
         run_id,
@@ -165,7 +178,7 @@ def test_junit_error_cells_and_unparseable_text(store: Store, run_id: int, tmp_p
     )
     xml = _junit(store, run_id, tmp_path)
     xml.update_statistics()
-    assert xml.errors == 1
+    assert xml.errors == before.errors + 1
     case = next(
         c for s in xml for c in s if c.classname == "simple-pass" and c.name == "debian-12-6.1"
     )
@@ -216,10 +229,16 @@ def test_markdown_matrix_shape(store: Store, run_id: int) -> None:
     assert "debian-13-6.12-lockdown (optional)" in header[-1]
     bloom = next(r for r in body if r[0] == "bloom-filter-map")
     assert "UNSUPPORTED_MAP_TYPE" in bloom[1] and "pass" in bloom[2]
-    failing = _table_rows(text, "| artifact | kernel | status | code | evidence |")
+    head = "| artifact | kernel | status | code | expected | evidence | needs | where |"
+    failing = _table_rows(text, head)
     n_fail = sum(1 for c in export["cells"] if c["status"] != "pass")
     assert len(failing) == 2 + n_fail
-    assert all(len(r) == 5 for r in failing)
+    assert all(len(r) == 8 for r in failing)
+    by_cell = {(r[0], r[1]): r for r in failing[2:]}
+    bloom_510 = by_cell[("bloom-filter-map", "debian-11-5.10")]
+    assert bloom_510[6] == md_cell("needs >= 5.16 for map type bloom_filter (this kernel: 5.10)")
+    oob = by_cell[("verifier-oob", "debian-13-6.12")]
+    assert oob[7] == md_cell("verifier-oob.bpf.c:30 `return *next != 0;` (insn 8)")
 
 
 def test_markdown_escapes_cells(store: Store) -> None:
@@ -237,8 +256,8 @@ def test_markdown_escapes_cells(store: Store) -> None:
     assert (
         "x \\| y \\`z\\` &lt;script&gt;alert(1)&lt;/script&gt; next line \\*\\*bold\\*\\*" in text
     )
-    for row in _table_rows(text, "| artifact | kernel | status | code | evidence |")[2:]:
-        assert len(row) == 5
+    for row in _table_rows(text, "| artifact | kernel | status | code | expected | evidence |")[2:]:
+        assert len(row) == 8
     assert md_cell("CORE_RELOCATION_FAILURE") == "CORE_RELOCATION_FAILURE"
     assert md_cell("_emph_") == "\\_emph\\_"
 
@@ -274,7 +293,7 @@ def test_html_view_model_from_real_results(store: Store, run_id: int) -> None:
     variants = details[("program-variants", "debian-11-5.10")].result.variants
     assert variants[0].chosen == "loop_old_x" and variants[0].disabled == ["loop_x"]
     fixups = details[("runtime-sized-maps", "debian-12-6.1")].result.map_fixups
-    assert [f.applied for f in fixups] == ["cpus → 2", "cpus → 2"]
+    assert [f.applied for f in fixups] == ["cpus → 1", "cpus → 1"]
     assert fixups[1].inner_ringbuf_bytes == 8388608
     functional = details[("functional-execve", "debian-13-6.12-lockdown")]
     assert functional.verdict.code == "FUNCTIONAL_TEST_FAILURE"
@@ -490,7 +509,7 @@ def test_html_without_raw_results(store: Store, run_id: int) -> None:
     """An export without raw results still renders every cell from the stored verdicts."""
     html = render_html(_view(store, run_id))
     assert html.count('<article class="detail"') == len(ARTIFACTS) * len(ALL_KERNELS)
-    assert "cpus → 2" in html  # map fixups from the cell summary
+    assert "cpus → 1" in html  # map fixups from the cell summary
 
 
 def test_screenshot_script_needs_a_store(tmp_path: Path) -> None:

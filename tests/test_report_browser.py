@@ -83,7 +83,7 @@ def test_click_failing_cell_shows_evidence(browser: Chromium, tmp_path: Path) ->
     browser.click(f"#{other}")
     assert not browser.displayed(detail)
     other_detail = "#" + other.replace("cell-", "detail-")
-    assert "cpus → 2" in browser.text(f"{other_detail} table.fixups")
+    assert "cpus → 1" in browser.text(f"{other_detail} table.fixups")
     assert (
         browser.script("return document.querySelectorAll('article.detail:not([hidden])').length")
         == 1
@@ -110,6 +110,20 @@ def test_deep_link_opens_cell(browser: Chromium, tmp_path: Path) -> None:
     detail = "#" + cell_id.replace("cell-", "detail-")
     assert browser.displayed(detail)
     assert "UNSUPPORTED_MAP_TYPE" in browser.text(f"{detail} h2")
+    needs = "needs >= 5.16 for map type bloom_filter (this kernel: 5.10)"
+    assert browser.text(f"{detail} .needs") == f"Needs: {needs}"
+    assert "Map seen_tgids is a bloom_filter map" in browser.text(f"{detail} .fix")
+    row = "#row-" + cell_id.split("-")[1]
+    assert browser.text(f"{row} th small.floor") == "floor 5.16 · oldest pass 6.1"
+    # the verifier's pinpoint: program, instruction, source line, registers
+    oob = _cell_id(run, "verifier-oob", "debian-13-6.12")
+    browser.click(f"#{oob}")
+    pin = browser.text("#" + oob.replace("cell-", "detail-") + " dl.pin")
+    assert "read_past_value" in pin and "8: (79) r1 = *(u64 *)(r0 +8)" in pin
+    assert "return *next != 0; @ verifier-oob.bpf.c:30" in pin
+    assert "R0_w=map_value(map=counters,ks=4,vs=8)" in pin
+    # per artifact, the loadable subset and its manifest
+    assert "requires_helper: bpf_trace_vprintk" in browser.text("#artifacts pre.manifest")
 
 
 def test_comparison_badges_and_links(browser: Chromium, tmp_path: Path) -> None:
@@ -161,7 +175,7 @@ def test_hostile_names_and_logs_render_as_text(browser: Chromium, tmp_path: Path
     assert browser.script(f"return document.querySelectorAll('{detail} td b').length") == 0
     # ... and it is all visible, literally
     row = "#row-" + cell_id.split("-")[1]
-    assert browser.text(f"{row} th") == HOSTILE_ARTIFACT
+    assert browser.text(f"{row} th .art-name") == HOSTILE_ARTIFACT
     assert HOSTILE_ARTIFACT in browser.text(f"{detail} h2")
     assert HOSTILE_PROGRAM in browser.text(f"{detail} table.programs")
     log = browser.text(f"{detail} details.verifier-log pre")

@@ -64,7 +64,10 @@ def test_every_failing_cell_has_a_whole_line(store: Store) -> None:
         v = cell.verdict
         req = "required" if view.required(cell.kernel) else "optional"
         assert line.startswith(f"{v.status.upper():5}  {cell.artifact} on {cell.kernel} ({req}): ")
-        assert line.endswith(f": {v.code}: {printable(v.evidence)}"), line
+        tail = f": {v.code}: {printable(v.evidence)}"
+        tail += f" — {v.needs}" if v.needs else ""
+        tail += f" — at {printable(v.pinpoint.where)}" if v.pinpoint else ""
+        assert line.endswith(tail), line
         assert v.evidence and len(v.evidence) > 20  # real evidence, shown whole
     # required kernels first
     reqs = [view.required(c.kernel) for c in failing]
@@ -101,6 +104,7 @@ def test_terminal_escapes_and_abbreviates_but_never_hides(store: Store) -> None:
     (line,) = [ln for ln in lines if long_code in ln]  # ... and whole on its own line
     assert line == (
         f"FAIL   {HOSTILE_ESCAPED} on debian-12-6.1 (required): {long_code}: {HOSTILE_ESCAPED}"
+        " — at `return *next != 0;` (insn 8)"  # where the verifier stopped, from its log
     )
 
 

@@ -28,16 +28,26 @@ def run_id(store: Store) -> int:
 
 # Keys the export gained after the first release (keys are only ever added).
 ADDED = {
-    "run": {"labels", "attach_mode"},
+    "run": {"labels", "attach_mode", "plan_digest", "shard"},
     "kernels": {"notes"},
-    "cells": {"attached", "flaky"},
+    "artifacts": {"floor", "floor_reason"},
+    "cells": {
+        "attached",
+        "flaky",
+        "expectation",
+        "expected",
+        "needs",
+        "pinpoint",
+        "programs",
+        "programs_left_out",
+    },
 }
 
 
 def _without_added(export: dict) -> dict:
     out = dict(export)
     out["run"] = {k: v for k, v in export["run"].items() if k not in ADDED["run"]}
-    for part in ("kernels", "cells"):
+    for part in ("kernels", "artifacts", "cells"):
         out[part] = [{k: v for k, v in e.items() if k not in ADDED[part]} for e in export[part]]
     return out
 

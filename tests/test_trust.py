@@ -222,3 +222,48 @@ def test_a_same_size_corruption_of_the_initramfs_is_rebuilt(tmp_path: Path) -> N
     assert good == b"r" * 5000 + b"m" * 1000
     initrd.write_bytes(b"X" * len(good))  # same size, wrong bytes
     assert image.initrd_for(kernel).read_bytes() == good
+
+
+# --- globals a manifest sets ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("globals_yaml", "needle"),
+    [
+        ("{markr: 1}", "globals.markr: rodata-globals.bpf.o: no global variable 'markr'"),
+        ("{marker: 4294967296}", "out of range for const volatile int"),
+        ("{enabled: 1}", "takes true or false"),
+        ("{tag: this-string-is-far-too-long-for-sixteen}", "at most 15 bytes"),
+        ("{marker: [1, 2]}", "takes an integer"),
+    ],
+)
+def test_a_global_the_object_cannot_take_is_refused_naming_it(
+    tmp_path: Path, built_examples: Path, globals_yaml: str, needle: str
+) -> None:
+    obj = tmp_path / "rodata-globals.bpf.o"
+    shutil.copy(built_examples / "rodata-globals" / "rodata-globals.bpf.o", obj)
+    (tmp_path / "rodata-globals.manifest.yaml").write_text(f"globals: {globals_yaml}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_artifact(obj)
+    message = str(caught.value)
+    assert needle in message and "rodata-globals.manifest.yaml" in message, message
+    if "markr" in globals_yaml:
+        assert "did you mean 'marker'" in message
+
+
+def test_a_misspelt_program_or_map_in_a_manifest_is_an_error_with_a_close_match(
+    tmp_path: Path, built_examples: Path
+) -> None:
+    obj = tmp_path / "runtime-sized-maps.bpf.o"
+    shutil.copy(built_examples / "runtime-sized-maps" / "runtime-sized-maps.bpf.o", obj)
+    own = tmp_path / "runtime-sized-maps.manifest.yaml"
+    own.write_text("maps: [{name: auxiliary_map, max_entries: cpus}]\n")
+    with pytest.raises(ConfigError, match=r"maps\[0\]\.name: .* no map 'auxiliary_map' "
+                       r"\(did you mean 'auxiliary_maps'\?\)"):  # fmt: skip
+        load_artifact(obj)
+    own.write_text("programs: [{name: runtime_sized_exec, attach: {required: true}}]\n")
+    with pytest.raises(ConfigError, match="did you mean 'runtime_sized_execve'"):
+        load_artifact(obj)
+    own.unlink()
+    (tmp_path / "manifest.yaml").write_text("shared: true\nmaps: [{name: other, max_entries: 1}]\n")
+    assert load_artifact(obj).manifest.shared  # a shared directory manifest may name others

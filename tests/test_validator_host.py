@@ -41,6 +41,7 @@ TOP_LEVEL_KEYS = {
     "btf", "capabilities", "discovery", "load", "attach", "functional", "logs",
     # additions
     "validator_version", "artifact", "security", "timings", "errors", "warnings", "program_setup",
+    "globals_set",
 }  # fmt: skip
 PROGRAM_KEYS = {
     "name", "section", "attach_status", "attach_error", "load_status", "load_errno", "load_log",
@@ -858,3 +859,32 @@ def test_crashing_step_is_recorded_and_exits_1(
     assert "RuntimeError: boom" in error["message"]
     assert result["load"]["status"] == "pass"
     assert "attach" in result["timings"]
+
+
+def test_globals_reach_the_kernel_only_when_set(
+    examples: Path, tracefs: Path, tmp_path: Path
+) -> None:
+    """rodata-globals' program is off until its loader sets `enabled`: with the manifest's
+    globals its functional test sees the marker in trace_pipe, without them it cannot."""
+    artifact = example(examples, "rodata-globals")
+    plan = write_json(tmp_path / "plan.json", {"tests": [{
+        "name": "marker", "timeout_seconds": 10, "expect_stdout_contains": "bpfcompat-global-7-x",
+        "command": "sh -c '/bin/true; timeout 3 grep -m1 bpfcompat-global-7-x "
+                   f"{tracefs}/trace_pipe'"}]})  # fmt: skip
+    (tmp_path / "with").mkdir()
+    _, result = run_validator(tmp_path / "with", artifact, "--functional-plan", str(plan),
+                                 "--set-global", "enabled=true", "--set-global", "marker=7",
+                                 "--set-global", 'tag="x"')  # fmt: skip
+    assert result["functional"]["status"] == "pass", result["functional"]
+    assert [g["status"] for g in result["globals_set"]] == ["applied"] * 3
+    assert {g["name"]: g["offset"] for g in result["globals_set"]} == {
+        "enabled": 0,
+        "marker": 4,
+        "tag": 8,
+    }
+    (tmp_path / "without").mkdir()
+    plan_once = write_json(tmp_path / "plan1.json", {"tests": [{
+        **json.loads(plan.read_text())["tests"][0], "retries": 0}]})  # fmt: skip
+    _, result = run_validator(tmp_path / "without", artifact, "--functional-plan",
+                                 str(plan_once))  # fmt: skip
+    assert result["functional"]["status"] == "fail"

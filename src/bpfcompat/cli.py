@@ -21,8 +21,9 @@ import typer
 from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError, ConfigError
 from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
-from bpfcompat.matrix.plan import Plan, discover_artifacts, load_artifact
+from bpfcompat.matrix.plan import Plan, discover_artifacts, load_artifact, parse_shard
 from bpfcompat.matrix.store import DEFAULT_DB, Store
+from bpfcompat.matrix.verdict import Verdict
 from bpfcompat.report.terminal import printable
 
 app = typer.Typer(
@@ -233,6 +234,14 @@ def matrix_run(
         typer.Option("--manifest", help="Apply this manifest to every artifact given."),
     ] = None,
     label: LabelOpt = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="I/N: run only the I-th of N slices of the cells (merge the exports with "
+            "`bpfcompat merge`).",
+        ),
+    ] = None,
 ) -> None:
     """Validate every artifact on every kernel: each kernel booted once for all artifacts."""
     from bpfcompat.matrix.policy import EXIT_MEANINGS
@@ -242,10 +251,11 @@ def matrix_run(
     from bpfcompat.report.view import RunView
 
     labels = _labels(label)
+    slice_ = parse_shard(shard) if shard is not None else None
     matrix = _matrix(kernels)
     specs = matrix.select(kernel)
     found = discover_artifacts(artifacts, manifest)
-    plan = Plan(specs, found, matrix.guest_suite, attach_mode.value, not no_auto_fixups)
+    plan = Plan(specs, found, matrix.guest_suite, attach_mode.value, not no_auto_fixups, slice_)
     store = Store(db)
     printer = _Printer([s.id for s in specs])
     options = RunOptions(
@@ -378,6 +388,7 @@ def validate(
                 f"{cell.artifact} on {cell.kernel_id}: {cell.status}"
                 + (f" {cell.code}: {cell.evidence}" if cell.code else "")
             )
+            _explained(Verdict.stored(cell))
             for note in cell.notes:
                 _out(f"  note: {note}")
             if out is not None:
@@ -405,7 +416,16 @@ def validate(
         f"{loaded.name} on host {ran.release}: {verdict.status}"
         + (f" {verdict.code}: {verdict.evidence}" if verdict.code else "")
     )
+    _explained(verdict)
     raise typer.Exit(cell_exit_code(verdict.status))
+
+
+def _explained(verdict: Verdict) -> None:
+    """What a failing cell needs and where the verifier stopped, under its line."""
+    if verdict.needs:
+        _out(f"  {verdict.needs}")
+    if verdict.pinpoint and verdict.pinpoint.where:
+        _out(f"  at {verdict.pinpoint.where}")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -430,7 +450,10 @@ def report(
     markdown: MdOpt = None,
     junit: JunitOpt = None,
     base: Annotated[
-        int | None, typer.Option("--base", help="Show changes since this run (HTML, Markdown).")
+        str | None,
+        typer.Option(
+            "--base", help="Show changes since this run: a run id or a run export (JSON)."
+        ),
     ] = None,
 ) -> None:
     """Render a stored run."""
@@ -449,9 +472,12 @@ def report(
 
 @app.command("compare")
 def compare(
-    base: Annotated[int, typer.Option("--base", help="The earlier run id.")],
+    base: Annotated[
+        str, typer.Option("--base", help="The earlier run: a run id, or a run export (JSON).")
+    ],
     head: Annotated[
-        int | None, typer.Option("--head", help="The later run id (default: the latest).")
+        str | None,
+        typer.Option("--head", help="The later run: a run id or export (default: the latest)."),
     ] = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
@@ -460,17 +486,57 @@ def compare(
     Exits 2 when a required cell passed in --base and fails or errors in --head.
 
     A new code on a cell that already failed is listed but does not gate."""
-    from bpfcompat.report.compare import compare_runs
+    from bpfcompat.report import base_view
+    from bpfcompat.report.compare import compare_views
 
-    store = _existing_store(db)
-    head_id = store.run(head).id
-    assert head_id is not None
-    comparison = compare_runs(store, base, head_id)
+    needs_store = base.strip().isdigit() or head is None or head.strip().isdigit()
+    store = _existing_store(db) if needs_store else None
+    if head is None:
+        assert store is not None
+        head_view = base_view(store, str(store.run(None).id))
+    else:
+        head_view = base_view(store, head)
+    comparison = compare_views(base_view(store, base), head_view)
     for line in comparison.lines():
         _out(line)
     # SystemExit, not typer.Exit: with standalone_mode=False typer returns an Exit's code
     # from app() instead of raising it, and main() drops that return value.
     raise SystemExit(comparison.exit_code)
+
+
+@app.command("merge")
+def merge(
+    exports: Annotated[
+        list[Path], typer.Argument(help="The run exports (--json) of every shard of one plan.")
+    ],
+    db: DbOpt = DEFAULT_DB,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where report.html goes.")] = Path(
+        ".bpfcompat/out"
+    ),
+    json_path: JsonOpt = None,
+    html: HtmlOpt = None,
+    markdown: MdOpt = None,
+    junit: JunitOpt = None,
+) -> None:
+    """Build one run (store and every report) from the exports of a plan's shards."""
+    from bpfcompat.report import write_reports
+    from bpfcompat.report.merge import load_shards, merge_into
+
+    views = load_shards(exports)
+    store = Store(db)
+    run_id = merge_into(store, views)
+    for path in write_reports(
+        store,
+        run_id,
+        html=html or out_dir / "report.html",
+        json_path=json_path,
+        markdown=markdown,
+        junit=junit,
+    ):
+        _out(f"wrote {path}")
+    run = store.run(run_id)
+    _out(f"run {run_id}: merged {len(views)} shards, exit code {run.exit_code}")
+    raise typer.Exit(run.exit_code or 0)
 
 
 def _existing_store(db: Path) -> Store:
@@ -540,6 +606,23 @@ def manifest_suggest(
     from bpfcompat.analysis.inspect import run_suggest
 
     typer.echo(run_suggest(obj, kernels), nl=False)
+
+
+@app.command("doctor")
+def doctor(
+    kernels: KernelsOpt = None,
+    kernel: Annotated[
+        list[str] | None, typer.Option("--kernel", help="Only these kernel ids (repeatable).")
+    ] = None,
+) -> None:
+    """Check this host for a matrix run (QEMU, KVM, image tools, disk, cache); print what
+    is missing with the command that fixes it. Exits 1 when something needed is missing."""
+    from bpfcompat.doctor import run_doctor
+
+    path = kernels or default_kernels_file()
+    matrix = load_kernel_matrix(path)
+    code = run_doctor(matrix, path, matrix.select(kernel), kernels is not None, _out)
+    raise typer.Exit(code)
 
 
 @app.callback(invoke_without_command=True)

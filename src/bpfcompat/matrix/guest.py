@@ -279,7 +279,7 @@ class GuestSession:
         cell_dir = job.dir
         files[f"{cell_dir}/artifact.bpf.o"] = job.artifact.data
         manifest = job.artifact.manifest
-        extra, inputs = manifest.validator_inputs(cell_dir)
+        extra, inputs = manifest.validator_inputs(cell_dir, job.artifact.target_objects)
         files.update(inputs)
         args = [
             "--artifact",

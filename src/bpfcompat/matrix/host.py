@@ -54,7 +54,7 @@ def validate_on_host(
         )
     with tempfile.TemporaryDirectory(prefix="bpfcompat-validate-") as tmp:
         result_path = out or Path(tmp) / "result.json"
-        extra, files = artifact.manifest.validator_inputs(tmp)
+        extra, files = artifact.manifest.validator_inputs(tmp, artifact.target_objects)
         for path, data in files.items():
             Path(path).write_bytes(data)
         args = [

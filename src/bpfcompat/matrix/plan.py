@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import stat
 import struct
 from dataclasses import dataclass, field
@@ -16,8 +17,17 @@ from pathlib import Path
 
 from bpfcompat.analysis.objfile import read_object
 from bpfcompat.errors import ArtifactError, ConfigError
-from bpfcompat.matrix.config import Manifest, file_kind, load_manifest, read_regular
+from bpfcompat.matrix.config import (
+    Manifest,
+    file_kind,
+    load_expectations,
+    load_manifest,
+    read_regular,
+)
+from bpfcompat.matrix.expect import Expectations, expect_file_for
 from bpfcompat.validator.elf import elf_sections
+from bpfcompat.validator.globals import global_names, object_btf
+from bpfcompat.validator.globals import resolve as resolve_global
 from bpfcompat.vm.spec import KernelSpec
 
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024  # far above any real BPF object; see docs
@@ -38,6 +48,9 @@ class Artifact:
     manifest: Manifest
     manifest_hash: str
     invalid_reason: str | None = None
+    # The other objects the manifest names (freplace targets), read once like the artifact.
+    target_objects: tuple[bytes, ...] = field(default=(), repr=False)
+    expect: Expectations | None = None  # what the project expects of each kernel
 
 
 ATTACH_MODES = ("disabled", "best-effort", "required")
@@ -54,6 +67,47 @@ class Plan:
     # Size maps the object compiled with size 0 as its loader would (when the manifest
     # does not say): the kernel's own answer instead of the loader's.
     auto_fixups: bool = True
+    # (I, N): run only the I-th of N deterministic slices of the cells (1-based).
+    shard: tuple[int, int] | None = None
+
+    def digest(self) -> str:
+        """What makes two runs the same plan (shards of one plan share it)."""
+        h = hashlib.sha256()
+        for spec in self.kernels:
+            h.update(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode() + b"\0")
+        for a in self.artifacts:
+            h.update(f"{a.name}\0{a.sha256}\0{a.manifest_hash}\0".encode())
+        h.update(f"{self.guest_suite}\0{self.attach_mode}\0{self.auto_fixups}".encode())
+        return h.hexdigest()[:16]
+
+    def cells(self) -> list[tuple[KernelSpec, Artifact]]:
+        """This run's cells, kernel by kernel: all of them, or the shard's slice of them.
+
+        Slices are contiguous in kernel-then-artifact order and differ in size by at most
+        one, so a shard boots as few kernels as it can."""
+        every = [(spec, artifact) for spec in self.kernels for artifact in self.artifacts]
+        if self.shard is None:
+            return every
+        index, count = self.shard
+        return every[(index - 1) * len(every) // count : index * len(every) // count]
+
+    def artifacts_for(self, kernel_id: str) -> list[Artifact]:
+        return [a for spec, a in self.cells() if spec.id == kernel_id]
+
+    def active_kernels(self) -> list[KernelSpec]:
+        ids = {spec.id for spec, _ in self.cells()}
+        return [spec for spec in self.kernels if spec.id in ids]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`I/N` with 1 <= I <= N: which slice of the cells this job runs."""
+    match = re.fullmatch(r"\s*(\d{1,4})\s*/\s*(\d{1,4})\s*", text)
+    if not match:
+        raise ConfigError(f"--shard {text!r}: expected I/N, e.g. 2/4")
+    index, count = int(match.group(1)), int(match.group(2))
+    if not 1 <= index <= count:
+        raise ConfigError(f"--shard {text!r}: I must be between 1 and N ({count})")
+    return index, count
 
 
 def artifact_name(path: Path) -> str:
@@ -73,9 +127,12 @@ def elf_problem(data: bytes) -> str | None:
     return None
 
 
-def _manifest_hash(manifest: Manifest) -> str:
+def _manifest_hash(manifest: Manifest, targets: tuple[bytes, ...] = ()) -> str:
     canonical = json.dumps(manifest.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(canonical.encode())
+    for data in targets:  # what the manifest points at is part of what it asks for
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()[:16]
 
 
 def manifest_for(path: Path, explicit: Path | None = None) -> Path | None:
@@ -99,7 +156,7 @@ def check_manifest_names(path: Path, data: bytes, manifest: Manifest, where: Pat
     """Every program and map a manifest names must be in the object: a misspelt name would
     silently drop what the manifest asks for (a required attach, a fixup)."""
     names = manifest.named()
-    if not names:
+    if not names and not manifest.globals:
         return
     try:
         obj = read_object(path, data)
@@ -115,6 +172,14 @@ def check_manifest_names(path: Path, data: bytes, manifest: Manifest, where: Pat
         close = difflib.get_close_matches(name, sorted(have[kind]), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"{where}: {key}: {path.name} has no {kind} {name!r}{hint}")
+    for name, value in manifest.globals.items():
+        try:
+            resolve_global(data, name, value)
+        except ValueError as exc:
+            known = global_names(object_btf(data)[0]) if obj.btf is not None else []
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close and close[0] != name else ""
+            raise ConfigError(f"{where}: globals.{name}: {path.name}: {exc}{hint}") from None
 
 
 def load_artifact(
@@ -144,6 +209,7 @@ def load_artifact(
                 data, problem = b"", f"artifact grew over the {MAX_ARTIFACT_BYTES} byte limit"
             else:
                 problem = elf_problem(data)
+    targets = _target_objects(manifest, manifest_path) if manifest_path else ()
     shared_dir_manifest = given is None and manifest_path == path.parent / MANIFEST_NAME
     if (
         manifest_path is not None
@@ -158,9 +224,33 @@ def load_artifact(
         sha256=hashlib.sha256(data).hexdigest(),
         manifest_path=manifest_path,
         manifest=manifest,
-        manifest_hash=_manifest_hash(manifest),
+        manifest_hash=_manifest_hash(manifest, targets),
         invalid_reason=problem,
+        target_objects=targets,
+        expect=_expectations(path, manifest),
     )
+
+
+def _expectations(path: Path, manifest: Manifest) -> Expectations | None:
+    if manifest.expect is not None:
+        return manifest.expect
+    found = expect_file_for(path)
+    return load_expectations(found) if found is not None else None
+
+
+def _target_objects(manifest: Manifest, manifest_path: Path) -> tuple[bytes, ...]:
+    """The bytes of each object the manifest's freplace targets name, checked like
+    artifacts (relative to the manifest's directory)."""
+    out = []
+    for index, (prog, target) in enumerate(manifest.targets()):
+        path = manifest_path.parent / target.object
+        what = f"target object of programs ({prog})"
+        data = read_regular(path, MAX_ARTIFACT_BYTES, what)
+        problem = elf_problem(data)
+        if problem:
+            raise ConfigError(f"{manifest_path}: programs: target {index} ({path}): {problem}")
+        out.append(data)
+    return tuple(out)
 
 
 def escaping_symlink(path: Path, root: Path) -> str | None:

@@ -1,7 +1,8 @@
 """The exit-code policy, written once: `matrix run`, `validate`, `compare` and every report
 that states what an exit code means read it from here.
 
-0 every required cell passes; 2 a compatibility failure on a required kernel; 1 a tool or
+0 every required cell passes (or is what the project expects of it); 2 a compatibility
+failure on a required kernel, or a cell that differs from its expectation; 1 a tool or
 infrastructure error or bad input; 130 interrupted. Optional kernels never change it.
 """
 
@@ -16,19 +17,21 @@ EXIT_FAIL = 2
 EXIT_INTERRUPTED = 130
 
 EXIT_MEANINGS = {
-    EXIT_PASS: "every required cell passed",
+    EXIT_PASS: "every required cell passed or behaved as expected",
     EXIT_ERROR: "error: a required kernel or cell errored, or an artifact was unusable",
-    EXIT_FAIL: "a required cell failed",
+    EXIT_FAIL: "a required cell failed, or differs from what was expected",
     EXIT_INTERRUPTED: "interrupted",
 }
 
 
 @dataclass(frozen=True)
 class CellOutcome:
-    """What the policy needs of a cell: where it ran and how it ended."""
+    """What the policy needs of a cell: where it ran, how it ended, and whether that is
+    what the project expects (None: no expectation stated)."""
 
     kernel_id: str
     status: str  # pass | fail | error
+    expected: bool | None = None
 
 
 def run_exit_code(
@@ -44,10 +47,12 @@ def run_exit_code(
         return EXIT_INTERRUPTED
     if kernel_errors & required_kernels or invalid_inputs:
         return EXIT_ERROR
-    statuses = {c.status for c in cells if c.kernel_id in required_kernels}
+    judged = [c for c in cells if c.kernel_id in required_kernels and c.expected is not True]
+    statuses = {c.status for c in judged}
     if "error" in statuses:
         return EXIT_ERROR
-    if "fail" in statuses:
+    # A cell that differs from its expectation fails the run even when it passed.
+    if "fail" in statuses or any(c.expected is False for c in judged):
         return EXIT_FAIL
     return EXIT_PASS
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 from sqlmodel import Session, select
 
 from bpfcompat.matrix.classify import HOST_PRECHECK, cell_fields, classify, kernel_failed
-from bpfcompat.matrix.statics import setup_of
+from bpfcompat.matrix.statics import analysis_of
 from bpfcompat.matrix.store import Cell, RunKernel, Store, ValidatorResult
 
 # The judged fields of a cell: a change in any of them is reported.
 JUDGED = ("status", "code", "evidence", "confidence", "stage", "program", "remediation",
-          "rule", "detail", "notes_json", "details_json")  # fmt: skip
-_FIELD_NAMES = {"notes_json": "notes", "details_json": "details"}
+          "rule", "detail", "notes_json", "details_json", "needs", "pinpoint_json")  # fmt: skip
+_FIELD_NAMES = {"notes_json": "notes", "details_json": "details", "pinpoint_json": "pinpoint"}
 
 
 def _legacy_problem(cell: Cell) -> str | None:
@@ -59,7 +59,7 @@ def reclassify_run(store: Store, run_id: int) -> list[str]:
                     stored,
                     artifact_problem=cell.artifact_problem,
                     release=releases.get(cell.kernel_id, ""),
-                    setup=setup_of(cell.analysis_json),
+                    analysis=analysis_of(cell.analysis_json),
                 )
                 fields = cell_fields(verdict, stored.result())
             before = _label(cell.status, cell.code)

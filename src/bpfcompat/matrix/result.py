@@ -292,11 +292,30 @@ class AutoFixup(_Part):
     error: Text | None = None
 
 
+class GlobalSet(_Part):
+    """A global variable the manifest had the validator set before load."""
+
+    name: Name | None = None
+    value: Any = None
+    section: Name | None = None
+    offset: Int | None = None
+    size: Int | None = None
+    status: Name | None = None
+    error: Text | None = None
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        text = json.dumps(value, default=str)
+        return value if len(text) <= MAX_FIELD_CHARS else text[:MAX_FIELD_CHARS]
+
+
 class ProgramSetup(_Part):
     """What the manifest had the validator set on a program before load."""
 
     name: Name | None = None
     attach_target: Name | None = None
+    attach_program: Messages | None = None  # {object, program}: what freplace replaces into
     autoload: bool | None = None
     type: Name | None = None
     expected_attach_type: Name | None = None
@@ -509,6 +528,7 @@ class ResultModel(_Part):
     map_fixups: _objects(MapFixup) = ()
     auto_sized_maps: _objects(AutoFixup) = ()
     program_setup: _objects(ProgramSetup) = ()
+    globals_set: _objects(GlobalSet) = ()
     auto_typed_programs: Free = ()
     program_type_overrides: Free = ()
     program_variants: _objects(Variant) = ()

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError
 from bpfcompat.matrix.classify import CLASSIFIER_VERSION, cell_fields, classify, kernel_failed
+from bpfcompat.matrix.expect import kernel_chain, matches
 from bpfcompat.matrix.guest import Connector, GuestSession, RawOutcome, VMFactory, describe_error
 from bpfcompat.matrix.plan import Artifact, Plan, cache_key
 from bpfcompat.matrix.policy import EXIT_INTERRUPTED, CellOutcome, run_exit_code
@@ -109,7 +110,7 @@ class MatrixRunner:
         self.live_vms: set[GuestVM] = set()
         self.backend = options.backend
         self.accel = self.backend.accel()
-        self.analysis = RunAnalysis([k.id for k in plan.kernels], self.stop)
+        self.analysis = RunAnalysis([k.id for k in plan.active_kernels()], self.stop)
         self.messages: list[str] = []
         self._lock = threading.Lock()
 
@@ -122,12 +123,15 @@ class MatrixRunner:
                 tool_version=__version__,
                 labels_json=json.dumps(self.options.labels),
                 attach_mode=self.plan.attach_mode,
+                plan_digest=self.plan.digest(),
+                shard="/".join(map(str, self.plan.shard)) if self.plan.shard else None,
                 **process_identity(),
             )
         )
         assert run.id is not None
         self.run_id = run.id
-        for artifact in self.plan.artifacts:
+        mine = {a.name: a for _, a in self.plan.cells()}
+        for artifact in mine.values():
             if artifact.invalid_reason:
                 self.messages.append(f"{artifact.path}: {artifact.invalid_reason}")
         status = "completed"
@@ -159,17 +163,22 @@ class MatrixRunner:
             vm.stop()
 
     def exit_code(self, kernels: list[RunKernel], cells: list[Cell]) -> int:
+        # An unusable input fails the run unless the project expects exactly what it got.
+        unexpected = {c.artifact for c in cells if c.expected is not True}
         return run_exit_code(
             {k.kernel_id for k in kernels if k.required},
             {k.kernel_id for k in kernels if k.status == "error"},
-            [CellOutcome(c.kernel_id, c.status) for c in cells],
-            invalid_inputs=any(a.invalid_reason for a in self.plan.artifacts),
+            [CellOutcome(c.kernel_id, c.status, c.expected) for c in cells],
+            invalid_inputs=any(
+                a.invalid_reason and (a.expect is None or a.name in unexpected)
+                for _, a in self.plan.cells()
+            ),
         )
 
     # --- scheduling ------------------------------------------------------------------------
 
     def _run_kernels(self) -> None:
-        kernels = self.plan.kernels
+        kernels = self.plan.active_kernels()
         workers = self.options.concurrency or default_concurrency(kernels)
         # Every kernel gets a thread so fetches overlap with running VMs; the semaphore
         # bounds how many VMs run at once. The image build overlaps with the fetches.
@@ -223,7 +232,7 @@ class MatrixRunner:
         except Exception as exc:  # the boundary that keeps the other kernels going
             if not self.stop.is_set():
                 done = {c.artifact for c in self.store.cells(self.run_id) if c.kernel_id == spec.id}
-                left = [a for a in self.plan.artifacts if a.name not in done]
+                left = [a for a in self.plan.artifacts_for(spec.id) if a.name not in done]
                 self._kernel_failed(spec, row, f"internal error: {describe_error(exc)}", left)
 
     def _kernel_work(
@@ -249,10 +258,10 @@ class MatrixRunner:
             )
             image = image_future.result()
         except BpfcompatError as exc:
-            self._kernel_failed(spec, row, describe_error(exc), self.plan.artifacts)
+            self._kernel_failed(spec, row, describe_error(exc), self.plan.artifacts_for(spec.id))
             return
         todo: list[tuple[int, Artifact, str]] = []
-        for index, artifact in enumerate(self.plan.artifacts):
+        for index, artifact in enumerate(self.plan.artifacts_for(spec.id)):
             key = cache_key(
                 artifact,
                 spec,
@@ -442,6 +451,8 @@ class MatrixRunner:
                 fields = prior.model_dump(
                     exclude={"id", "run_id", "artifact", "artifact_path", "manifest_path", "cached"}
                 )
+                # Expectations are this run's to judge: they may have changed since.
+                fields.update(self._judged(artifact, spec, prior.status, prior.code))
                 manifest = str(artifact.manifest_path) if artifact.manifest_path else None
                 self.store.add(
                     Cell(
@@ -459,7 +470,7 @@ class MatrixRunner:
             stored,
             artifact_problem=artifact.invalid_reason,
             release=kernel.release,
-            setup=statics.get("loader_setup") or (),
+            analysis=statics,
         )
         result = stored.result()
         flaky = is_flaky(result)
@@ -508,8 +519,18 @@ class MatrixRunner:
                 artifact_problem=artifact.invalid_reason,
                 analysis_json=json.dumps(analysis) if analysis else None,
                 **cell_fields(verdict, result),
+                **self._judged(artifact, spec, verdict.status, verdict.code),
             )
         )
+
+    def _judged(
+        self, artifact: Artifact, spec: KernelSpec, status: str, code: str | None
+    ) -> dict[str, Any]:
+        """Whether the cell is what the project expects (None: it states no expectation)."""
+        if artifact.expect is None:
+            return {"expected": None, "expectation": None}
+        want = artifact.expect.verdict(kernel_chain(self.plan.kernels, spec.id))
+        return {"expected": matches(want, status, code), "expectation": want.label}
 
 
 # Verdicts that say something about the kernel and the object every time; everything else

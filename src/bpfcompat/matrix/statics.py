@@ -23,28 +23,43 @@ from bpfcompat.vm.kernels import KernelBuild
 # the informational ones, hundreds in a big object, stay with `bpfcompat inspect`).
 MAX_KEPT_FINDINGS = 50
 KEPT_LEVELS = ("required", "kernel")
+# What the object uses, kept so a verdict can name what the source called where the
+# kernel's log names something else (a helper libbpf rewrote, a macro's helper).
+KEPT_KINDS = ("helper", "kfunc", "map_type", "program_type", "attach_type")
+MAX_KEPT_REQUIREMENTS = 300
+MAX_KEPT_PROGRAMS = 20  # programs named per requirement; `programs_left_out` counts the rest
+
+
+def _requirement(r: dict[str, Any]) -> dict[str, Any]:
+    programs = [str(p) for p in r.get("programs") or []]
+    kept = {k: r.get(k) for k in ("kind", "name", "since", "id") if r.get(k) is not None}
+    kept["programs"] = programs[:MAX_KEPT_PROGRAMS]
+    if len(programs) > MAX_KEPT_PROGRAMS:
+        kept["programs_left_out"] = len(programs) - MAX_KEPT_PROGRAMS
+    return kept
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     """The part of an inspect report a cell keeps (bounded)."""
     findings = [f for f in report.get("loader_setup") or [] if f.get("level") in KEPT_LEVELS]
+    reqs = [r for r in report.get("requirements") or [] if r.get("kind") in KEPT_KINDS]
     return {
         "floor": report.get("floor"),
         "floor_reason": report.get("floor_reason"),
         "floor_without_unused_maps": report.get("floor_without_unused_maps"),
         "loader_setup": findings[:MAX_KEPT_FINDINGS],
         "findings_left_out": max(0, len(report.get("loader_setup") or []) - len(findings)),
+        "requirements": [_requirement(r) for r in reqs[:MAX_KEPT_REQUIREMENTS]],
     }
 
 
-def setup_of(analysis_json: str | None) -> list[dict[str, Any]]:
-    """The loader-setup findings a stored cell kept."""
+def analysis_of(analysis_json: str | None) -> dict[str, Any]:
+    """The static reading a stored cell kept ({} when none or damaged)."""
     try:
         data = json.loads(analysis_json or "{}")
     except ValueError:
-        return []
-    found = data.get("loader_setup") if isinstance(data, dict) else None
-    return [f for f in found if isinstance(f, dict)] if isinstance(found, list) else []
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class RunAnalysis:

@@ -72,6 +72,8 @@ class Run(SQLModel, table=True):
     hostname: str | None = None
     labels_json: str | None = None  # {"key": "value"} given with --label
     attach_mode: str | None = None
+    plan_digest: str | None = None  # shards of one plan share it (matrix/plan.Plan.digest)
+    shard: str | None = None  # "I/N" when the run is one slice of a plan
 
     @property
     def labels(self) -> dict[str, str]:
@@ -161,11 +163,25 @@ class Cell(SQLModel, table=True):
     # The host's static reading of the artifact (matrix/statics.summary): its upstream floor
     # and the loader-setup findings the verdict was judged with.
     analysis_json: str | None = None
+    # The project's expectation for this cell (`fail CODE`, `pass`) and whether it held;
+    # None: no expectation stated.
+    expectation: str | None = None
+    expected: bool | None = None
     result_id: int | None = Field(default=None, foreign_key="validatorresult.id")
+    needs: str | None = None  # Verdict.needs
+    pinpoint_json: str | None = None  # Verdict.pinpoint as JSON
 
     @property
     def notes(self) -> list[str]:
         return _json_list(self.notes_json)
+
+    @property
+    def pinpoint(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.pinpoint_json or "null")
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
 
     @property
     def details(self) -> dict[str, Any]:

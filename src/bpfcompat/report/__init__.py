@@ -74,6 +74,16 @@ def write_view(
     return written
 
 
+def base_view(store: Store | None, base: str) -> RunView:
+    """A run to compare against: a stored run's id, or a run export from another job
+    (`bpfcompat.run.v1` JSON, e.g. main's last CI run)."""
+    if base.strip().isdigit():
+        if store is None:
+            raise ReportError(f"--base {base}: a run id needs a store (--db)")
+        return RunView.from_store(store, int(base), with_results=False)
+    return RunView.from_export(Path(base))
+
+
 def write_reports(
     store: Store,
     run_id: int,
@@ -82,14 +92,15 @@ def write_reports(
     json_path: Path | None = None,
     markdown: Path | None = None,
     junit: Path | None = None,
-    base_run: int | None = None,
+    base_run: int | str | None = None,
 ) -> list[Path]:
     """Write the requested formats of a stored run, read from the store once (raw results
-    only when the HTML report needs them); `base_run` adds the changes since that run."""
+    only when the HTML report needs them); `base_run` (a run id or an export's path) adds
+    the changes since that run."""
     view = RunView.from_store(store, run_id, with_results=html is not None)
     comparison = None
     if base_run is not None:
-        comparison = compare_views(RunView.from_store(store, base_run, with_results=False), view)
+        comparison = compare_views(base_view(store, str(base_run)), view)
     return write_view(
         view, html=html, json_path=json_path, markdown=markdown, junit=junit, comparison=comparison
     )

@@ -18,6 +18,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from bpfcompat.matrix.policy import EXIT_MEANINGS
 from bpfcompat.matrix.verdict import Verdict
 from bpfcompat.report.compare import CellChange, Comparison
+from bpfcompat.report.insight import FloorCheck, Subset, floor_check, loadable_subset
 from bpfcompat.report.result_view import ResultView, result_view
 from bpfcompat.report.view import CellInfo, KernelInfo, RunInfo, RunView
 
@@ -92,6 +93,8 @@ class GridRow:
     path: str
     sha256: str
     cells: list[GridCell]
+    floor: FloorCheck | None = None
+    subset: Subset | None = None
 
     @property
     def failing(self) -> bool:
@@ -118,6 +121,19 @@ class DetailView:
     @property
     def verdict(self) -> Verdict:
         return self.info.verdict
+
+    @property
+    def alone(self) -> tuple[list[str], list[str]] | None:
+        """Where the whole object failed to load: the programs that load on their own here
+        and those that fail (None when it loaded, or has one program)."""
+        v = self.info.verdict
+        progs = [p for p in self.info.programs if p.name and p.autoload]
+        if v.status != "fail" or v.stage != "load" or len(progs) < 2:
+            return None
+        return (
+            [str(p.name) for p in progs if p.load_status == "pass"],
+            [str(p.name) for p in progs if p.load_status == "fail"],
+        )
 
 
 @dataclass
@@ -201,6 +217,7 @@ def _grid_cell(row: int, k: KernelColumn, cell: CellInfo | None) -> GridCell:
         return GridCell(row, k.index, "none", None, k.required, "not run")
     v = cell.verdict
     tip = v.label + (f": {v.evidence or ''}" if v.code else "")
+    tip += f" — {v.needs}" if v.needs else ""
     return GridCell(row, k.index, v.status, v.code, k.required, tip[:TOOLTIP_CHARS])
 
 
@@ -222,7 +239,17 @@ def build_view(run: RunView, comparison: Comparison | None = None) -> ReportView
                 detail = result_view(cell, with_libbpf_log=cell.failing)
                 details.append(DetailView(grid, k, cell, detail))
         art = run.artifact(name)
-        rows.append(GridRow(r, name, art.path if art else "", art.sha256 if art else "", row_cells))
+        rows.append(
+            GridRow(
+                r,
+                name,
+                art.path if art else "",
+                art.sha256 if art else "",
+                row_cells,
+                floor_check(run, name),
+                loadable_subset(run, name),
+            )
+        )
     change_views = []
     if comparison:
         change_views = [

@@ -3,8 +3,9 @@
 Layout: one <testsuite> per kernel (properties: release, required, btf), one <testcase>
 per cell with classname = artifact and name = kernel id, time = the cell's seconds.
 
-- fail on a required kernel: <failure type=CODE message="CODE: evidence">, details in
-  the body;
+- fail on a required kernel: <failure type=CODE message="CODE: evidence (needs >= X.Y
+  for ...)">, the needs part only for a missing feature; details (the verifier's pinpoint,
+  the remediation) in the body;
 - error (infrastructure) on a required kernel: <error type=CODE ...>, likewise;
 - fail or error on an OPTIONAL kernel: <skipped message="optional kernel: fail CODE:
   evidence">. Optional kernels never gate `matrix run` (its exit code ignores them), and
@@ -36,6 +37,8 @@ def _message(verdict: Verdict) -> str:
     code = verdict.code or verdict.status
     evidence = " ".join((verdict.evidence or "").split())
     text = f"{code}: {evidence}" if evidence else code
+    if verdict.needs:
+        text += f" ({verdict.needs})"
     return _clean(text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…")
 
 
@@ -49,8 +52,19 @@ def _body(cell: CellInfo, kernel: KernelInfo) -> str:
         f"program: {v.program or '-'}",
         f"kernel: {kernel.id} {kernel.release}".rstrip(),
         f"evidence: {v.evidence or '-'}",
-        f"remediation: {v.remediation or '-'}",
     ]
+    if v.needs:
+        lines.append(f"needs: {v.needs}")
+    if v.detail:
+        lines.append(f"detail: {v.detail}")
+    pin = v.pinpoint
+    if pin:
+        lines.append(f"where: {pin.program or '-'} {pin.where}".rstrip())
+        if pin.instruction:
+            lines.append(f"instruction: {pin.instruction}")
+        if pin.state:
+            lines.append(f"registers before it: {pin.state}")
+    lines.append(f"remediation: {v.remediation or '-'}")
     lines += [f"note: {n}" for n in cell.notes]
     return _clean("\n".join(lines))
 
@@ -95,7 +109,23 @@ def render_junit(view: RunView) -> str:
                 counts["skipped"] += 1
                 continue
             v = cell.verdict
-            if cell.failing and not kernel.required:
+            if cell.expected is not None:
+                ET.SubElement(ET.SubElement(case, "properties"), "property",
+                              name="expected", value=_clean(str(cell.expectation)))  # fmt: skip
+            if cell.unexpected and not cell.failing and kernel.required:
+                element = ET.SubElement(
+                    case, "failure", message=_clean(f"expected {cell.expectation}, got pass"),
+                    type="UNEXPECTED_PASS",
+                )  # fmt: skip
+                element.text = _body(cell, kernel)
+                counts["failures"] += 1
+            elif cell.failing and cell.expected and kernel.required:
+                skipped = ET.SubElement(
+                    case, "skipped", message=_clean(f"expected: {v.status} {_message(v)}")
+                )
+                skipped.text = _body(cell, kernel)
+                counts["skipped"] += 1
+            elif cell.failing and not kernel.required:
                 verdict = f"{v.status} {_message(v)}"
                 skipped = ET.SubElement(
                     case, "skipped", message=_clean(f"optional kernel: {verdict}")

@@ -1,7 +1,10 @@
 """Markdown summary sized for a CI job summary (e.g. $GITHUB_STEP_SUMMARY).
 
-A matrix table (artifacts x kernels), the changes against a base run when given, and the
-failing cells with code and evidence. Every value from a run is escaped for a
+A matrix table (artifacts x kernels), the changes against a base run when given, the
+failing cells with code, evidence, what the kernel lacks and where the verifier stopped,
+then per artifact its static floor against the oldest kernel it passed on, and the
+programs that load where the whole object does not, with a manifest that would make it
+load everywhere. Every value from a run is escaped for a
 GitHub-flavoured table cell: `|` cannot end a cell, backticks cannot open code spans, HTML
 cannot become markup and newlines cannot break the row. Evidence is cut to one line; the
 HTML report has the logs.
@@ -15,6 +18,7 @@ from typing import Any
 
 from bpfcompat.matrix.policy import EXIT_MEANINGS
 from bpfcompat.report.compare import Comparison
+from bpfcompat.report.insight import floor_check, loadable_subset
 from bpfcompat.report.view import CellInfo, RunView
 
 EVIDENCE_CHARS = 300
@@ -44,6 +48,12 @@ def _label(cell: CellInfo | None) -> str:
 
 def _kernel(view: RunView, kernel_id: str) -> str:
     return md_cell(kernel_id) + ("" if view.required(kernel_id) else " (optional)")
+
+
+def _expected(cell: CellInfo) -> str:
+    if cell.expected is None:
+        return ""
+    return "yes" if cell.expected else f"**no** (expected {md_cell(cell.expectation)})"
 
 
 def render_markdown(view: RunView, comparison: Comparison | None = None) -> str:
@@ -96,16 +106,69 @@ def render_markdown(view: RunView, comparison: Comparison | None = None) -> str:
         out += [
             f"### Failing cells ({len(failing)})",
             "",
-            "| artifact | kernel | status | code | evidence |",
-            "|---|---|---|---|---|",
+            "| artifact | kernel | status | code | expected | evidence | needs | where |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for c in failing[:MAX_FAILURE_ROWS]:
             v = c.verdict
+            where = v.pinpoint.where if v.pinpoint else None
             out.append(
                 f"| {md_cell(c.artifact)} | {_kernel(view, c.kernel)} | {md_cell(v.status)} | "
-                f"{md_cell(v.code)} | {md_cell(v.evidence, EVIDENCE_CHARS)} |"
+                f"{md_cell(v.code)} | {_expected(c)} | {md_cell(v.evidence, EVIDENCE_CHARS)} | "
+                f"{md_cell(v.needs)} | {md_cell(where, EVIDENCE_CHARS)} |"
             )
         if len(failing) > MAX_FAILURE_ROWS:
             out.append(f"\n… and {len(failing) - MAX_FAILURE_ROWS} more; see the HTML report.")
         out.append("")
+    out += _artifacts(view, names)
     return "\n".join(out)
+
+
+def _fenced(lines: list[str]) -> list[str]:
+    """A code block for text from a run: control characters dropped, and a fence longer
+    than any run of backticks inside, so nothing in it can end the block."""
+    clean = [" ".join(ln.split()) if not ln.startswith(" ") else ln.rstrip() for ln in lines]
+    clean = ["".join(ch for ch in ln if ch.isprintable()) for ln in clean]
+    longest = max((len(m) for ln in clean for m in re.findall(r"`+", ln)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{fence}yaml", *clean, fence]
+
+
+def _artifacts(view: RunView, names: list[str]) -> list[str]:
+    """Per artifact: floor against observation, and the loadable subset."""
+    checks = [floor_check(view, n) for n in names]
+    checks = [c for c in checks if c.floor or c.oldest_pass][:MAX_FAILURE_ROWS]
+    out: list[str] = []
+    if checks:
+        out += [
+            "### Floor vs observed",
+            "",
+            "| artifact | floor (static) | oldest pass | disagreement |",
+            "|---|---|---|---|",
+        ]
+        for c in checks:
+            floor = f"{c.floor} ({c.floor_reason})" if c.floor and c.floor_reason else c.floor
+            oldest = f"{c.oldest_pass_release} ({c.oldest_pass})" if c.oldest_pass else "none"
+            flags = c.verdict
+            out.append(
+                f"| {md_cell(c.artifact)} | {md_cell(floor or 'unknown')} | {md_cell(oldest)} | "
+                f"{'⚠️ ' if c.flags else ''}{md_cell(flags, EVIDENCE_CHARS)} |"
+            )
+        out.append("")
+    subsets = [s for s in (loadable_subset(view, n) for n in names) if s is not None]
+    if subsets:
+        out += ["### Loadable subsets", ""]
+        for s in subsets[:MAX_FAILURE_ROWS]:
+            out.append(f"**{md_cell(s.artifact)}**")
+            out.append("")
+            for k in s.kernels:
+                loads = ", ".join(k.loads) or "none"
+                fails = ", ".join(k.fails) or "none"
+                out.append(
+                    f"- {md_cell(k.kernel)}: loads alone: {md_cell(loads)}; "
+                    f"fails alone: {md_cell(fails)}"
+                )
+            out += ["", md_cell(s.effect), ""]
+            if s.manifest:
+                out += [*_fenced(s.manifest.splitlines()), ""]
+    return out

@@ -1,5 +1,6 @@
 """The run in a terminal or a CI log: the matrix grid, then every failing or erroring cell
-on one line with its full code and evidence.
+on one line with its full code and evidence, what the kernel lacks (needs) and where the
+verifier stopped in the source (pinpoint).
 
 Names, codes and evidence come from file names, manifests and guests: `printable`
 escapes whatever could drive a terminal (control and format characters, line
@@ -53,7 +54,10 @@ def _cut(text: str, limit: int) -> str:
 
 
 def _label(cell: CellInfo | None) -> str:
-    return "-" if cell is None else _cut(printable(cell.verdict.label), CELL_CHARS)
+    if cell is None:
+        return "-"
+    mark = {True: " (expected)", False: " (UNEXPECTED)"}.get(cell.expected, "")
+    return _cut(printable(cell.verdict.label + mark), CELL_CHARS)
 
 
 def matrix_lines(view: RunView) -> list[str]:
@@ -76,20 +80,38 @@ def matrix_lines(view: RunView) -> list[str]:
 
 
 def failure_line(view: RunView, cell: CellInfo) -> str:
-    """One failing cell, whole: status, where, full code, evidence."""
+    """One failing cell, whole: status, where, full code, evidence, then what it needs
+    or where the verifier stopped."""
     v = cell.verdict
     req = "required" if view.required(cell.kernel) else "optional"
     text = f"{v.status.upper():5}  {cell.artifact} on {cell.kernel} ({req}): {v.code or '-'}"
     text += f": {v.evidence}" if v.evidence else " (no evidence line)"
+    if cell.expected is not None:
+        text += (
+            f" [{'expected' if cell.expected else 'UNEXPECTED, expected ' + str(cell.expectation)}]"
+        )
+    if v.needs:
+        text += f" — {v.needs}"
+    if v.pinpoint and v.pinpoint.where:
+        text += f" — at {v.pinpoint.where}"
     return printable(text)
 
 
 def failure_lines(view: RunView) -> list[str]:
     failing = view.failing()
+    surprises = [c for c in view.cells if c.unexpected and not c.failing]
+    lines = [
+        printable(f"UNEXPECTED PASS  {c.artifact} on {c.kernel}: expected {c.expectation}")
+        for c in surprises
+    ]
     if not failing:
-        return []
+        return lines
     header = f"{len(failing)} failing cell{'s' if len(failing) != 1 else ''}"
-    return [f"{header} (required kernels first):", *(failure_line(view, c) for c in failing)]
+    return [
+        f"{header} (required kernels first):",
+        *(failure_line(view, c) for c in failing),
+        *lines,
+    ]
 
 
 def terminal_lines(view: RunView) -> list[str]:

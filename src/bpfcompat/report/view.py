@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from bpfcompat.errors import ReportError, StoreError
 from bpfcompat.matrix.result import ResultModel
+from bpfcompat.matrix.statics import analysis_of
 from bpfcompat.matrix.store import Cell, Store, ValidatorResult
 from bpfcompat.matrix.verdict import VERDICT_FIELDS, Verdict
 
@@ -59,6 +60,8 @@ class RunInfo(_Model):
     error: str | None
     labels: dict[str, str] = {}
     attach_mode: str | None = None
+    plan_digest: str | None = None  # shards of one plan share it
+    shard: str | None = None  # "I/N" for one slice of a plan; "merged N" for a merge
 
 
 class KernelInfo(_Model):
@@ -83,6 +86,11 @@ class ArtifactInfo(_Model):
     path: str
     sha256: str
     manifest: str | None
+    # The host's static reading: the oldest upstream release with everything it needs.
+    floor: str | None = None
+    floor_reason: str | None = None
+
+    texts = field_validator("floor", "floor_reason", mode="before")(_text)
 
 
 class VariantSummary(_Model):
@@ -108,6 +116,19 @@ class MapFixupSummary(_Model):
     counts = field_validator("requested", "applied_entries", mode="before")(_count)
 
 
+class ProgramSummary(_Model):
+    """One program's own isolated load probe on a kernel (load_status pass, fail or
+    skipped), kept with the cell for the reports' loadable subset."""
+
+    name: str | None
+    load_status: str | None
+    autoload: bool | None = None
+    variant_group: str | None = None
+    section: str | None = None
+
+    texts = field_validator("name", "load_status", "variant_group", "section", mode="before")(_text)
+
+
 class RawEvidence(_Model):
     """What the guest produced for a cell, for the HTML report's details. `result` is the
     validator's raw JSON: only report/result_view.py reads it."""
@@ -131,8 +152,16 @@ class CellInfo(_Model):
     classifier_version: str
     raw: RawEvidence | None = None  # loaded only when asked for (the HTML report)
     flaky: bool = False  # a functional test passed only on a retry
+    expectation: str | None = None  # what the project expects here (`fail CODE`, `pass`)
+    expected: bool | None = None  # whether it held; None: no expectation stated
+    programs: list[ProgramSummary] = []
+    programs_left_out: int = 0  # programs beyond what a cell keeps
 
     text_lists = field_validator("notes", mode="before")(_texts)
+
+    @property
+    def unexpected(self) -> bool:
+        return self.expected is False
 
     @property
     def failing(self) -> bool:
@@ -161,6 +190,12 @@ class CellInfo(_Model):
             "map_fixups": [s.model_dump() for s in self.map_fixups],
             "attached": v.attached,
             "flaky": self.flaky,
+            "expectation": self.expectation,
+            "expected": self.expected,
+            "needs": v.needs,
+            "pinpoint": v.pinpoint.model_dump() if v.pinpoint else None,
+            "programs": [p.model_dump() for p in self.programs],
+            "programs_left_out": self.programs_left_out,
         }
         if include_results:
             if self.raw is None:
@@ -196,11 +231,14 @@ class RunView(_Model):
         try:
             for cell in cells:
                 if cell.artifact not in artifacts:
+                    statics = analysis_of(cell.analysis_json)
                     artifacts[cell.artifact] = ArtifactInfo(
                         name=cell.artifact,
                         path=cell.artifact_path,
                         sha256=cell.artifact_sha256,
                         manifest=cell.manifest_path,
+                        floor=statics.get("floor"),
+                        floor_reason=statics.get("floor_reason"),
                     )
             return cls(
                 run=RunInfo(
@@ -214,6 +252,8 @@ class RunView(_Model):
                     error=run.error,
                     labels=run.labels,
                     attach_mode=run.attach_mode,
+                    plan_digest=run.plan_digest,
+                    shard=run.shard,
                 ),
                 kernels=[
                     KernelInfo(
@@ -345,7 +385,15 @@ def _stored_cell(cell: Cell, results: dict[int, ValidatorResult] | None) -> Cell
         classifier_version=cell.classifier_version or "",
         raw=raw,
         flaky=bool(cell.flaky),
+        expectation=cell.expectation,
+        expected=cell.expected,
+        programs=_dicts(details.get("programs")),
+        programs_left_out=_count_of(details.get("programs_left_out")),
     )
+
+
+def _count_of(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _result_data(stored: ValidatorResult | None) -> dict[str, Any] | None:
@@ -376,6 +424,10 @@ def _exported_cell(cell: dict[str, Any]) -> dict[str, Any]:
         "classifier_version": cell.get("classifier_version"),
         "raw": {k: cell.get(k) for k in _RAW_KEYS} if "result" in cell else None,
         "flaky": cell.get("flaky", False),
+        "expectation": cell.get("expectation"),
+        "expected": cell.get("expected"),
+        "programs": cell.get("programs") or [],
+        "programs_left_out": cell.get("programs_left_out") or 0,
     }
 
 

@@ -120,6 +120,17 @@ def parse_attach_target(value: str) -> tuple[str, str]:
     return name, rhs
 
 
+def parse_attach_program(value: str) -> tuple[str, dict[str, str]]:
+    """``<prog>=<object path>:<program>``: the loaded BPF program an extension (freplace)
+    program replaces a function of; the function is --set-prog-attach-target's."""
+    name, rhs = _split_assignment(value, "<prog>=<object path>:<program>")
+    path, sep, target = rhs.rpartition(":")
+    if not sep or not path or not target:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: expected <path>:<program>")
+    _check_name(value, target)
+    return name, {"object": path, "program": target}
+
+
 def parse_autoload(value: str) -> tuple[str, bool]:
     name, rhs = _split_assignment(value, "<prog>=<true|false>")
     return name, parse_bool(rhs)
@@ -142,6 +153,20 @@ def parse_prog_type(value: str) -> tuple[str, dict[str, Any]]:
         "expected_attach_type": ATTACH_TYPE_NAMES[attach_num] if attach_num is not None else None,
         "expected_attach_type_id": attach_num,
     }
+
+
+def parse_global(value: str) -> tuple[str, Any]:
+    """``<name>=<JSON value>``: a global variable a loader sets before load."""
+    name, rhs = _split_assignment(value, "<name>=<JSON value>")
+    try:
+        parsed = json.loads(rhs)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: not a JSON value") from None
+    if isinstance(parsed, (dict, float)) or parsed is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {value!r}: a number, boolean, string or list of them"
+        )
+    return name, parsed
 
 
 def resolve_helper(token: str) -> tuple[str | None, int]:
@@ -242,9 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("--set-map-key-size", parse_map_size, "<map>=<bytes>", "set a map's key size"),
         ("--set-prog-attach-target", parse_attach_target, "<prog>=<function>",
          "set a tracing program's attach target (bpf_program__set_attach_target)"),
+        ("--set-prog-attach-program", parse_attach_program, "<prog>=<object path>:<program>",
+         "load <object path> first and attach an extension program to its <program>"),
         ("--set-prog-autoload", parse_autoload, "<prog>=<bool>", "load a program or not"),
         ("--set-prog-type", parse_prog_type, "<prog>=<type>[/<attach type>]",
          "set a program's type (and expected attach type)"),
+        ("--set-global", parse_global, "<name>=<JSON value>",
+         "set a global variable (.rodata/.data/.bss) before load"),
     ):  # fmt: skip
         parser.add_argument(
             flag, type=kind, action="append", default=[], metavar=meta, help=what + " (repeatable)"
@@ -403,6 +432,7 @@ class Config:
         self.programs: dict[str, dict[str, Any]] = {}
         for flag, key, pairs in (
             ("--set-prog-attach-target", "attach_target", args.set_prog_attach_target),
+            ("--set-prog-attach-program", "attach_program", args.set_prog_attach_program),
             ("--set-prog-autoload", "autoload", args.set_prog_autoload),
             ("--set-prog-type", "type", args.set_prog_type),
         ):
@@ -412,6 +442,11 @@ class Config:
                     raise UsageError(f"argument {flag}: program {name!r} given twice")
                 entry[key] = value
         self.auto_fixups: bool = not args.no_auto_fixups
+        self.globals: dict[str, Any] = {}
+        for name, value in args.set_global:
+            if name in self.globals:
+                raise UsageError(f"argument --set-global: {name!r} given twice")
+            self.globals[name] = value
         groups = [g["group"] for g in self.variant_groups]
         for group in groups:
             if groups.count(group) > 1:

@@ -11,6 +11,9 @@ and to every isolated probe alike.
 
 from __future__ import annotations
 
+import ctypes
+
+from .globals import resolve as resolve_global
 from .limits import AUTO_RINGBUF_BYTES, AUTO_STACK_VALUE_BYTES
 from .state import RunState
 from .tables import (
@@ -73,7 +76,39 @@ class FixupSteps(RunState):
         ]
         auto = self._auto_fixups(maps) if self.config.auto_fixups else []
         programs = self._program_setup(obj, record)
-        return {"map_fixups": declared, "auto_sized_maps": auto, "program_setup": programs}
+        values = self._set_globals(obj)
+        return {
+            "map_fixups": declared,
+            "auto_sized_maps": auto,
+            "program_setup": programs,
+            "globals_set": values,
+        }
+
+    def _set_globals(self, obj: int) -> list[dict[str, Any]]:
+        """Write each declared global into libbpf's copy of its data section."""
+        lib = self.lib
+        assert lib is not None
+        done: list[dict[str, Any]] = []
+        for name, value in self.config.globals.items():
+            item: dict[str, Any] = {"name": name, "value": value, "section": None}
+            try:
+                if self._artifact_bytes is None:
+                    with open(self.config.artifact, "rb") as handle:
+                        self._artifact_bytes = handle.read()
+                spec, raw = resolve_global(self._artifact_bytes, name, value)
+                item.update(section=spec.section, offset=spec.offset, size=spec.size)
+                bpf_map = lib.find_map(obj, spec.section)
+                address, size = lib.initial_value(bpf_map) if bpf_map else (None, 0)
+                if address is None:
+                    raise ValueError(f"libbpf has no writable copy of {spec.section}")
+                if spec.offset + len(raw) > size:
+                    raise ValueError(f"{spec.section} is {size} bytes, too short for {name}")
+                ctypes.memmove(address + spec.offset, raw, len(raw))
+                item.update(status="applied", error=None)
+            except (OSError, ValueError) as exc:
+                item.update(status="error", error=str(exc))
+            done.append(item)
+        return done
 
     def _declared_map(self, name: str, want: dict[str, Any], bpf_map: int | None) -> dict[str, Any]:
         """Sizes and inner ringbufs the manifest declares for one map.
@@ -204,11 +239,16 @@ class FixupSteps(RunState):
                         rc = lib.set_expected_attach_type(prog, kind["expected_attach_type_id"])
                     if rc < 0:
                         problems.append(f"set type {kind['type']}: {error_text(-rc)}")
-                if want.get("attach_target"):
-                    rc = lib.set_attach_target(prog, want["attach_target"])
+                target_fd = 0
+                if want.get("attach_program"):
+                    target_fd, problem = self._target_program_fd(want["attach_program"])
+                    if problem:
+                        problems.append(problem)
+                if want.get("attach_target") or target_fd > 0:
+                    rc = lib.set_attach_target(prog, want.get("attach_target"), target_fd)
                     if rc < 0:
                         problems.append(
-                            f"set attach target {want['attach_target']!r}: {error_text(-rc)}"
+                            f"set attach target {want.get('attach_target')!r}: {error_text(-rc)}"
                         )
                 if record and "autoload" in want:
                     rc = lib.set_autoload(prog, want["autoload"])
@@ -218,6 +258,27 @@ class FixupSteps(RunState):
             item["error"] = "; ".join(problems) or None
             done.append(item)
         return done
+
+    def _target_program_fd(self, target: dict[str, str]) -> tuple[int, str | None]:
+        """The fd of a program of another object, loaded once per run (kept open until
+        cleanup): what an extension program replaces a function of."""
+        lib = self.lib
+        assert lib is not None
+        path = target["object"]
+        if path not in self.target_objects:
+            obj, err = lib.open_file(path)
+            if obj is None:
+                return -1, f"cannot open target object {path!r}: {error_text(-err)}"
+            rc = lib.load_object(obj)
+            if rc < 0:
+                lib.close(obj)
+                return -1, f"target object {path!r} did not load: {error_text(-rc)}"
+            self.target_objects[path] = obj
+        prog = lib.find_program(self.target_objects[path], target["program"])
+        fd = lib.prog_fd(prog) if prog else -1
+        if fd < 0:
+            return -1, f"target object {path!r} has no loaded program {target['program']!r}"
+        return fd, None
 
     def step_fixups(self) -> None:
         assert self.obj is not None
@@ -233,7 +294,7 @@ class FixupSteps(RunState):
         for item in applied["program_setup"]:
             if "autoload" in item and item["status"] == "applied" and item["name"] in entries:
                 entries[item["name"]]["autoload"] = item["autoload"]
-        for key in ("map_fixups", "auto_sized_maps", "program_setup"):
+        for key in ("map_fixups", "auto_sized_maps", "program_setup", "globals_set"):
             for item in applied[key]:
                 if item["status"] != "applied":
                     self.warn(

@@ -258,11 +258,22 @@ class Libbpf:
         func = self.sym("bpf_map__set_key_size", _c.c_int, _c.c_void_p, _c.c_uint32)
         return _int_result(func(bpf_map, size)) if func else -errno.ENOSYS
 
-    def set_attach_target(self, prog: int, function: str) -> int:
+    def set_attach_target(self, prog: int, function: str | None, target_fd: int = 0) -> int:
+        """The kernel function (target_fd 0) or the function of the loaded BPF program
+        `target_fd` (freplace) that `prog` attaches to."""
         func = self.sym(
             "bpf_program__set_attach_target", _c.c_int, _c.c_void_p, _c.c_int, _c.c_char_p
         )
-        return _int_result(func(prog, 0, function.encode())) if func else -errno.ENOSYS
+        name = function.encode() if function else None
+        return _int_result(func(prog, target_fd, name)) if func else -errno.ENOSYS
+
+    def find_program(self, obj: int, name: str) -> int | None:
+        func = self.sym("bpf_object__find_program_by_name", _c.c_void_p, _c.c_void_p, _c.c_char_p)
+        return (func(obj, name.encode()) or None) if func else None
+
+    def prog_fd(self, prog: int) -> int:
+        func = self.sym("bpf_program__fd", _c.c_int, _c.c_void_p)
+        return int(func(prog)) if func else -errno.ENOSYS
 
     def set_prog_type(self, prog: int, type_id: int) -> int:
         func = self.sym("bpf_program__set_type", _c.c_int, _c.c_void_p, _c.c_int)
@@ -271,6 +282,19 @@ class Libbpf:
     def set_expected_attach_type(self, prog: int, attach_id: int) -> int:
         func = self.sym("bpf_program__set_expected_attach_type", _c.c_int, _c.c_void_p, _c.c_int)
         return _int_result(func(prog, attach_id)) if func else -errno.ENOSYS
+
+    def find_map(self, obj: int, name: str) -> int | None:
+        """A map by name; an internal map (.rodata, .data.x) by its section's name."""
+        func = self.sym("bpf_object__find_map_by_name", _c.c_void_p, _c.c_void_p, _c.c_char_p)
+        return (func(obj, name.encode()) or None) if func else None
+
+    def initial_value(self, bpf_map: int) -> tuple[int | None, int]:
+        """(address, size) of libbpf's copy of an internal map's contents, before load."""
+        func = self.sym("bpf_map__initial_value", _c.c_void_p, _c.c_void_p, _c.POINTER(_c.c_size_t))
+        if not func:
+            return None, 0
+        size = _c.c_size_t(0)
+        return func(bpf_map, _c.byref(size)) or None, int(size.value)
 
     def set_inner_map_fd(self, bpf_map: int, fd: int) -> int:
         func = self.sym("bpf_map__set_inner_map_fd", _c.c_int, _c.c_void_p, _c.c_int)

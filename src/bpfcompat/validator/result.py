@@ -57,6 +57,7 @@ def skeleton(
         "auto_sized_maps": [],
         "auto_typed_programs": [],
         "program_setup": [],
+        "globals_set": [],
         "program_type_overrides": [],
         "program_variants": [],
         "btf": {

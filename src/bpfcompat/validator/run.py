@@ -208,6 +208,9 @@ class Validator(ProbeSteps, LoadSteps, ProgramProbeSteps, FunctionalSteps):
         if self.obj is not None:
             lib.close(self.obj)
             self.obj = None
+        for obj in self.target_objects.values():
+            lib.close(obj)
+        self.target_objects = {}
         for fd in self.ringbuf_fds.values():
             if fd >= 0:
                 os.close(fd)

@@ -67,6 +67,8 @@ class RunState:
         self.timings: dict[str, float] = {}
         self.libbpf_log_path: str | None = None
         self.load_log_text = ""
+        self._artifact_bytes: bytes | None = None  # read once, for globals' BTF
+        self.target_objects: dict[str, int] = {}  # loaded objects extension programs target
         self.result = skeleton(config, self.timings, self.errors, self.warnings)
 
     def error(self, step: str, message: str) -> None:

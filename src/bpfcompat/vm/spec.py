@@ -36,6 +36,9 @@ class KernelSpec(Strict):
     cmdline: Annotated[str, Field(max_length=512)] = ""
     boot_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 180.0
     description: str = ""
+    # Judge this kernel's cells by the expectations written for another kernel (e.g. the
+    # same release on another architecture) unless an expectation names this one.
+    expect_like: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
 
     @field_validator("cmdline")
     @classmethod

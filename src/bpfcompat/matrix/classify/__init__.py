@@ -1,12 +1,12 @@
 """Classify one stored validator result into a precise code with the line that proves it.
 
-Why a table: the reference tool did first-match substring search over the libbpf log and
-ignored errno, so EACCES verifier rejections became capability failures, BTF-less kernels
-turned everything into MISSING_BTF and every attach failure was "unsupported attach
-type". Here each rule is a small named predicate over a `Facts` view of *all* the
-evidence (facts.py), built from the one typed model of a result (bpfcompat.matrix.result);
-rules are data in precedence order (rules.py) and every message they match is a `Msg`
-naming the source that prints it (messages.py). Evidence is always one verbatim line from
+Why a table: first-match substring search over the libbpf log, ignoring errno, turns
+EACCES verifier rejections into capability failures, makes every failure on a BTF-less
+kernel MISSING_BTF and every attach failure "unsupported attach type". Here each rule
+is a small named predicate over a `Facts` view of *all* the evidence (facts.py), built
+from the one typed model of a result (bpfcompat.matrix.result); rules are data in
+precedence order (rules.py) and every message they match is a `Msg` naming the source
+that prints it (messages.py). Evidence is always one verbatim line from
 the recorded logs, the console, or the host's ELF pre-check for objects that never
 reached libbpf; every verdict names the rule that gave it.
 """
@@ -21,6 +21,7 @@ from bpfcompat.matrix.result import ResultModel, ResultProblem
 from bpfcompat.matrix.verdict import PASS, Verdict
 from bpfcompat.vm.console import OOM_KILL, crash_evidence
 
+from .explain import explain
 from .facts import (
     STAGE_ORDER,
     STEP_STAGE,
@@ -39,10 +40,11 @@ __all__ = [
     "kernel_failed", "notes_for", "rule", "rule_table", "verifier_summary",
 ]  # fmt: skip
 
-CLASSIFIER_VERSION = "4"
+CLASSIFIER_VERSION = "5"
 
 HOST_PRECHECK = "host ELF pre-check"
 MAX_NOTE_NAMES = 8  # programs named in one attach-warning note
+MAX_PROGRAM_SUMMARIES = 512  # programs whose load status a cell keeps (details_json)
 
 Result = ResultModel | ResultProblem | Mapping[str, Any] | None
 
@@ -67,11 +69,17 @@ def _model(result: Result) -> ResultModel | ResultProblem | None:
 def classify_result(
     result: ResultModel | Mapping[str, Any], release: str = "", *,
     artifact_problem: str | None = None, setup: Sequence[dict[str, Any]] = (),
+    analysis: Mapping[str, Any] | None = None,
 ) -> Verdict:  # fmt: skip
     """The verdict for one validator result: first matching rule, else UNKNOWN. `setup`:
-    the host's loader-setup findings for the artifact (static reading, see analysis)."""
+    the host's loader-setup findings for the artifact; `analysis`: its whole static
+    reading as a cell keeps it (matrix/statics.summary), whose findings count as `setup`."""
     model = result if isinstance(result, ResultModel) else ResultModel.from_data(result)
-    facts = facts_from(model, release, artifact_problem, setup)
+    summary = dict(analysis) if isinstance(analysis, Mapping) else {}
+    kept = summary.get("loader_setup")
+    if not setup and isinstance(kept, list):
+        setup = kept
+    facts = facts_from(model, release, artifact_problem, setup, summary)
     stage_rank = STAGE_ORDER.get(facts.stage, 0)
     inconclusive = [e for e in crashed_steps(model) if STEP_STAGE[str(e.step)] <= stage_rank]
     if facts.stage == "infra" or inconclusive:
@@ -89,7 +97,7 @@ def classify_result(
             continue
         hit = r.match(facts)
         if hit:
-            return r.verdict(
+            verdict = r.verdict(
                 evidence=hit.line,
                 detail=hit.detail,
                 program=hit.program or facts.program,
@@ -97,6 +105,7 @@ def classify_result(
                 confidence=hit.confidence,  # type: ignore[arg-type]
                 remediation=hit.remediation,
             )
+            return explain(verdict, facts)
     fallback = (
         verifier_summary(facts.verifier_log())
         or attach_line(facts)
@@ -113,6 +122,7 @@ def classify(
     artifact_problem: str | None = None,
     release: str = "",
     setup: Sequence[dict[str, Any]] = (),
+    analysis: Mapping[str, Any] | None = None,
 ) -> Verdict:
     """Verdict for a stored ValidatorResult row: what the row itself says (a crash, a
     signal, no usable result) before the evidence rules read its result."""
@@ -140,7 +150,9 @@ def classify(
         if isinstance(result, ResultProblem):
             return rule("malformed-result").verdict(evidence=result.reason)
         return rule("infra").verdict(evidence=infra_error or "no validator result")
-    verdict = classify_result(result, release, artifact_problem=artifact_problem, setup=setup)
+    verdict = classify_result(
+        result, release, artifact_problem=artifact_problem, setup=setup, analysis=analysis
+    )
     if artifact_problem and verdict.code == "UNKNOWN":
         return rule("artifact-unreadable").verdict(evidence=artifact_problem, detail=HOST_PRECHECK)
     return verdict
@@ -201,6 +213,14 @@ def cell_fields(verdict: Verdict, result: Result) -> dict[str, Any]:
              "status": f.status}
             for f in model.map_fixups
         ],
+        # Each program's own isolated load probe: which programs load where the whole
+        # object does not (the reports' loadable subset).
+        "programs": [
+            {"name": p.name, "load_status": p.load_status, "autoload": p.autoload,
+             "variant_group": p.variant_group, "section": p.section}
+            for p in model.discovery.programs[:MAX_PROGRAM_SUMMARIES]
+        ],
+        "programs_left_out": max(0, len(model.discovery.programs) - MAX_PROGRAM_SUMMARIES),
     }  # fmt: skip
     return {
         "status": verdict.status,
@@ -213,6 +233,8 @@ def cell_fields(verdict: Verdict, result: Result) -> dict[str, Any]:
         "rule": verdict.rule,
         "detail": verdict.detail,
         "attached": verdict.attached,
+        "needs": verdict.needs,
+        "pinpoint_json": verdict.pinpoint.model_dump_json() if verdict.pinpoint else None,
         "classifier_version": CLASSIFIER_VERSION,
         "notes_json": json.dumps(notes_for(model)),
         "details_json": json.dumps(details),

@@ -101,6 +101,29 @@ class Facts:
     # What the host's static reading found the object's loader does (analysis.loader
     # findings as dicts): kind, subject, why, level, manifest_lines, detail.
     setup: tuple[dict[str, Any], ...] = ()
+    # The host's static reading of the object (matrix/statics.summary): floor and the
+    # requirements (helpers, kfuncs, map/program/attach types) with their programs.
+    analysis: dict[str, Any] = field(default_factory=dict)
+
+    def requirements(self, kind: str) -> list[dict[str, Any]]:
+        """The static reading's requirements of `kind` (helper, kfunc, map_type, ...)."""
+        reqs = self.analysis.get("requirements")
+        if not isinstance(reqs, list):
+            return []
+        return [r for r in reqs if isinstance(r, dict) and r.get("kind") == kind]
+
+    def called_helpers(self, program: str | None) -> tuple[str, ...]:
+        """The helpers `program`'s own instructions call in the object as compiled (before
+        libbpf changes anything): the host's static reading, else the validator's."""
+        names = []
+        for r in self.requirements("helper"):
+            progs = r.get("programs") if isinstance(r.get("programs"), list) else []
+            if program is None or program in progs or r.get("programs_left_out"):
+                names.append(str(r.get("name")))
+        if names or self.requirements("helper"):
+            return tuple(names)
+        entry = next((p for p in self.programs if p.name == program), None)
+        return tuple(str(h.name) for h in (entry.helpers if entry else None) or () if h.name)
 
     def finding(self, kind: str, subject: str | None = None) -> dict[str, Any] | None:
         """The loader-setup finding of `kind` (for `subject`), if the host made one."""
@@ -247,6 +270,7 @@ def facts_from(
     release: str = "",
     artifact_problem: str | None = None,
     setup: Sequence[dict[str, Any]] = (),
+    analysis: dict[str, Any] | None = None,
 ) -> Facts:
     """Flatten one validator result for the rules."""
     stage = stage_of(result)
@@ -290,4 +314,5 @@ def facts_from(
         map_types=dict(caps.map_types),
         program_types=dict(caps.program_types),
         setup=tuple(s for s in setup if isinstance(s, dict)),
+        analysis=analysis if isinstance(analysis, dict) else {},
     )

@@ -188,11 +188,6 @@ def lockdown_helper(f: Facts) -> Hit | None:
         f"kernel lockdown={f.lockdown} withholds {name}#{hid} "
         f"({LOCKDOWN_GATED_HELPERS[hid]}); the verifier only sees a helper it is not given"
     )
-    if hid == 4:
-        detail += (
-            "; libbpf rewrites bpf_probe_read_kernel to bpf_probe_read when its own "
-            "probe of the former fails, as it does under lockdown"
-        )
     reason = _LOCKDOWN_REASON_TEXT[LOCKDOWN_GATED_HELPERS[hid]]
     return Hit(line, detail=_with_denials(detail, f, reason))
 
@@ -219,7 +214,7 @@ def load_attach_target(f: Facts) -> Hit | None:
 
 
 @dataclass(frozen=True)
-class _MapFailure:
+class MapFailure:
     line: str
     name: str
     type: str | None
@@ -228,7 +223,7 @@ class _MapFailure:
     max_entries: int | None
 
 
-def _map_failure(f: Facts) -> _MapFailure | None:
+def map_failure(f: Facts) -> MapFailure | None:
     for msg in (MAP_CREATE, MAP_INNER):
         for line in f.lines("\n".join(f.messages), f.prog_log, f.libbpf_log):
             m = msg.rx.search(line)
@@ -240,12 +235,12 @@ def _map_failure(f: Facts) -> _MapFailure | None:
             mtype = None if inner or info is None else info.type
             supported = f.map_types.get(mtype) if mtype else None
             max_entries = None if inner or info is None else info.max_entries
-            return _MapFailure(line, name, mtype, abs(int(m.group("err"))) or f.errno, supported,
+            return MapFailure(line, name, mtype, abs(int(m.group("err"))) or f.errno, supported,
                                max_entries)  # fmt: skip
     return None
 
 
-def _map_detail(mf: _MapFailure, f: Facts) -> str:
+def _map_detail(mf: MapFailure, f: Facts) -> str:
     probe = {True: "supported", False: "NOT supported", None: "not probed"}[mf.supported]
     err = _errname(mf.errno)
     where = f.release or "this kernel"
@@ -254,14 +249,14 @@ def _map_detail(mf: _MapFailure, f: Facts) -> str:
 
 
 def map_transport(f: Facts) -> Hit | None:
-    mf = _map_failure(f)
+    mf = map_failure(f)
     if mf and mf.type in TRANSPORT_MAP_TYPES and mf.supported is False:
         return Hit(mf.line, detail=_map_detail(mf, f))
     return None
 
 
 def map_permission(f: Facts) -> Hit | None:
-    mf = _map_failure(f)
+    mf = map_failure(f)
     if mf and mf.errno in (E.EPERM, E.ENOMEM) and mf.supported is not False:
         return Hit(mf.line, detail=_map_detail(mf, f) + "; " + (f.find(PERM_MEMLOCK) or
                    "no memlock hint from libbpf"))  # fmt: skip
@@ -269,7 +264,7 @@ def map_permission(f: Facts) -> Hit | None:
 
 
 def map_sizing(f: Facts) -> Hit | None:
-    mf = _map_failure(f)
+    mf = map_failure(f)
     if mf and any(m.name == mf.name and m.status == "applied" for m in f.result.map_fixups):
         return None  # sized by the manifest: its declared 0 is not the problem
     info = f.maps.get(mf.name) if mf else None
@@ -369,7 +364,7 @@ def kconfig_missing(f: Facts) -> Hit | None:
 
 
 def map_type(f: Facts) -> Hit | None:
-    mf = _map_failure(f)
+    mf = map_failure(f)
     if mf is None:
         return None
     if mf.supported is False:
@@ -435,22 +430,16 @@ def _unknown_ids(f: Facts) -> Iterator[tuple[str, int]]:
                     yield line, hid
 
 
-def _helper_name(hid: int) -> str:
-    from bpfcompat.validator import helper_name_from_id
-
-    return helper_name_from_id(hid)
-
-
 def transport_helper(f: Facts) -> Hit | None:
     for line, hid in _unknown_ids(f):
         if hid in TRANSPORT_HELPERS:
-            return Hit(line, detail=f"{_helper_name(hid)} ({hid}) is not in this kernel")
+            return Hit(line, detail=f"transport helper id {hid} is not in this kernel")
     return None
 
 
 def unknown_helper(f: Facts) -> Hit | None:
     for line, hid in _unknown_ids(f):
-        return Hit(line, detail=f"{_helper_name(hid)} ({hid}) is beyond this kernel's helpers")
+        return Hit(line, detail=f"helper id {hid} is beyond this kernel's helpers")
     return None
 
 
