@@ -151,14 +151,27 @@ class ProgramProbeSteps(FixupSteps, LoadEvidence):
                 self._passed(entries[index], attempt, index)
         if attempt.rc == 0:
             return []
-        if attempt.failed in wanted:
-            self._probe_alone(attempt.failed, refused=True)
-            return pending[pending.index(attempt.failed) + 1 :]
-        if load_errno(attempt.rc, attempt.text) == errno.EBADF and _SLOT_INIT_TEXT in attempt.text:
+        code = load_errno(attempt.rc, attempt.text)
+        if attempt.failed is None and code == errno.EBADF and _SLOT_INIT_TEXT in attempt.text:
             for index in pending:  # every program loaded; only the slot updates failed
                 entries[index].update(load_status="skipped", load_skip_reason=SLOT_SKIP_REASON)
                 entries[index]["verifier_stats"] = attempt.stats.get(index)
             return []
+        if (
+            attempt.indexes == pending
+            and len(pending) == 1
+            and attempt.failed in (None, pending[0])
+            and pending[0] in attempt.silent
+        ):
+            # One program loaded, and the kernel logged nothing for it (libbpf or the
+            # kernel refused it before the verifier ran, or the object failed first):
+            # this load was that program's probe alone, log level aside.
+            self.log.mark(f"program {entries[pending[0]]['name']!r} settled by its own load")
+            self._refused(pending[0], entries[pending[0]], code, "", attempt.window)
+            return []
+        if attempt.failed in wanted:
+            self._probe_alone(attempt.failed, refused=True)
+            return pending[pending.index(attempt.failed) + 1 :]
         names = {entries[i]["name"]: i for i in reversed(pending)}
         warned = warn_text(attempt.window)
         named = [names[n] for n in _NAMED_PROG_RE.findall(warned) if n in names]

@@ -131,7 +131,10 @@ class LoadEvidence(RunState):
                     break
         if armed:
             for index in indexes:
-                attempt.stats[index] = parse_verifier_stats(self._stats_log(index))
+                text = self._stats_log(index)
+                attempt.stats[index] = parse_verifier_stats(text)
+                if not text:
+                    attempt.silent.add(index)
         for index in attempt.loaded:
             attempt.kfuncs[index] = self._kfunc_ids(progs[index])
         return attempt
@@ -157,7 +160,9 @@ class Attempt:
     in order and stops at the first refusal, so those before it loaded), each program's
     statistics, and the kfunc ids of the programs that loaded."""
 
-    __slots__ = ("failed", "indexes", "kfuncs", "loaded", "rc", "stats", "text", "window")
+    __slots__ = (
+        "failed", "indexes", "kfuncs", "loaded", "rc", "silent", "stats", "text", "window",
+    )  # fmt: skip
 
     def __init__(self, indexes: list[int], rc: int, window: list[tuple[int, str]]) -> None:
         self.indexes = indexes
@@ -168,6 +173,7 @@ class Attempt:
         self.loaded: list[int] = []
         self.stats: dict[int, dict[str, Any] | None] = {}
         self.kfuncs: dict[int, list[int] | None] = {}
+        self.silent: set[int] = set()  # armed programs the kernel wrote no log for
 
 
 def warn_text(window: list[tuple[int, str]]) -> str:
