@@ -18,7 +18,7 @@ from analysis_fixtures import (  # noqa: F401
     patch_insns,
 )
 from bpfcompat.analysis.insns import analyse
-from bpfcompat.analysis.inspect import inspect_object
+from bpfcompat.analysis.inspect import inspect_object, render_text
 from bpfcompat.analysis.kernelset import matrix_kernels
 from bpfcompat.analysis.objfile import read_object
 from bpfcompat.vm import kbtf
@@ -445,3 +445,11 @@ def test_unfetched_kernels_are_reported_unchecked(
         if f["kind"] == "attach_target_placeholder"
     ]
     assert "not checked against kernel BTF" in finding["why"]
+
+
+def test_unset_map_sizes_read_as_unset(fixture_reports: dict[str, dict[str, Any]]) -> None:
+    """A map without max_entries is printed as the loader's to size, never as `None`."""
+    text = render_text(fixture_reports["zero_sized_maps"])
+    events = next(line for line in text.splitlines() if line.strip().startswith("events "))
+    assert "max_entries unset (libbpf: one per CPU)" in events, events
+    assert "None" not in text

@@ -330,6 +330,20 @@ def clean(text: Any) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
+def _sizes(m: dict[str, Any]) -> str:
+    """A map's sizes as written; an unset one is the loader's to fill (libbpf sizes a perf
+    event array by itself: 4-byte keys and values, one entry per possible CPU)."""
+    perf = m["type"] == "perf_event_array"
+    parts = []
+    for label, key, auto in (("key", "key_size", "4"), ("value", "value_size", "4")):
+        value = m[key]
+        parts.append(f"{label} {value if value is not None else (auto if perf else 'unset')}")
+    entries = m["max_entries"]
+    if entries is None:
+        entries = "unset (libbpf: one per CPU)" if perf else "unset"
+    return "  ".join(parts) + f"  max_entries {entries}"
+
+
 def render_text(report: dict[str, Any]) -> str:
     lines = [clean(report["artifact"])]
     if not report["readable"]:
@@ -384,8 +398,7 @@ def render_text(report: dict[str, Any]) -> str:
         for m in report["maps"]:
             inner = f"  inner: {m['inner']['type']}" if m.get("inner") else ""
             lines.append(
-                f"    {clean(m['name'])}  {m['type']}  key {m['key_size']}  value "
-                f"{m['value_size']}  max_entries {m['max_entries']}"
+                f"    {clean(m['name'])}  {m['type']}  {_sizes(m)}"
                 + (f"  flags {m['map_flags']:#x}" if m["map_flags"] else "")
                 + ("  pinned" if m["pinning"] else "")
                 + inner
