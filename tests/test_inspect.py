@@ -54,6 +54,7 @@ EXAMPLE_FLOORS = {
     "stack-trace-map": ("4.7", "program_type", "tracepoint"),
     "fentry-placeholder": ("5.5", "program_type", "tracing"),
     "fentry-retarget": ("5.5", "program_type", "tracing"),
+    "fentry-unset-target": ("5.5", "program_type", "tracing"),
     "freplace-target": ("5.6", "program_type", "ext"),
     "kconfig-externs": ("5.2", "feature", "global_data"),  # libbpf's .kconfig map
     "loader-section": ("3.19", "program_type", "socket_filter"),  # suggested type
@@ -71,6 +72,7 @@ EXAMPLE_FINDINGS = {
     "stack-trace-map": [("map_sized_at_runtime", "stacks", False)],
     "fentry-placeholder": [("attach_target_placeholder", "trace_read", False)],
     "fentry-retarget": [("attach_target_placeholder", "trace_read", True)],
+    "fentry-unset-target": [("attach_target_unset", "trace_any", False)],
     "freplace-target": [("freplace_target", "replacement_hook", False)],
     "loader-section": [("untypable_section", "tail_filter", False)],
     "loader-section-typed": [("untypable_section", "tail_filter", True)],

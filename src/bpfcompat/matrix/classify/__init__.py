@@ -40,7 +40,7 @@ __all__ = [
     "kernel_failed", "notes_for", "rule", "rule_table", "verifier_summary",
 ]  # fmt: skip
 
-CLASSIFIER_VERSION = "6"
+CLASSIFIER_VERSION = "7"
 
 HOST_PRECHECK = "host ELF pre-check"
 MAX_NOTE_NAMES = 8  # programs named in one attach-warning note

@@ -20,6 +20,7 @@ from .messages import (
     ATTACH_BTF_ID,
     ATTACH_NO_ADDRESS,
     ATTACH_NOT_IN_VMLINUX,
+    ATTACH_TARGET_UNSET,
     BTF_REQUIRED,
     BTF_VMLINUX_MALFORMED,
     CALL_TOO_DEEP,
@@ -317,9 +318,11 @@ def freplace_target(f: Facts) -> Hit | None:
 
 
 def placeholder_target(f: Facts) -> Hit | None:
-    """A BTF-attached program whose target exists in no kernel of the matrix: the loader
-    sets the real one (the host's kernel BTF check says so), not a newer kernel."""
-    line = f.find(ATTACH_BTF_ID)
+    """A BTF-attached program whose target exists in no kernel of the matrix, or that names
+    none: the loader sets the real one (libbpf or the host's kernel BTF check says so), not
+    a newer kernel."""
+    unset = f.find(ATTACH_TARGET_UNSET)
+    line = unset or f.find(ATTACH_BTF_ID)
     if not line:
         return None
     m = re.search(r"prog '([^']+)'", line)
@@ -330,6 +333,13 @@ def placeholder_target(f: Facts) -> Hit | None:
             lines = "\n".join(finding.get("manifest_lines") or [])
             return Hit(line, detail=str(finding.get("why") or ""), program=program,
                        remediation=_declare(lines) if lines else None)  # fmt: skip
+    if unset:  # libbpf's own words: only a loader can name the target, whatever was read
+        return Hit(
+            unset,
+            detail="the section names no attach target: the loader sets it before load",
+            program=program,
+            remediation=_declare(f"programs:\n  - name: {program}\n    attach_target: FUNCTION"),
+        )
     return None
 
 

@@ -111,6 +111,10 @@ KFUNC_NOT_ALLOWED = Msg("calling kernel function %s is not allowed",
 
 ATTACH_BTF_ID = Msg("prog '%s': failed to find kernel BTF type ID of '%s': %d",
                     f"{_LIBBPF} libbpf_find_attach_btf_id()")  # fmt: skip
+ATTACH_TARGET_UNSET = Msg(
+    "prog '%s': no BTF-based attach target is specified, use bpf_program__set_attach_target()",
+    f"{_LIBBPF} libbpf_prepare_prog_load()",
+)
 ATTACH_NOT_IN_VMLINUX = Msg("%s is not found in vmlinux BTF",
                             f"{_LIBBPF} libbpf_find_vmlinux_btf_id()")  # fmt: skip
 ATTACH_NO_ADDRESS = Msg("The address of function %s cannot be found",

@@ -22,6 +22,7 @@ from .messages import (
     ATTACH_BTF_ID,
     ATTACH_NO_ADDRESS,
     ATTACH_NOT_IN_VMLINUX,
+    ATTACH_TARGET_UNSET,
     BTF_REQUIRED,
     BTF_VMLINUX_MALFORMED,
     CALLER_INVALID_ARGS,
@@ -162,13 +163,14 @@ RULES: tuple[Rule, ...] = (
          (FREPLACE_NO_TARGET,), "loader-setup finding freplace_target (host static reading)"),
     Rule("loader-attach-target", _SETUP, _L, m.placeholder_target, "high",
          "A BTF-attached program (fentry/fexit/fmod_ret/lsm/tp_btf) names a target no kernel "
-         "of the matrix has: its loader sets the real target at run time; no newer kernel "
-         "would help.",
+         "of the matrix has, or names none: its loader sets the real target at run time; "
+         "no newer kernel would help.",
          "A placeholder such as dummy_file_read, retargeted with "
          "bpf_program__set_attach_target().",
          "Declare the real target in the manifest (programs[].attach_target), or autoload: "
          "false.",
-         (ATTACH_BTF_ID,), "loader-setup finding attach_target_placeholder / _unset "
+         (ATTACH_BTF_ID, ATTACH_TARGET_UNSET), "libbpf's own refusal, or the loader-setup "
+         "finding attach_target_placeholder / _unset "
          "(the matrix kernels' BTF, read on the host)"),
     Rule("loader-struct-ops", _SETUP, _L, m.struct_ops_module, "high",
          "A struct_ops map implements a struct that no kernel of the matrix has in vmlinux: "
