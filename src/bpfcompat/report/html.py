@@ -46,6 +46,7 @@ class KernelColumn:
     error: str | None
     cmdline: str
     package_version: str
+    ready_via: str | None = None
 
 
 @dataclass
@@ -195,6 +196,7 @@ def _kernel_column(index: int, k: KernelInfo, accel: str) -> KernelColumn:
         error=k.error,
         cmdline=k.cmdline,
         package_version=k.package_version,
+        ready_via=k.ready_via,
     )
 
 

@@ -79,6 +79,10 @@ class KernelInfo(_Model):
     boots: int
     peak_rss_mb: float | None
     notes: list[str] = []
+    # How the first guest got ready (boot | boot+snapshot | restore), and how many of the
+    # kernel's guests were restored from a snapshot; None and 0 in older exports.
+    ready_via: str | None = None
+    restores: int = 0
 
 
 class ArtifactInfo(_Model):
@@ -271,6 +275,8 @@ class RunView(_Model):
                         boots=k.boots or 0,
                         peak_rss_mb=k.peak_rss_mb,
                         notes=k.notes,
+                        ready_via=k.ready_via,
+                        restores=k.restores or 0,
                     )
                     for k in kernels
                 ],
