@@ -4,7 +4,9 @@
 
 Measures, in one run:
 - the bare-boot floor per kernel: the same kernel, command line and QEMU flags, a
-  trivial init (static busybox) that powers off at once;
+  trivial init (static busybox of the kernel's architecture: the host's for x86-64, the
+  guest image's for arm64) that powers off at once (reboots, with -no-reboot, on a
+  kernel without ACPI, which cannot power off);
 - our boot-to-ready per kernel: QEMU start until SSH answers (the driver is baked into
   the image, so nothing else is needed before the first artifact);
   both are medians of --boots boots, this machine being noisy;
@@ -31,11 +33,11 @@ import time
 from pathlib import Path
 
 from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
-from bpfcompat.matrix.guest import BASE_CMDLINE, GuestSession
+from bpfcompat.matrix.guest import GuestSession, base_cmdline
 from bpfcompat.matrix.plan import Plan, discover_artifacts
 from bpfcompat.matrix.runner import RunOptions, run_plan
 from bpfcompat.matrix.store import Store
-from bpfcompat.vm.cpio import CpioWriter
+from bpfcompat.vm.cpio import CpioWriter, extract_newc
 from bpfcompat.vm.image import build_image
 from bpfcompat.vm.kernels import fetch_kernel
 from bpfcompat.vm.qemu import BootSpec, QemuVM
@@ -44,28 +46,48 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
-def bare_initrd(path: Path) -> Path:
-    busybox = Path("/bin/busybox")
-    if not busybox.is_file():
-        sys.exit("bench: static busybox missing (apt-get install busybox-static)")
+def static_busybox(arch: str, tmp: Path) -> bytes:
+    """A static busybox for `arch`: the host's (busybox-static) for its own architecture,
+    else the one in that architecture's guest image."""
+    if arch == "x86_64":
+        busybox = Path("/bin/busybox")
+        if not busybox.is_file():
+            sys.exit("bench: static busybox missing (apt-get install busybox-static)")
+        return busybox.read_bytes()
+    image = build_image(load_kernel_matrix(default_kernels_file()).guest_suite, arch=arch)
+    out = tmp / f"image-{arch}"
+    with image.rootfs_cpio.open("rb") as fh:
+        extract_newc(fh, out)
+    return (out / "usr/bin/busybox").read_bytes()
+
+
+def bare_initrd(path: Path, busybox: bytes, stop: str) -> Path:
     with path.open("wb") as fh:
         writer = CpioWriter(fh)
-        writer.file("bin/busybox", busybox.read_bytes(), 0o755)
-        writer.file("init", b"#!/bin/busybox sh\n/bin/busybox poweroff -f\n", 0o755)
+        writer.file("bin/busybox", busybox, 0o755)
+        writer.file("init", f"#!/bin/busybox sh\n/bin/busybox {stop} -f\n".encode(), 0o755)
         writer.chardev("dev/console", 5, 1)
         writer.close()
     return path
 
 
-def bare_boot(kernel_spec, tmp: Path, initrd: Path) -> float:  # type: ignore[no-untyped-def]
+def bare_boot(kernel_spec, tmp: Path) -> float:  # type: ignore[no-untyped-def]
     build = fetch_kernel(kernel_spec)
+    # Power-off needs ACPI on x86 (PSCI on arm64); a kernel built without it halts
+    # instead, so it reboots, which -no-reboot turns into QEMU exiting.
+    acpi = build.arch != "x86_64" or build.config_value("CONFIG_ACPI") == "y"
+    stop = "poweroff" if acpi else "reboot"
+    initrd = tmp / f"bare-{build.arch}-{stop}.cpio"
+    if not initrd.is_file():
+        bare_initrd(initrd, static_busybox(build.arch, tmp), stop)
     spec = BootSpec(
         build.vmlinuz,
         initrd,
-        BASE_CMDLINE,
+        base_cmdline(build.arch),
         kernel_spec.memory_mb,
         kernel_spec.cpus,
         tmp / f"bare-{kernel_spec.id}.log",
+        arch=build.arch,
     )
     vm = QemuVM(spec)
     vm.start()
@@ -79,7 +101,8 @@ def bare_boot(kernel_spec, tmp: Path, initrd: Path) -> float:  # type: ignore[no
 
 def ready_boot(kernel_spec, tmp: Path) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     build = fetch_kernel(kernel_spec)
-    image = build_image(load_kernel_matrix(default_kernels_file()).guest_suite)
+    suite = load_kernel_matrix(default_kernels_file()).guest_suite
+    image = build_image(suite, arch=build.arch)
     session = GuestSession(kernel_spec, build, image, tmp, threading.Event(), set())
     try:
         seconds = session.boot()
@@ -123,12 +146,11 @@ def main() -> None:
     kernels = matrix.select(args.kernel)
     tmp = Path(tempfile.mkdtemp(prefix="bpfcompat-bench-"))
     subprocess.run(["make", "-s", "-C", str(EXAMPLES)], check=True)
-    initrd = bare_initrd(tmp / "bare.cpio")
 
     print(f"kernel                      bare_s  ready_s  ratio  rss_mb  (medians of {args.boots})")
     ratios, rss = [], []
     for spec in kernels:
-        bare = statistics.median(bare_boot(spec, tmp, initrd) for _ in range(args.boots))
+        bare = statistics.median(bare_boot(spec, tmp) for _ in range(args.boots))
         readies = [ready_boot(spec, tmp) for _ in range(args.boots)]
         ready = statistics.median(seconds for seconds, _ in readies)
         peak = max(mb for _, mb in readies)

@@ -32,6 +32,11 @@ done
 # What a matrix run runs on the host; the guest's userspace comes from the guest suite.
 RUNTIME_PACKAGES=(
   qemu-system-x86        # boots the kernels
+  qemu-system-arm        # boots the arm64 kernels (qemu-system-aarch64)
+  qemu-user-static binfmt-support  # runs arm64 programs while building the arm64 image
+  rpm2cpio               # unpacks .rpm kernels
+  # builds `source: build` kernels (the default matrix's kernel without BTF) and their BTF
+  build-essential bc bison flex libelf-dev libssl-dev dwarves perl xz-utils
   mmdebstrap             # builds the guest image
   debian-archive-keyring # verifies the Debian packages fetched for kernels and the image
   zstd lz4               # unpack kernel modules, and kernels to read their BTF
@@ -61,6 +66,18 @@ if ((apt)); then
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive \
       apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+# A chroot of the arm64 image needs binfmt_misc mounted and qemu-aarch64 registered (a
+# container's init may do neither); skipped where this host cannot (no root).
+if ((apt)) && { [ "$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; }; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  [ -e /proc/sys/fs/binfmt_misc/status ] ||
+    $SUDO mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+  if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] && command -v update-binfmts >/dev/null; then
+    $SUDO update-binfmts --enable qemu-aarch64 || true
   fi
 fi
 

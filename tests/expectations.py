@@ -4,6 +4,11 @@ One loader for every test that judges a cell (the classifier tests on recorded e
 the end-to-end test on real VMs), so both hold the code to the same written expectations.
 An expect.yaml has `default: {status, code?}`, optional per-kernel overrides under
 `kernels:`, and optional `variants:` (`default` and per-kernel `{group: chosen program}`).
+
+A kernel with `expect_like: <id>` in kernels.yaml (the arm64 kernels, the kernel built
+without BTF) expects what that kernel expects unless its own entry says otherwise, as the
+tool itself judges it (matrix/expect.py kernel_chain), so an expect.yaml records only
+where arm64 or the missing BTF changes the verdict, each time with the reason.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 import yaml
 
 from bpfcompat.matrix.classify import CODES
+from bpfcompat.matrix.config import KernelMatrix, load_kernel_matrix
+from bpfcompat.matrix.expect import kernel_chain
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 STATUSES = ("pass", "fail", "error")
@@ -54,9 +61,23 @@ def _load(example: str) -> dict[str, Any]:
             "variants": variants}  # fmt: skip
 
 
+def lineage(kernel_id: str) -> list[str]:
+    """The kernel id, then the kernels it is judged like (default kernels.yaml)."""
+    return kernel_chain(_matrix().kernels, kernel_id)
+
+
+@cache
+def _matrix() -> KernelMatrix:
+    return load_kernel_matrix(EXAMPLES.parent / "kernels.yaml")
+
+
 def expected(example: str, kernel_id: str) -> dict[str, Any]:
     """{status, code (None for pass), variants: {group: chosen} or {}} for one cell."""
     data = _load(example)
-    verdict = data["kernels"].get(kernel_id, data["default"])
-    variants = data["variants"].get(kernel_id, data["variants"].get("default", {}))
+    chain = lineage(kernel_id)
+    verdict = next((data["kernels"][k] for k in chain if k in data["kernels"]), data["default"])
+    variants = next(
+        (data["variants"][k] for k in chain if k in data["variants"]),
+        data["variants"].get("default", {}),
+    )
     return {"status": verdict["status"], "code": verdict["code"], "variants": dict(variants)}

@@ -94,20 +94,20 @@ class FakeWorld:
     def backend(self, root: Path) -> Backend:
         """A Backend whose kernels, image, VMs and transports are this world's fakes."""
 
-        def fetch(spec: KernelSpec) -> KernelBuild:
+        def fetch(spec: KernelSpec, **_: Any) -> KernelBuild:
             entry = root / "kernels" / spec.id
             entry.mkdir(parents=True, exist_ok=True)
             (entry / "vmlinuz").write_bytes(b"fake kernel")
             (entry / "config").write_text("CONFIG_DEBUG_INFO_BTF=y\n")
             (entry / "modules.cpio").write_bytes(b"modules")
-            return KernelBuild(spec.package, "1.0-1", "6.1.0-fake", entry)
+            return KernelBuild(spec.package or spec.id, "1.0-1", "6.1.0-fake", entry, spec.arch)
 
-        def image(suite: str) -> GuestImage:
+        def image(suite: str, arch: str = "x86_64") -> GuestImage:
             entry = root / "image"
             entry.mkdir(parents=True, exist_ok=True)
             (entry / "rootfs.cpio").write_bytes(b"rootfs")
             (entry / "hostkey.pub").write_text("ssh-ed25519 AAAAfake")
-            return GuestImage(suite, "fakedigest", entry)
+            return GuestImage(suite, "fakedigest", entry, arch)
 
         def snapshots() -> SnapshotCache | None:
             if self.snapshot_root is None:

@@ -58,6 +58,33 @@ def test_embedded_matrix_loads() -> None:
         ),
         ("guest_suite: trixie\nguest_suite: sid\nkernels:" + GOOD_KERNEL, "duplicate key"),
         ("- just a list\n", "expected a mapping at the top level"),
+        (
+            "kernels:" + GOOD_KERNEL + "    arch: riscv64\n",
+            "kernels[0] (k1).arch: Input should be 'x86_64' or 'aarch64'",
+        ),
+        (
+            "kernels:\n  - id: k1\n    source: {zip: k.zip}\n",
+            "kernels[0] (k1).source: expected apt, build, {deb: ...}, {rpm: ...} or {vmlinuz: ...}",
+        ),
+        (
+            "kernels:\n  - id: k1\n    source: {deb: k.deb, sha256: abc}\n",
+            "kernels[0] (k1).source.deb.sha256: String should match pattern",
+        ),
+        (
+            "kernels:\n  - id: k1\n    source: {rpm: 'ftp://host/k.rpm'}\n",
+            "unsupported URL scheme in 'ftp://host/k.rpm'",
+        ),
+        (
+            "kernels:" + GOOD_KERNEL + "    source: {deb: k.deb}\n",
+            "kernels[0] (k1): `suite` is only for apt and build sources, not deb",
+        ),
+        ("kernels:\n  - id: k1\n    source: {deb: k.deb}\n    btf: build\n", "btf: build is only"),
+        ("kernels:" + GOOD_KERNEL + "    source: build\n", "source build needs a `build:` section"),
+        (
+            "kernels:" + GOOD_KERNEL + "    source: build\n    build: {config: [CONFIG_X=maybe]}\n",
+            "kernels[0] (k1).build.config[0]: String should match pattern",
+        ),
+        ("kernels:\n  - id: k1\n    source: {vmlinuz: 'https://x/vmlinuz'}\n", "not a URL"),
     ],
 )
 def test_kernel_matrix_errors(tmp_path: Path, text: str, expected: str) -> None:
@@ -161,3 +188,34 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_kernel_file_paths_are_relative_to_the_kernels_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "kernels.yaml",
+        "kernels:\n  - id: mine\n    source: {vmlinuz: boot/vmlinuz, modules: mods}\n"
+        "    btf: ../btf/vmlinux.btf\n  - id: url\n    source: {rpm: 'https://host/k.rpm'}\n",
+    )
+    mine, url = load_kernel_matrix(path).kernels
+    assert mine.source.vmlinuz == str(tmp_path / "boot/vmlinuz")  # type: ignore[union-attr]
+    assert mine.source.modules == str(tmp_path / "mods")  # type: ignore[union-attr]
+    assert mine.btf == str(tmp_path / "../btf/vmlinux.btf")
+    assert url.source.rpm == "https://host/k.rpm"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("debian-12-6.1", "--btf 'debian-12-6.1': expected KERNEL_ID=PATH"),
+        ("debian-99=/x", "--btf 'debian-99=/x': kernel 'debian-99' is not in this run"),
+        ("debian-12-6.1=/nonexistent.btf", "/nonexistent.btf is not a file"),
+        ("debian-12-6.1=build", "only a `source: build` kernel has one"),
+    ],
+)
+def test_btf_option_errors(option: str, expected: str) -> None:
+    simple = str(ROOT / "examples" / "simple-pass")
+    proc = run_cli("matrix", "run", simple, "--kernel", "debian-12-6.1", "--btf", option)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr

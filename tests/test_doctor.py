@@ -88,11 +88,14 @@ class FakeHost(Host):
     def kernel_release(self, spec: KernelSpec) -> str | None:
         return self.kernels.get(spec.id)
 
-    def image_built(self, suite: str) -> bool:
+    def image_built(self, suite: str, arch: str = "x86_64") -> bool:
         return self.image
 
-    def image_dir(self, suite: str) -> Path:
+    def image_dir(self, suite: str, arch: str = "x86_64") -> Path:
         return Path(f"/home/u/.cache/bpfcompat/images/{suite}-0123")
+
+    def foreign_problem(self, arch: str) -> str | None:
+        return None
 
     def mirror(self) -> str:
         if self.mirror_uri is None:

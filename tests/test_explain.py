@@ -22,7 +22,9 @@ from bpfcompat.matrix.verdict import Verdict
 
 RECORDED = Path(__file__).resolve().parent / "data" / "recorded"
 KERNELS = sorted(p.stem for p in RECORDED.glob("*.json"))
-OLD_FORMAT = ("debian-11-5.10", "debian-12-6.1")  # no `@ file:line` after source lines
+# no `@ file:line` after source lines (the 5.10 and 6.1 kernels, arm64 and no-BTF builds too)
+OLD_FORMAT = ("debian-11-5.10", "debian-12-6.1", "debian-11-5.10-arm64", "debian-12-6.1-arm64",
+              "debian-12-6.1-nobtf")  # fmt: skip
 
 
 @cache
@@ -59,6 +61,12 @@ NEEDS_OF = {
     ("netfilter-prog", "debian-12-6.1"): ("program type", "netfilter", "6.4", "6.1"),
     ("printk-many-args", "debian-11-5.10"): ("helper", "bpf_trace_vprintk", "5.16", "5.10"),
 }
+# The arm64 kernels need what their x86-64 twins need; the 6.1 build without BTF lacks what
+# 6.1 lacks, except where missing kernel BTF stops the load first (cgrp-storage-map and
+# kfunc-new there are MISSING_BTF, which names no release).
+for (_artifact, _kernel), _need in list(NEEDS_OF.items()):
+    NEEDS_OF[(_artifact, f"{_kernel}-arm64")] = _need
+NEEDS_OF[("netfilter-prog", "debian-12-6.1-nobtf")] = ("program type", "netfilter", "6.4", "6.1")
 NEEDS = {
     cell: f"needs >= {since} for {what} {name} (this kernel: {kernel})"
     for cell, (what, name, since, kernel) in NEEDS_OF.items()

@@ -133,7 +133,7 @@ def test_full_disk_leaves_no_partial_entry(tmp_path: Path) -> None:
         with pytest.raises(FetchError) as info:
             fetch_kernel(spec, small / "bpfcompat")
         assert "\n" not in str(info.value)
-        kernels_dir = small / "bpfcompat" / "kernels"
+        kernels_dir = kernel_entry_dir(spec, small / "bpfcompat").parent
         # Only the (empty) lock file may remain: no entry, no temp dir.
         found = list(kernels_dir.iterdir()) if kernels_dir.exists() else []
         leftovers = [p for p in found if not p.name.endswith(".lock")]

@@ -41,6 +41,7 @@ EXAMPLE_FLOORS = {
     "printk-many-args": ("5.16", "helper", "bpf_trace_vprintk"),  # bpf_printk, 4 arguments
     "core-relocation-fail": ("5.4", "feature", "core"),
     "fentry-missing-target": ("5.5", "program_type", "tracing"),
+    "fentry-attach": ("5.5", "program_type", "tracing"),  # x86-64; arm64 attaches from 6.x
     "simple-pass": ("4.7", "program_type", "tracepoint"),
     "tail-calls": ("4.7", "program_type", "tracepoint"),
     "helper-not-allowed": ("4.7", "program_type", "tracepoint"),

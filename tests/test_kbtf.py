@@ -22,12 +22,13 @@ from bpfcompat.vm.kernels import cached_kernel
 HOST_BTF = Path("/sys/kernel/btf/vmlinux")
 
 
-def cached_entries() -> list[tuple[str, str, Path]]:
-    """(kernel id, release, entry) of every distinct cached kernel of kernels.yaml."""
+def cached_entries(*, btf: bool = True) -> list[tuple[str, str, Path]]:
+    """(kernel id, release, entry) of every distinct cached kernel of kernels.yaml whose
+    config has (or, with btf=False, lacks) CONFIG_DEBUG_INFO_BTF."""
     out: dict[Path, tuple[str, str, Path]] = {}
     for spec in load_kernel_matrix(default_kernels_file()).kernels:
         hit = cached_kernel(spec, deep=False)
-        if hit is not None:
+        if hit is not None and hit.has_btf is btf:
             out.setdefault(hit.entry, (spec.id, hit.release, hit.entry))
     if not out:
         pytest.fail("no kernel of kernels.yaml is cached: run ./scripts/setup.sh", pytrace=False)
@@ -52,6 +53,19 @@ def test_btf_from_every_cached_kernel(tmp_path: Path) -> None:
         mtime = path.stat().st_mtime_ns
         assert kbtf.kernel_btf(private) == path and path.stat().st_mtime_ns == mtime
         assert (private / kbtf.STAMP_FILE).read_text() == stamp
+
+
+def test_a_kernel_built_without_btf_has_none_to_extract(tmp_path: Path) -> None:
+    without = cached_entries(btf=False)
+    if not without:
+        pytest.fail("debian-12-6.1-nobtf is not built: run ./scripts/setup.sh", pytrace=False)
+    for kernel_id, _release, entry in without:
+        private = tmp_path / kernel_id
+        private.mkdir()
+        (private / "vmlinuz").symlink_to(entry / "vmlinuz")
+        with pytest.raises(kbtf.KernelBtfError, match="may lack CONFIG_DEBUG_INFO_BTF"):
+            kbtf.kernel_btf(private)
+        assert not (private / kbtf.BTF_FILE).exists()
 
 
 def test_kernel_names_in_the_shared_cache() -> None:

@@ -4,6 +4,7 @@ No VM is booted; the guest side follows the real protocol with recorded real res
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -349,6 +350,24 @@ def test_kernels_run_in_parallel_threads_without_sharing_guests(
     assert len(summary.cells) == 6 and {c.status for c in summary.cells} == {"pass"}
     assert world.boots == 3
     assert sorted(map(sorted, world.batches)) == [["ringbuf", "simple-pass"]] * 3
+
+
+def test_each_kernel_records_its_own_arch_and_how_it_ran(
+    tmp_path: Path, built_examples: Path, world: FakeWorld
+) -> None:
+    """On a KVM host an arm64 guest is still emulated: the run says kvm, that kernel tcg."""
+    kernels = [
+        KernelSpec(id="x86", suite="bookworm", package="linux-image-amd64"),
+        KernelSpec(id="arm", suite="bookworm", package="linux-image-arm64", arch="aarch64"),
+    ]
+    store = Store(tmp_path / "store.db")
+    backend = dataclasses.replace(world.backend(tmp_path / "fake"), accel=lambda: "kvm")
+    opts = RunOptions(workdir=tmp_path / "work", backend=backend, concurrency=1)
+    _, summary = run_plan(_plan(built_examples, ["simple-pass"], world, kernels), store, opts)
+    got = {k.kernel_id: (k.arch, k.accel) for k in store.kernels(summary.run_id)}
+    assert got == {"x86": ("x86_64", "kvm"), "arm": ("aarch64", "tcg")}
+    page = render_html(RunView.from_store(store, summary.run_id))
+    assert "aarch64 · tcg" in page and "x86_64 · kvm" in page
 
 
 # --- expectations -----------------------------------------------------------------------------

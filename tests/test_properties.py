@@ -472,6 +472,17 @@ KERNEL_KEYS = sorted(
         "boot_timeout_s",
         "description",
         "colour",
+        "arch",
+        "source",
+        "build",
+        "btf",
+        "deb",
+        "rpm",
+        "vmlinuz",
+        "modules",
+        "sha256",
+        "base",
+        "config",
     }
 )
 YAML_SCALARS = (
@@ -492,6 +503,12 @@ YAML_SCALARS = (
             "bookworm",
             "bpf_loop",
             "sh -c 'id; $(touch x)'",
+            "aarch64",
+            "build",
+            "apt",
+            "file:///etc/passwd",
+            "https://host/k.rpm",
+            "CONFIG_BPF=y",
         ]
     )
 )

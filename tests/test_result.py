@@ -82,7 +82,7 @@ def test_the_model_has_every_key_of_the_validators_skeleton() -> None:
     config = SimpleNamespace(
         artifact="/tmp/a.bpf.o", manifest_path=None, plan_path=None, attach_mode="best-effort",
         probe_features=True, log_dir="/tmp", raw_max_entries=["m=4"], raw_inner_ringbuf=[],
-        variant_groups=[{"raw": "g=p1:bpf_loop,p2"}],
+        variant_groups=[{"raw": "g=p1:bpf_loop,p2"}], btf_custom_path="/tmp/vmlinux.btf",
     )  # fmt: skip
     written = skeleton(config, {"total": 1.5}, [{"step": "load", "message": "x"}], [])
     assert written["schema_version"] == SCHEMA_VERSION

@@ -9,8 +9,8 @@
  *
  * The read is a plain context load (no helper), so nothing here depends on
  * helpers the lockdown kernel removes: CORE_RELOCATION_FAILURE on every
- * kernel, lockdown included. (All matrix kernels have BTF, so this never
- * degrades to MISSING_BTF.)
+ * kernel with BTF, lockdown included; MISSING_BTF on the kernel built
+ * without it, unless its BTF is given as a file (--btf).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>

@@ -22,7 +22,8 @@ fi
 bpfcompat kernels fetch "${ids[@]}" "${kopt[@]}"
 # Building the image needs root (mmdebstrap --mode=root, chroot): through sudo on runners
 # that are not root, then the cache is handed back so this user can read and save it.
-as_root "$(command -v "${BPFCOMPAT:-bpfcompat}")" image build "${kopt[@]}"
+# Only the images the selected kernels boot (an arm64 kernel needs its own).
+as_root "$(command -v "${BPFCOMPAT:-bpfcompat}")" image build "${kopt[@]}" "${selection[@]}"
 if [ "$(id -u)" -ne 0 ] && sudo -n true 2>/dev/null; then
   sudo -n chown -R "$(id -u):$(id -g)" "${XDG_CACHE_HOME:-$HOME/.cache}/bpfcompat"
 fi

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -20,6 +19,7 @@ import typer
 
 from bpfcompat import __version__
 from bpfcompat.cli_cache import cache_app
+from bpfcompat.cli_kernels import KernelsOpt, image_app, kernels_app, with_btf
 from bpfcompat.errors import BpfcompatError, ConfigError
 from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
 from bpfcompat.matrix.plan import Plan, discover_artifacts, load_artifact, parse_shard
@@ -33,10 +33,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="On which kernels does this .bpf.o load, verify and attach — and if not, why?",
 )
-kernels_app = typer.Typer(no_args_is_help=True, help="The kernel matrix: list and fetch kernels.")
 matrix_app = typer.Typer(no_args_is_help=True, help="Run artifacts across kernels.")
 runs_app = typer.Typer(no_args_is_help=True, help="Stored runs.")
-image_app = typer.Typer(no_args_is_help=True, help="The guest image.")
 manifest_app = typer.Typer(no_args_is_help=True, help="Artifact manifests.")
 app.add_typer(kernels_app, name="kernels")
 app.add_typer(matrix_app, name="matrix")
@@ -45,10 +43,6 @@ app.add_typer(image_app, name="image")
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(cache_app, name="cache")
 
-KernelsOpt = Annotated[
-    Path | None,
-    typer.Option("--kernels", help="Kernel matrix YAML (default: the embedded kernels.yaml)."),
-]
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite store.")]
 HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Write the HTML report here.")]
 JsonOpt = Annotated[
@@ -120,51 +114,6 @@ def _say(line: str) -> None:
 
 def _matrix(path: Path | None):  # type: ignore[no-untyped-def]
     return load_kernel_matrix(path or default_kernels_file())
-
-
-@kernels_app.command("list")
-def kernels_list(kernels: KernelsOpt = None) -> None:
-    """List the kernels of the matrix and whether they are cached."""
-    from bpfcompat.vm.kernels import cached_kernel
-
-    matrix = _matrix(kernels)
-    for spec in matrix.kernels:
-        hit = cached_kernel(spec, deep=False)
-        state = f"cached {hit.release}" if hit else "not fetched"
-        req = "required" if spec.required else "optional"
-        _out(
-            f"{spec.id:28} {spec.suite:10} {req:9} {spec.package}  [{state}]"
-            + (f"  cmdline: {spec.cmdline}" if spec.cmdline else "")
-        )
-
-
-@kernels_app.command("fetch")
-def kernels_fetch(
-    ids: Annotated[list[str] | None, typer.Argument(help="Kernel ids (default: all).")] = None,
-    kernels: KernelsOpt = None,
-) -> None:
-    """Download and extract kernels into the cache (a second fetch does no network work)."""
-    from bpfcompat.vm.kernels import fetch_kernel
-
-    for spec in _matrix(kernels).select(ids):
-        started = time.monotonic()
-        build = fetch_kernel(spec)
-        took = time.monotonic() - started
-        _out(f"{spec.id}: {build.release} ({build.version}) in {took:.1f} s -> {build.entry}")
-
-
-@image_app.command("build")
-def image_build(kernels: KernelsOpt = None) -> None:
-    """Build (or find cached) the guest image for the matrix's guest suite."""
-    from bpfcompat.vm.image import build_image
-
-    suite = _matrix(kernels).guest_suite
-    started = time.monotonic()
-    image = build_image(suite)
-    _out(
-        f"guest image {suite} {image.digest}: {image.rootfs_cpio} "
-        f"({image.rootfs_cpio.stat().st_size // 1024} KiB) in {time.monotonic() - started:.1f} s"
-    )
 
 
 class _Printer:
@@ -245,6 +194,14 @@ def matrix_run(
     ] = None,
     label: LabelOpt = None,
     no_snapshot: NoSnapshotOpt = False,
+    btf: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--btf",
+            help="KERNEL_ID=PATH: a BTF file libbpf relocates CO-RE against on that kernel "
+            "(btf_custom_path); PATH `build` is a built kernel's own detached BTF. Repeatable.",
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -264,7 +221,7 @@ def matrix_run(
     labels = _labels(label)
     slice_ = parse_shard(shard) if shard is not None else None
     matrix = _matrix(kernels)
-    specs = matrix.select(kernel)
+    specs = with_btf(matrix.select(kernel), btf or [])
     found = discover_artifacts(artifacts, manifest)
     plan = Plan(specs, found, matrix.guest_suite, attach_mode.value, not no_auto_fixups, slice_)
     store = Store(db)

@@ -24,8 +24,10 @@ from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError
 from bpfcompat.matrix.config import KernelMatrix
 from bpfcompat.vm.apt import KEYRING, MIRROR_ENV, discover_mirror
+from bpfcompat.vm.arch import foreign_runner_problem, get_arch
 from bpfcompat.vm.cache import cache_root
 from bpfcompat.vm.image import cached_image, image_entry_dir
+from bpfcompat.vm.kbuild import TOOLS as BUILD_TOOLS
 from bpfcompat.vm.kernels import cached_kernel
 from bpfcompat.vm.proc import run_bounded
 from bpfcompat.vm.qemu import ACCEL_ENV
@@ -108,11 +110,14 @@ class Host:
         hit = cached_kernel(spec, deep=False)
         return hit.release if hit else None
 
-    def image_built(self, suite: str) -> bool:
-        return cached_image(suite) is not None
+    def image_built(self, suite: str, arch: str = "x86_64") -> bool:
+        return cached_image(suite, arch=arch) is not None
 
-    def image_dir(self, suite: str) -> Path:
-        return image_entry_dir(suite)
+    def image_dir(self, suite: str, arch: str = "x86_64") -> Path:
+        return image_entry_dir(suite, arch=arch)
+
+    def foreign_problem(self, arch: str) -> str | None:
+        return foreign_runner_problem(get_arch(arch))
 
     def mirror(self) -> str:
         return discover_mirror()
@@ -154,13 +159,18 @@ class Doctor:
 
     def checks(self) -> list[Check]:
         missing_kernels = [s for s in self.specs if self.host.kernel_release(s) is None]
-        image_missing = not self.host.image_built(self.matrix.guest_suite)
+        suite = self.matrix.guest_suite
+        arches = list(dict.fromkeys(getattr(s, "arch", "x86_64") for s in self.specs))
+        images_missing = [a for a in arches if not self.host.image_built(suite, a)]
+        image_missing = bool(images_missing)
         out = self._qemu()
         out.append(self._kvm())
         out += self._run_tools()
-        out += self._cache(missing_kernels, image_missing)
+        out += self._cache(missing_kernels, arches)
         out += self._fetch_tools(bool(missing_kernels))
+        out += self._build_tools([s for s in missing_kernels if s.source_kind == "build"])
         out += self._image_tools(image_missing)
+        out += self._foreign(images_missing)
         out.append(self._mirror(bool(missing_kernels) or image_missing))
         out.append(self._disk(len(missing_kernels), image_missing))
         return out
@@ -231,7 +241,7 @@ class Doctor:
         which = "vmx" if "vmx" in flags else "svm"
         return Check("kvm", "ok", f"usable: /dev/kvm read-write, the CPU has {which}")
 
-    def _cache(self, missing_kernels: list[KernelSpec], image_missing: bool) -> list[Check]:
+    def _cache(self, missing_kernels: list[KernelSpec], arches: list[str]) -> list[Check]:
         out = []
         for spec in self.specs:
             release = self.host.kernel_release(spec)
@@ -242,23 +252,50 @@ class Doctor:
                     Check(
                         f"kernel {spec.id}",
                         "missing",
-                        f"not fetched ({spec.suite} {spec.package})",
+                        f"not fetched ({spec.source_label})",
                         f"bpfcompat kernels fetch {spec.id}{self.kernels_opt}",
                     )
                 )
         suite = self.matrix.guest_suite
-        where = self.host.image_dir(suite)
-        if image_missing:
-            out.append(
-                Check(
-                    f"guest image {suite}",
-                    "missing",
-                    f"not built ({where})",
-                    f"{self._as_root()}bpfcompat image build{self.kernels_opt}",
-                )
+        for arch in arches:  # one image per architecture the matrix boots
+            name = f"guest image {suite}" + ("" if arch == "x86_64" else f" ({arch})")
+            where = self.host.image_dir(suite, arch)
+            if not self.host.image_built(suite, arch):
+                only = "" if arch == "x86_64" else f" --arch {arch}"
+                fix = f"{self._as_root()}bpfcompat image build{only}{self.kernels_opt}"
+                out.append(Check(name, "missing", f"not built ({where})", fix))
+            else:
+                out.append(Check(name, "ok", f"built ({where})"))
+        return out
+
+    def _build_tools(self, to_build: list[KernelSpec]) -> list[Check]:
+        """What `source: build` kernels need, when one is not in the cache yet."""
+        if not to_build:
+            return []
+        ids = ", ".join(s.id for s in to_build)
+        missing = [tool for tool in BUILD_TOOLS if not self.host.which(tool)]
+        if not missing:
+            return [Check("kernel build tools", "ok", f"present (builds {ids})")]
+        packages = "build-essential bc bison flex libelf-dev libssl-dev dwarves perl"
+        return [
+            Check(
+                "kernel build tools",
+                "missing",
+                f"{', '.join(missing)} not installed: builds {ids}",
+                self._apt(*packages.split()),
+                packages,
             )
-        else:
-            out.append(Check(f"guest image {suite}", "ok", f"built ({where})"))
+        ]
+
+    def _foreign(self, images_missing: list[str]) -> list[Check]:
+        """A foreign-architecture image runs that architecture's programs while it is
+        built: qemu-user-static registered with binfmt_misc."""
+        out = []
+        for arch in images_missing:
+            problem = self.host.foreign_problem(arch)
+            if problem is not None:
+                fix = self._apt("qemu-user-static", "binfmt-support")
+                out.append(Check(f"binfmt {arch}", "missing", problem, fix, "qemu-user-static"))
         return out
 
     def _as_root(self) -> str:

@@ -4,6 +4,7 @@ BpfcompatError
 ├── ConfigError        bad kernels.yaml / manifest / command-line input
 ├── ArtifactError      an input artifact that cannot be read at all
 ├── FetchError         kernel packages could not be fetched or extracted
+│   └── BuildError     a kernel could not be built from source (names the step)
 ├── ImageError         the guest image could not be built
 ├── VMError            QEMU missing, boot failure, boot timeout
 │   ├── GuestCrash     the guest panicked or oopsed (console evidence attached)
@@ -32,6 +33,10 @@ class ArtifactError(BpfcompatError):
 
 
 class FetchError(BpfcompatError):
+    pass
+
+
+class BuildError(FetchError):
     pass
 
 

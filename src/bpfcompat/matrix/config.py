@@ -650,7 +650,8 @@ def _validate(model: type[M], path: Path, data: Any) -> M:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return model.model_validate(data)
+        # Relative paths in a config (kernel files, BTF) are relative to the file itself.
+        return model.model_validate(data, context={"base_dir": str(path.parent.resolve())})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(str(path), exc, data)) from None
 

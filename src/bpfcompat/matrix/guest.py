@@ -43,6 +43,7 @@ from bpfcompat.errors import (
 )
 from bpfcompat.matrix.plan import Artifact
 from bpfcompat.matrix.result import MAX_RESULT_BYTES, ResultModel, parse_result
+from bpfcompat.vm.arch import get_arch
 from bpfcompat.vm.handoff import Handoff
 from bpfcompat.vm.image import GUEST_DRIVER_COMMAND, GuestImage
 from bpfcompat.vm.kernels import KernelBuild
@@ -52,14 +53,21 @@ from bpfcompat.vm.spec import KernelSpec
 from bpfcompat.vm.ssh import GuestTransport, RunKey, ssh_connect
 
 GUEST_DIR = "/tmp/bpfc"
+# An external BTF file for the kernel (its `btf:`), staged once per batch.
+GUEST_BTF = f"{GUEST_DIR}/btf/vmlinux.btf"
 # Boot-time costs paid in emulated CPU, cut where nothing BPF sees changes:
-# acpi=noirq routes PCI interrupts from the firmware's table instead of running ACPI byte
-# code (0.13 s when the NIC driver loads); init_on_alloc=0 stops zeroing every page
-# before it is written anyway (0.1 s while the initramfs unpacks). A throwaway test VM
-# needs neither hardening default.
-BASE_CMDLINE = (
-    "console=ttyS0 panic=-1 oops=panic quiet random.trust_cpu=on acpi=noirq init_on_alloc=0"
-)
+# init_on_alloc=0 stops zeroing every page before it is written anyway (0.1 s while the
+# initramfs unpacks); a throwaway test VM needs no hardening default. The console and
+# architecture-specific parameters (x86: acpi=noirq) come from vm/arch.py.
+COMMON_CMDLINE = "panic=-1 oops=panic quiet random.trust_cpu=on init_on_alloc=0"
+
+
+def base_cmdline(arch: str = "x86_64") -> str:
+    profile = get_arch(arch)
+    return " ".join(filter(None, (f"console={profile.console}", COMMON_CMDLINE, profile.cmdline)))
+
+
+BASE_CMDLINE = base_cmdline()
 KILLED = 128 + 9
 MAX_IGNORED_LINES = 20  # protocol lines that named no live job, kept as evidence
 # Kernel crashes outside any job (between jobs, while staging) before the kernel itself is
@@ -130,9 +138,11 @@ class GuestSession:
         artifact_timeout: float = 90.0,
         attach_mode: str = "best-effort",
         auto_fixups: bool = True,
+        btf_file: Path | None = None,
         snapshots: SnapshotCache | None = None,
     ) -> None:
         self.spec = spec
+        self.btf_file = btf_file
         self.snapshots = snapshots
         self.kernel = kernel
         self.image = image
@@ -163,7 +173,7 @@ class GuestSession:
         """The kernel command line; without a key the guest waits for its handoff."""
         extra = f" {self.spec.cmdline}" if self.spec.cmdline else ""
         run = f" bpfcompat.key={key.public_b64}" if key is not None else ""
-        return f"{BASE_CMDLINE}{extra}{run}"
+        return f"{base_cmdline(self.kernel.arch)}{extra}{run}"
 
     def boot(self) -> float:
         """Get a guest ready and connect; returns seconds from QEMU's start until SSH
@@ -194,6 +204,7 @@ class GuestSession:
             memory_mb=self.spec.memory_mb,
             cpus=self.spec.cpus,
             console_log=self.workdir / "console.log",  # named per guest in _start
+            arch=self.kernel.arch,
             handoff=handoff,
         )
 
@@ -400,6 +411,8 @@ class GuestSession:
             *([] if self.auto_fixups else ["--no-auto-fixups"]),
             *extra,
         ]
+        if self.btf_file is not None:
+            args += ["--btf-custom-path", GUEST_BTF]
         tests = manifest.functional_tests
         timeout = self.artifact_timeout + sum(t.timeout * (1 + manifest.retries) for t in tests)
         return {"token": job.token, "dir": cell_dir, "args": args, "timeout": timeout}
@@ -423,6 +436,8 @@ class GuestSession:
                 entries.append(self._stage(job, files))
             idle = max([30.0] + [e["timeout"] + 30 for e in entries])
             files[f"{GUEST_DIR}/jobs.json"] = json.dumps(entries).encode()
+            if self.btf_file is not None:
+                files[GUEST_BTF] = self.btf_file.read_bytes()
             prefix = f"{GUEST_DIR}/"
             assert all(path.startswith(prefix) for path in files)
             transport.put_files({p.removeprefix(prefix): d for p, d in files.items()}, GUEST_DIR)

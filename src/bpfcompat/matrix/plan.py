@@ -302,7 +302,7 @@ def discover_artifacts(inputs: list[Path], manifest: Path | None = None) -> list
 
 
 def kernel_key(spec: KernelSpec, package_version: str) -> str:
-    return f"{spec.id}|{spec.package}={package_version}|{spec.cmdline}"
+    return f"{spec.id}|{spec.package or spec.source_kind}={package_version}|{spec.cmdline}"
 
 
 def cache_key(
@@ -313,6 +313,8 @@ def cache_key(
     image_digest: str,
     attach_mode: str = "best-effort",
     auto_fixups: bool = True,
+    *,
+    btf_sha256: str | None = None,
 ) -> str:
     parts = [
         artifact.sha256,
@@ -325,4 +327,6 @@ def cache_key(
         parts.append(f"attach={attach_mode}")
     if not auto_fixups:
         parts.append("no-auto-fixups")
+    if btf_sha256 is not None:  # an external BTF file changes what libbpf relocates against
+        parts.append(f"btf={btf_sha256}")
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()

@@ -253,6 +253,7 @@ class Input(_Part):
     set_map_max_entries: Names = ()
     set_map_inner_ringbuf: Names = ()
     prog_variants: Names = ()
+    btf_custom_path: Name | None = None
 
 
 class ArtifactInfo(_Part):
@@ -346,6 +347,10 @@ class Btf(_Part):
     kernel_btf_size: Int | None = None
     artifact_has_btf: bool | None = None
     artifact_has_btf_ext: bool | None = None
+    # --btf-custom-path: the file given, and which BTF CO-RE used (custom, kernel or None)
+    custom_btf_path: Name | None = None
+    custom_btf_size: Int | None = None
+    core_btf_source: Name | None = None
 
 
 class Security(_Part):

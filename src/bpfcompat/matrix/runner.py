@@ -40,8 +40,9 @@ from bpfcompat.matrix.store import (
 )
 from bpfcompat.matrix.verdict import Verdict
 from bpfcompat.validator import VALIDATOR_VERSION
+from bpfcompat.vm.arch import host_arch
 from bpfcompat.vm.image import GuestImage, build_image
-from bpfcompat.vm.kernels import KernelBuild, fetch_kernel
+from bpfcompat.vm.kernels import KernelBuild, btf_digest, btf_file_for, fetch_kernel
 from bpfcompat.vm.qemu import GuestVM, QemuVM, detect_accel
 from bpfcompat.vm.snapshot import SnapshotCache, snapshots_enabled
 from bpfcompat.vm.spec import KernelSpec
@@ -61,8 +62,9 @@ class Backend:
     """Where kernels, the guest image and guests come from: the real ones by default,
     fakes when the orchestration is tested without booting anything."""
 
-    fetch_kernel: Callable[[KernelSpec], KernelBuild] = fetch_kernel
-    build_image: Callable[[str], GuestImage] = build_image
+    # fetch_kernel(spec, stop=Event, progress=fn(step)); build_image(suite, arch=...)
+    fetch_kernel: Callable[..., KernelBuild] = fetch_kernel
+    build_image: Callable[..., GuestImage] = build_image
     vm_factory: VMFactory = QemuVM
     connect: Connector = ssh_connect
     accel: Callable[[], str] = detect_accel
@@ -186,13 +188,18 @@ class MatrixRunner:
         workers = self.options.concurrency or default_concurrency(kernels)
         # Every kernel gets a thread so fetches overlap with running VMs; the semaphore
         # bounds how many VMs run at once. The image build overlaps with the fetches.
-        with ThreadPoolExecutor(max_workers=len(kernels) + 1, thread_name_prefix="bpfc") as pool:
-            image_future: Future[GuestImage] = pool.submit(self._build_image)
+        # One guest image per architecture in the plan (vm/image.py keys them).
+        arches = list(dict.fromkeys(spec.arch for spec in kernels))
+        pool_size = len(kernels) + len(arches)
+        with ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="bpfc") as pool:
+            images: dict[str, Future[GuestImage]] = {
+                arch: pool.submit(self._build_image, arch) for arch in arches
+            }
             gate = threading.Semaphore(workers)
             # Rows are made here, in plan order, so every report lists kernels as planned.
             rows = [self._kernel_row(spec) for spec in kernels]
             futures = [
-                pool.submit(self._kernel_job, spec, row, image_future, gate)
+                pool.submit(self._kernel_job, spec, row, images[spec.arch], gate)
                 for spec, row in zip(kernels, rows, strict=True)
             ]
             try:
@@ -207,19 +214,21 @@ class MatrixRunner:
                 if f.exception() is not None and not isinstance(f.exception(), KeyboardInterrupt):
                     raise f.exception()  # type: ignore[misc]
 
-    def _build_image(self) -> GuestImage:
-        self.options.progress("*", "building", f"guest image ({self.plan.guest_suite})")
-        return self.backend.build_image(self.plan.guest_suite)
+    def _build_image(self, arch: str) -> GuestImage:
+        self.options.progress("*", "building", f"guest image ({self.plan.guest_suite}, {arch})")
+        return self.backend.build_image(self.plan.guest_suite, arch=arch)
 
     def _kernel_row(self, spec: KernelSpec) -> RunKernel:
         return self.store.add(
             RunKernel(
                 run_id=self.run_id,
                 kernel_id=spec.id,
-                suite=spec.suite,
-                package=spec.package,
+                suite=spec.suite or "",
+                package=spec.package or spec.source_label,
                 cmdline=spec.cmdline,
                 required=spec.required,
+                arch=spec.arch,
+                accel=self.accel if spec.arch == host_arch() else "tcg",
             )
         )
 
@@ -251,15 +260,15 @@ class MatrixRunner:
             progress(spec.id, "fetching")
             fetched: KernelBuild | None = None
             try:
-                fetched = kernel = self.backend.fetch_kernel(spec)
+                fetched = kernel = self.backend.fetch_kernel(
+                    spec, stop=self.stop, progress=lambda step: progress(spec.id, "fetching", step)
+                )
             finally:
                 self.analysis.kernel_fetched(spec.id, fetched)
             self._update_kernel(
-                row,
-                release=kernel.release,
-                package_version=kernel.version,
-                btf=kernel.config_value("CONFIG_DEBUG_INFO_BTF") == "y",
+                row, release=kernel.release, package_version=kernel.version, btf=kernel.has_btf
             )
+            btf_file = btf_file_for(spec, kernel)
             image = image_future.result()
         except BpfcompatError as exc:
             self._kernel_failed(spec, row, describe_error(exc), self.plan.artifacts_for(spec.id))
@@ -274,6 +283,7 @@ class MatrixRunner:
                 image.digest,
                 self.plan.attach_mode,
                 self.plan.auto_fixups,
+                btf_sha256=btf_digest(btf_file),
             )
             hit = self.store.cached_result(key) if self.options.use_cache else None
             if hit is not None:
@@ -285,7 +295,7 @@ class MatrixRunner:
             progress(spec.id, "done", "all cells cached")
             return
         with gate:
-            self._validate_all(spec, row, kernel, image, todo)
+            self._validate_all(spec, row, kernel, image, todo, btf_file)
 
     def _validate_all(
         self,
@@ -294,6 +304,7 @@ class MatrixRunner:
         kernel: KernelBuild,
         image: GuestImage,
         todo: list[tuple[int, Artifact, str]],
+        btf_file: Path | None = None,
     ) -> None:
         progress = self.options.progress
         workdir = self.options.workdir / f"run-{self.run_id}"
@@ -309,6 +320,7 @@ class MatrixRunner:
             connect=self.backend.connect,
             attach_mode=self.plan.attach_mode,
             auto_fixups=self.plan.auto_fixups,
+            btf_file=btf_file,
             snapshots=self.backend.snapshots() if self.options.snapshots else None,
         )
         try:

@@ -104,6 +104,8 @@ class RunKernel(SQLModel, table=True):
     status: str = "pending"  # pending | ok | cached | error
     error: str | None = None
     notes_json: str | None = None  # what the kernel did that no artifact is blamed for
+    arch: str = ""  # the guest's architecture (x86_64, aarch64)
+    accel: str = ""  # how this kernel's guests ran: a foreign arch is emulated under KVM too
 
     @property
     def notes(self) -> list[str]:

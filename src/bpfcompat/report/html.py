@@ -41,6 +41,7 @@ class KernelColumn:
     required: bool
     btf: str  # yes | no | unknown
     accel: str
+    arch: str
     boot_seconds: float | None
     status: str
     error: str | None
@@ -190,7 +191,8 @@ def _kernel_column(index: int, k: KernelInfo, accel: str) -> KernelColumn:
         release=k.release,
         required=k.required,
         btf=_yes_no(k.btf),
-        accel=accel,
+        accel=k.accel or accel,
+        arch=k.arch,
         boot_seconds=k.boot_seconds,
         status=k.status,
         error=k.error,

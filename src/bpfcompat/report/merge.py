@@ -121,6 +121,8 @@ def _kernel_row(run_id: int, kernel_id: str, parts: list[KernelInfo]) -> RunKern
         status="error" if "error" in statuses else "ok" if "ok" in statuses else k.status,
         error="; ".join(p.error for p in parts if p.error) or None,
         notes_json=json.dumps([n for p in parts for n in p.notes]),
+        arch=k.arch,
+        accel=k.accel,
     )
 
 

@@ -78,6 +78,8 @@ class KernelInfo(_Model):
     error: str | None
     boots: int
     peak_rss_mb: float | None
+    arch: str = ""
+    accel: str = ""  # empty in runs stored before kernels had their own: the run's accel
     notes: list[str] = []
     # How the first guest got ready (boot | boot+snapshot | restore), and how many of the
     # kernel's guests were restored from a snapshot; None and 0 in older exports.
@@ -275,6 +277,8 @@ class RunView(_Model):
                         boots=k.boots or 0,
                         peak_rss_mb=k.peak_rss_mb,
                         notes=k.notes,
+                        arch=k.arch or "",
+                        accel=k.accel or "",
                         ready_via=k.ready_via,
                         restores=k.restores or 0,
                     )

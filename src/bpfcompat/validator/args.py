@@ -283,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not size maps compiled with max_entries/value_size 0 (the loader's job)",
     )
+    parser.add_argument(
+        "--btf-custom-path",
+        metavar="PATH",
+        help="BTF file for CO-RE relocations instead of the kernel's own "
+        "(libbpf bpf_object_open_opts.btf_custom_path)",
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {VALIDATOR_VERSION}")
     return parser
 
@@ -403,6 +409,7 @@ class Config:
         self.log_dir: str | None = args.log_dir
         self.attach_mode: str = args.attach_mode
         self.probe_features: bool = args.probe_features
+        self.btf_custom_path: str | None = args.btf_custom_path
         self.manifest_programs: list[dict[str, Any]] = []
         # map name -> fixup request, in first-mention order
         self.fixups: dict[str, dict[str, Any]] = {}
@@ -467,6 +474,8 @@ def parse_args(argv: list[str] | None) -> Config:
             os.makedirs(config.log_dir, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"--log-dir {config.log_dir!r}: {exc.strerror}") from None
+    if config.btf_custom_path is not None and not os.path.isfile(config.btf_custom_path):
+        raise UsageError(f"--btf-custom-path {config.btf_custom_path!r}: no such file")
     if config.manifest_path:
         config.manifest_programs = load_manifest(config.manifest_path)
     return config

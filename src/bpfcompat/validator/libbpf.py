@@ -54,6 +54,21 @@ _PROBE_ATTACH_TYPES = {18: 10, 20: 16, 25: 21, 30: 36, 32: 45}  # type -> expect
 BPF_F_SLEEPABLE = 1 << 4
 
 
+class _OpenOpts(ctypes.Structure):
+    """struct bpf_object_open_opts up to btf_custom_path (libbpf.h); libbpf accepts a
+    caller's shorter struct and zero-fills the fields after it."""
+
+    _fields_ = (
+        ("sz", ctypes.c_size_t),
+        ("object_name", ctypes.c_char_p),
+        ("relaxed_maps", ctypes.c_bool),
+        ("pin_root_path", ctypes.c_char_p),
+        ("_removed_attach_prog_fd", ctypes.c_uint32),
+        ("kconfig", ctypes.c_char_p),
+        ("btf_custom_path", ctypes.c_char_p),
+    )
+
+
 class Libbpf:
     """The system libbpf with each symbol resolved once and fallbacks for old releases.
 
@@ -128,11 +143,17 @@ class Libbpf:
         return int(func()) if func else -errno.ENOSYS
 
     # -- objects
-    def open_file(self, path: str) -> tuple[int | None, int]:
+    def open_file(self, path: str, btf_custom_path: str | None = None) -> tuple[int | None, int]:
+        """bpf_object__open_file; with a BTF path, libbpf relocates CO-RE against that
+        file instead of the kernel's BTF (btf_custom_path, libbpf 0.5+; an older libbpf
+        refuses the longer options struct with EINVAL, which is reported as such)."""
         func = self.sym("bpf_object__open_file", _c.c_void_p, _c.c_char_p, _c.c_void_p)
         if not func:
             return None, -errno.ENOSYS
-        return _ptr_result(func(os.fsencode(path), None))
+        if btf_custom_path is None:
+            return _ptr_result(func(os.fsencode(path), None))
+        opts = _OpenOpts(sz=_c.sizeof(_OpenOpts), btf_custom_path=os.fsencode(btf_custom_path))
+        return _ptr_result(func(os.fsencode(path), _c.byref(opts)))
 
     def load_object(self, obj: int) -> int:
         func = self.sym("bpf_object__load", _c.c_int, _c.c_void_p)

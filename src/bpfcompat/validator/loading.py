@@ -38,7 +38,7 @@ class LoadSteps(FixupSteps):
             return
         self.log.mark(f"open {self.config.artifact}")
         self.log.open_window()
-        obj, err = lib.open_file(self.config.artifact)
+        obj, err = lib.open_file(self.config.artifact, self.config.btf_custom_path)
         window = self.log.close_window()
         self.load_log_text += window_text(window)
         if obj is None:

@@ -318,7 +318,7 @@ class ProbeSteps(FixupSteps):
         """(rc, libbpf messages, verifier log, kfunc ids after a load that passed)."""
         lib = self.lib
         assert lib is not None
-        obj, err = lib.open_file(self.config.artifact)
+        obj, err = lib.open_file(self.config.artifact, self.config.btf_custom_path)
         if obj is None:
             return err, [], None, None
         vlog: str | None = None

@@ -51,6 +51,7 @@ def skeleton(
             "set_map_max_entries": c.raw_max_entries,
             "set_map_inner_ringbuf": c.raw_inner_ringbuf,
             "prog_variants": [g["raw"] for g in c.variant_groups],
+            "btf_custom_path": c.btf_custom_path,
         },
         "artifact": {},
         "map_fixups": [],
@@ -66,6 +67,11 @@ def skeleton(
             "kernel_btf_size": None,
             "artifact_has_btf": False,
             "artifact_has_btf_ext": False,
+            # An external BTF file given with --btf-custom-path, and which BTF libbpf
+            # relocates CO-RE against: "custom", "kernel" or None (neither exists).
+            "custom_btf_path": c.btf_custom_path,
+            "custom_btf_size": None,
+            "core_btf_source": None,
         },
         "security": {
             "lockdown": None,

@@ -156,6 +156,15 @@ class Validator(ProbeSteps, LoadSteps, FunctionalSteps):
             btf["kernel_btf_path"] = path
         except OSError:
             pass
+        custom = self.config.btf_custom_path
+        if custom is not None:
+            try:
+                btf["custom_btf_size"] = os.stat(custom).st_size
+            except OSError as exc:
+                self.warn("btf", f"cannot stat --btf-custom-path {custom!r}: {exc.strerror}")
+        btf["core_btf_source"] = (
+            "custom" if custom is not None else "kernel" if btf["kernel_btf_available"] else None
+        )
         self.elf = inspect_elf(self.config.artifact)
         btf["artifact_has_btf"] = self.elf["has_btf"]
         btf["artifact_has_btf_ext"] = self.elf["has_btf_ext"]

@@ -94,6 +94,13 @@ class AptWorkspace:
     root: Path
     mirror: str
     suites: tuple[str, ...]
+    arch: str = "amd64"  # a dpkg architecture: which binary-ARCH lists and packages
+
+    @classmethod
+    def for_suite(cls, cache: Path, suite: str, arch: str, mirror: str) -> AptWorkspace:
+        """One state directory per (suite, architecture); amd64 keeps the plain name."""
+        name = suite if arch == "amd64" else f"{suite}-{arch}"
+        return cls(cache / "apt" / name, mirror, (suite,), arch)
 
     @property
     def sources_list(self) -> Path:
@@ -111,6 +118,10 @@ class AptWorkspace:
             f"Dir::Cache={self.root / 'cache'}",
             "-o",
             "Dir::State::status=/dev/null",
+            "-o",
+            f"APT::Architecture={self.arch}",
+            "-o",
+            f"APT::Architectures={self.arch}",
             "-o",
             "APT::Sandbox::User=root",
             "-o",

@@ -103,3 +103,63 @@ class CpioWriter:
         self._header(_TRAILER, 0, 0)
         pos = self._fh.tell()
         self._fh.write(b"\0" * (-pos % 512))
+
+
+class CpioFormatError(ValueError):
+    pass
+
+
+def extract_newc(fh: BinaryIO, dest: Path, *, max_bytes: int = 8 << 30) -> int:
+    """Unpack a newc archive (an RPM payload) into `dest`; returns the files written.
+
+    The archive is untrusted: names are made relative, `..` is refused, and symlinks
+    are created only when they stay inside `dest` (an absolute or climbing link could
+    make a later read pick up a host file). Device nodes and other special files are
+    skipped: nothing of a kernel package needs them."""
+    written = total = 0
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    while True:
+        header = fh.read(110)
+        if len(header) < 110 or header[:5] != b"07070" or header[5:6] not in (b"1", b"2"):
+            raise CpioFormatError("not a newc cpio archive (or truncated)")
+        try:
+            fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
+        except ValueError:
+            raise CpioFormatError("corrupt cpio header") from None
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        raw_name = fh.read(namesize)
+        fh.read(-(110 + namesize) % 4)
+        name = raw_name.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        if name == _TRAILER:
+            return written
+        total += size
+        if total > max_bytes:
+            raise CpioFormatError(f"archive unpacks to over {max_bytes >> 20} MiB")
+        data = fh.read(size)
+        if len(data) != size:
+            raise CpioFormatError(f"truncated archive at {name!r}")
+        fh.read(-size % 4)
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if not parts:
+            continue
+        if ".." in parts:
+            raise CpioFormatError(f"archive member {name!r} climbs out of the tree")
+        target = dest.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.resolve().is_relative_to(root):
+            raise CpioFormatError(f"archive member {name!r} lands outside the tree")
+        kind = stat.S_IFMT(mode)
+        if kind == stat.S_IFDIR:
+            target.mkdir(exist_ok=True)
+        elif kind == stat.S_IFREG:
+            target.unlink(missing_ok=True)  # never write through an earlier member's link
+            target.write_bytes(data)
+            target.chmod(stat.S_IMODE(mode) & 0o755)
+            written += 1
+        elif kind == stat.S_IFLNK:
+            link = data.decode("utf-8", "surrogateescape")
+            real = Path(os.path.realpath(target.parent / link))
+            fresh = not target.exists() and not target.is_symlink()
+            if fresh and not link.startswith("/") and real.is_relative_to(root):
+                target.symlink_to(link)

@@ -8,6 +8,11 @@ python (no sources, no test suites, no extension modules that pull in OpenSSL or
 ncurses). Uncompressed because decompression is emulated too and costs more than the
 copy. The dropbear host key made at build time is what a plain boot's host pins; a guest
 in agent mode (snapshots) is handed a fresh one per run instead (vm/handoff.py).
+
+Images are keyed by (suite, architecture). A foreign architecture's image is built the
+way Debian builds foreign chroots: its programs (the loader listing libraries, python
+byte-compiling the stdlib, dropbearkey, busybox) run through qemu-user-static and
+binfmt_misc.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 
 from bpfcompat.errors import ImageError
 from bpfcompat.vm.apt import KEYRING, discover_mirror
+from bpfcompat.vm.arch import Arch, foreign_runner_problem, get_arch
 from bpfcompat.vm.cache import (
     atomic_dir,
     cache_root,
@@ -35,7 +41,7 @@ from bpfcompat.vm.cpio import CpioWriter
 from bpfcompat.vm.kernels import KernelBuild
 from bpfcompat.vm.proc import run_bounded
 
-RECIPE_VERSION = 4
+RECIPE_VERSION = 5
 GUEST_PACKAGES = (
     "libc6",
     "busybox-static",
@@ -97,6 +103,7 @@ class GuestImage:
     suite: str
     digest: str
     entry: Path
+    arch: str = "x86_64"
 
     @property
     def rootfs_cpio(self) -> Path:
@@ -108,10 +115,12 @@ class GuestImage:
         return (self.entry / "hostkey.pub").read_text().strip()
 
     def initrd_for(self, kernel: KernelBuild) -> Path:
-        """rootfs + the kernel's NIC modules, concatenated (cpio archives stack).
+        """rootfs + the kernel's NIC modules and config, concatenated (cpio archives stack).
 
         Reused only when its sha256 matches the one recorded when it was written: a
         same-size corruption would make every boot of this kernel panic, unexplained."""
+        if kernel.arch != self.arch:
+            raise ImageError(f"a {self.arch} guest image cannot boot a {kernel.arch} kernel")
         target = kernel.entry / f"initrd-{self.digest}.cpio"
         digest_file = target.with_name(target.name + ".sha256")
         parts = (self.rootfs_cpio, kernel.modules_cpio)
@@ -167,65 +176,79 @@ def guest_sources() -> dict[str, str]:
     return sources
 
 
-def image_digest(suite: str) -> str:
+def image_digest(suite: str, arch: str = "x86_64", sources: dict[str, str] | None = None) -> str:
     h = hashlib.sha256()
     for part in (
         str(RECIPE_VERSION),
         suite,
+        arch,
         ",".join(GUEST_PACKAGES),
         init_script(),
         agent_script(),
         ",".join(ELF_ROOTS + CTYPES_LIBS + COPY_TREES),
         ",".join(PY_TRIM + DYNLOAD_SKIP),
-        *guest_sources().values(),
+        *(sources or guest_sources()).values(),
     ):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
 
-def image_entry_dir(suite: str, root: Path | None = None) -> Path:
-    return (root or cache_root()) / "images" / f"{suite}-{image_digest(suite)}"
+def image_entry_dir(suite: str, root: Path | None = None, arch: str = "x86_64") -> Path:
+    name = f"{suite}-{get_arch(arch).debian}-{image_digest(suite, arch)}"  # as _build names it
+    return (root or cache_root()) / "images" / name
 
 
-def cached_image(suite: str, root: Path | None = None, *, deep: bool = False) -> GuestImage | None:
-    entry = image_entry_dir(suite, root)
+def cached_image(
+    suite: str, root: Path | None = None, *, deep: bool = False, arch: str = "x86_64"
+) -> GuestImage | None:
+    entry = image_entry_dir(suite, root, arch)
     if read_verified_manifest(entry, deep=deep) is None:
         return None
-    return GuestImage(suite, image_digest(suite), entry)
+    return GuestImage(suite, image_digest(suite, arch), entry, arch)
 
 
-def build_image(suite: str, root: Path | None = None, *, mirror: str | None = None) -> GuestImage:
-    """Return the cached image for `suite`, building it with mmdebstrap when absent."""
-    hit = cached_image(suite, root, deep=True)
+def build_image(
+    suite: str, root: Path | None = None, *, mirror: str | None = None, arch: str = "x86_64"
+) -> GuestImage:
+    """Return the cached image for (`suite`, `arch`), building it with mmdebstrap when absent."""
+    hit = cached_image(suite, root, deep=True, arch=arch)
     if hit is not None:
         return hit
     if shutil.which("mmdebstrap") is None:
         raise ImageError("mmdebstrap not found: run scripts/setup.sh (apt-get install mmdebstrap)")
+    problem = foreign_runner_problem(get_arch(arch))
+    if problem is not None:
+        raise ImageError(f"guest image {suite}/{get_arch(arch).debian}: {problem}")
     try:
-        with entry_lock(image_entry_dir(suite, root)):
-            hit = cached_image(suite, root, deep=True)
-            return hit if hit is not None else _build(suite, root, mirror)
+        with entry_lock(image_entry_dir(suite, root, arch)):
+            hit = cached_image(suite, root, deep=True, arch=arch)
+            return hit if hit is not None else _build(suite, root, mirror, get_arch(arch))
     except OSError as exc:
         raise ImageError(
-            f"guest image {suite}: cannot write the cache: {exc.strerror or exc}"
+            f"guest image {suite}/{get_arch(arch).debian}: cannot write the cache: "
+            f"{exc.strerror or exc}"
         ) from None
 
 
-def _build(suite: str, root: Path | None, mirror: str | None) -> GuestImage:
+def _build(suite: str, root: Path | None, mirror: str | None, arch: Arch) -> GuestImage:
     mirror = mirror or discover_mirror()
-    entry = image_entry_dir(suite, root)
+    # The validator baked in and the digest naming the entry come from one reading of
+    # the sources, so an edit during the build cannot give an entry the wrong name.
+    baked = guest_sources()
+    digest = image_digest(suite, arch.name, baked)
+    entry = (root or cache_root()) / "images" / f"{suite}-{arch.debian}-{digest}"
     entry.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bpfcompat-image-", dir=entry.parent) as scratch:
         tree = Path(scratch) / "rootfs"
         sources = Path(scratch) / "sources.list"
         signed = f"[signed-by={KEYRING}] " if KEYRING.is_file() else ""
         sources.write_text(f"deb {signed}{mirror} {suite} main\n")
-        _mmdebstrap(suite, tree, sources)
+        _mmdebstrap(suite, tree, sources, arch)
         _prepare(tree)
         host_key = _host_key(tree)
         slim = Path(scratch) / "slim"
-        _slim(tree, slim)
-        _finish(slim)
+        _slim(tree, slim, arch)
+        _finish(slim, baked)
         with atomic_dir(entry) as tmp:
             (tmp / "hostkey.pub").write_text(host_key + "\n")
             with (tmp / "rootfs.cpio").open("wb") as fh:
@@ -236,13 +259,12 @@ def _build(suite: str, root: Path | None, mirror: str | None) -> GuestImage:
                 writer.close()
             write_manifest(
                 tmp,
-                {"suite": suite, "mirror_suite": suite, "recipe": RECIPE_VERSION},
+                {"suite": suite, "arch": arch.name, "recipe": RECIPE_VERSION},
                 ["rootfs.cpio", "hostkey.pub"],
             )
-    built = cached_image(suite, root, deep=True)
-    if built is None:
+    if read_verified_manifest(entry, deep=True) is None:
         raise ImageError(f"guest image {entry}: failed verification right after the build")
-    return built
+    return GuestImage(suite, digest, entry, arch.name)
 
 
 def _run(cmd: list[str], what: str, timeout: float = 900, stall: float = 300) -> str:
@@ -253,13 +275,14 @@ def _run(cmd: list[str], what: str, timeout: float = 900, stall: float = 300) ->
     return proc.out
 
 
-def _mmdebstrap(suite: str, tree: Path, sources: Path) -> None:
+def _mmdebstrap(suite: str, tree: Path, sources: Path, arch: Arch) -> None:
     mode = "root" if os.geteuid() == 0 else "unshare"
     _run(
         [
             "mmdebstrap",
             "--variant=extract",
             f"--mode={mode}",
+            f"--architectures={arch.debian}",
             "--format=directory",
             "--quiet",
             f"--include={','.join(GUEST_PACKAGES)}",
@@ -267,7 +290,7 @@ def _mmdebstrap(suite: str, tree: Path, sources: Path) -> None:
             str(tree),
             str(sources),
         ],
-        f"mmdebstrap {suite}",
+        f"mmdebstrap {suite}/{arch.debian}",
     )
 
 
@@ -299,7 +322,7 @@ def _python_name(tree: Path) -> str:
     raise ImageError("guest image: no python3.X interpreter after mmdebstrap")
 
 
-def _slim(tree: Path, slim: Path) -> None:
+def _slim(tree: Path, slim: Path, arch: Arch) -> None:
     """Copy into `slim` only what the guest runs: ELF roots and extension modules with
     their shared-library closure, the stdlib, /etc and /root."""
     python = _python_name(tree)
@@ -327,11 +350,11 @@ def _slim(tree: Path, slim: Path) -> None:
                 continue
             keep.path(f"{rel_dir}/{name}")
     roots = [f"usr/bin/{python}", *ELF_ROOTS]
-    roots += [f"usr/lib/x86_64-linux-gnu/{lib}" for lib in CTYPES_LIBS]
+    roots += [f"usr/lib/{arch.multiarch}/{lib}" for lib in CTYPES_LIBS]
     roots += [rel for rel in keep.files if rel.endswith(".so")]
     for root in roots:
         keep.path(root)
-        for lib in _needed_libs(tree, "/" + root):
+        for lib in _needed_libs(tree, "/" + root, arch.loader):
             keep.path(lib)
     keep.path("usr/bin/python3")
     sftp = slim / "usr/lib/sftp-server"  # where dropbear looks for the SFTP subsystem
@@ -407,10 +430,9 @@ class _Keep:
         self.files.append(rel)
 
 
-def _needed_libs(tree: Path, binary: str) -> list[str]:
+def _needed_libs(tree: Path, binary: str, loader: str) -> list[str]:
     """The shared libraries `binary` loads, as the tree's own dynamic loader resolves
     them (never call this on a static executable: the loader crashes on those)."""
-    loader = "/usr/lib64/ld-linux-x86-64.so.2"
     proc = run_bounded(
         ["chroot", str(tree), loader, "--list", binary],
         f"guest image: listing the libraries of {binary}",
@@ -432,7 +454,7 @@ def _needed_libs(tree: Path, binary: str) -> list[str]:
     return libs
 
 
-def _finish(slim: Path) -> None:
+def _finish(slim: Path, sources: dict[str, str]) -> None:
     """Busybox applets for every command no real binary provides, /init, the validator
     and its driver, and the stdlib compiled by the guest's python, sources dropped."""
     applets = _run(["chroot", str(slim), "/usr/bin/busybox", "--list"], "busybox --list")
@@ -455,20 +477,14 @@ def _finish(slim: Path) -> None:
     python = _python_name(slim)
     libdir = f"/usr/lib/{python}"
     vdir = slim / GUEST_VALIDATOR_DIR
-    for name, text in guest_sources().items():
+    for name, text in sources.items():
         (vdir / name).parent.mkdir(parents=True, exist_ok=True)
         (vdir / name).write_text(text)
     # Legacy-layout .pyc files beside no source: imported directly, half the bytes.
-    compile_cmd = [
-        "chroot",
-        str(slim),
-        f"/usr/bin/{python}",
-        "-B",
-        "-m",
-        "compileall",
-        "-q",
-    ]
-    _run([*compile_cmd, "-b", libdir], "byte-compiling the guest stdlib")
+    # Not -q: a line per file feeds the stall detector, and under qemu-user (a foreign
+    # arch) the stdlib takes a minute of CPU, many more on a loaded host.
+    compile_cmd = ["chroot", str(slim), f"/usr/bin/{python}", "-B", "-m", "compileall"]
+    _run([*compile_cmd, "-b", libdir], "byte-compiling the guest stdlib", timeout=3600)
     for path in (slim / libdir.lstrip("/")).rglob("*.py"):
         path.unlink()
     _run([*compile_cmd, f"/{GUEST_VALIDATOR_DIR}"], "byte-compiling the validator")

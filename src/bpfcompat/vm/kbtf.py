@@ -103,6 +103,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def btf_from_image(image: bytes, what: str = "kernel image") -> bytes:
     """The .BTF blob of a kernel image (bzImage, EFI zboot, Image.gz, vmlinux or raw Image)."""
+    if image[0x38:0x3C] == b"ARM\x64":
+        # An uncompressed arm64 Image (Debian ships these): its bytes are the kernel, and
+        # scanning them for compressor magic only finds stray matches.
+        blob = btf_from_kernel(image)
+        if blob is not None:
+            return blob
     errors: list[str] = []
     for payload, method in _payloads(image):
         try:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bpfcompat.errors import GuestCrash, SnapshotError, VMError
+from bpfcompat.vm.arch import get_arch, host_arch
 from bpfcompat.vm.console import ConsoleWatch
 from bpfcompat.vm.handoff import Handoff
 from bpfcompat.vm.migration import (
@@ -43,7 +44,6 @@ from bpfcompat.vm.migration import (
 )
 
 ACCEL_ENV = "BPFCOMPAT_ACCEL"
-QEMU_BINARY = "qemu-system-x86_64"
 # A guest printing without end is stopped here rather than filling the host's disk.
 MAX_CONSOLE_BYTES = 64 << 20
 PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
@@ -102,6 +102,11 @@ class BootSpec:
     save_to: Path | None = None
     # Agent mode: start from this saved guest instead of booting.
     restore_from: SavedGuest | None = None
+
+    @property
+    def effective_accel(self) -> str:
+        """KVM runs only guests of the host's own architecture; others are emulated."""
+        return self.accel if self.arch == host_arch() else "tcg"
 
 
 class GuestVM(Protocol):
@@ -167,6 +172,7 @@ class QemuVM:
         self, port: int, console: str, agent: bool, qmp_fd: int, incoming_fd: int | None
     ) -> list[str]:
         spec = self.spec
+        arch = get_arch(spec.arch)
         if agent:
             # The console reads QEMU's stdin (the handoff) and is logged as before.
             serial = f"stdio,id=con0,logfile={console},signal=off"
@@ -176,17 +182,16 @@ class QemuVM:
             monitor = ["-monitor", "none"]
         cpu = (
             ["-accel", "kvm", "-cpu", "host"]
-            if spec.accel == "kvm"
-            else ["-accel", "tcg,thread=multi,tb-size=64", "-cpu", "max"]
+            if spec.effective_accel == "kvm"
+            else ["-accel", "tcg,thread=multi,tb-size=64", "-cpu", arch.tcg_cpu]
         )
         cmd = [
-            QEMU_BINARY,
+            arch.qemu_binary,
             "-nodefaults",
             "-no-user-config",
             "-display",
             "none",
-            "-machine",
-            "pc",
+            *arch.machine,
             *cpu,
             "-smp",
             str(spec.cpus),
@@ -220,8 +225,11 @@ class QemuVM:
         return cmd
 
     def start(self) -> None:
-        if shutil.which(QEMU_BINARY) is None:
-            raise VMError(f"{QEMU_BINARY} not found: run scripts/setup.sh (qemu-system-x86)")
+        arch = get_arch(self.spec.arch)
+        if shutil.which(arch.qemu_binary) is None:
+            raise VMError(
+                f"{arch.qemu_binary} not found: run scripts/setup.sh ({arch.qemu_package})"
+            )
         self.spec.console_log.parent.mkdir(parents=True, exist_ok=True)
         self.spec.console_log.write_bytes(b"")
         self.ssh_port = free_local_port()

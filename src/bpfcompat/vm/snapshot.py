@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from bpfcompat.errors import SnapshotError
+from bpfcompat.vm.arch import get_arch
 from bpfcompat.vm.cache import cache_root, entry_lock, read_verified_manifest, write_manifest
 from bpfcompat.vm.migration import SavedGuest, zstd_problem
-from bpfcompat.vm.qemu import QEMU_BINARY, BootSpec, QemuVM
+from bpfcompat.vm.qemu import BootSpec, QemuVM
 
 SNAPSHOT_FORMAT = 1  # bump when the saved state or the handoff changes meaning
 SNAPSHOT_ENV = "BPFCOMPAT_SNAPSHOT"
@@ -128,7 +129,8 @@ def _cpu_signature() -> str:
     return hashlib.sha256("\n".join(wanted).encode()).hexdigest()
 
 
-def host_facts(arch: str, accel: str, binary_name: str = QEMU_BINARY) -> HostFacts:
+def host_facts(arch: str, accel: str) -> HostFacts:
+    binary_name = get_arch(arch).qemu_binary
     binary = shutil.which(binary_name)
     if binary is None:
         raise SnapshotError(f"{binary_name} not found")
@@ -150,7 +152,7 @@ def snapshot_key(spec: BootSpec, facts: HostFacts) -> SnapshotKey:
         format=SNAPSHOT_FORMAT,
         arch=spec.arch,
         machine=machine,
-        accel=spec.accel,
+        accel=spec.effective_accel,
         qemu=facts.qemu,
         firmware=facts.firmware,
         host_cpu=facts.host_cpu,
@@ -194,8 +196,8 @@ class SnapshotCache:
         if problem:
             raise SnapshotError(problem)
         try:
-            return snapshot_key(spec, self.facts(spec.arch, spec.accel))
-        except OSError as exc:
+            return snapshot_key(spec, self.facts(spec.arch, spec.effective_accel))
+        except (OSError, ValueError) as exc:
             raise SnapshotError(f"cannot identify the guest: {exc}") from None
 
     def entry(self, key: SnapshotKey) -> Path:

@@ -40,7 +40,7 @@ __all__ = [
     "kernel_failed", "notes_for", "rule", "rule_table", "verifier_summary",
 ]  # fmt: skip
 
-CLASSIFIER_VERSION = "5"
+CLASSIFIER_VERSION = "6"
 
 HOST_PRECHECK = "host ELF pre-check"
 MAX_NOTE_NAMES = 8  # programs named in one attach-warning note
@@ -187,6 +187,11 @@ def notes_for(result: Result) -> list[str]:
         inner = f", inner ringbuf {m.inner_ringbuf_bytes} bytes" if m.inner_ringbuf_bytes else ""
         notes.append(
             f"map fixup {m.name}: requested {m.requested}, applied {applied} ({m.status}){inner}"
+        )
+    if model.btf.core_btf_source == "custom":
+        notes.append(
+            f"external BTF ({model.btf.custom_btf_size} bytes) given to libbpf as "
+            "btf_custom_path: CO-RE relocations use it instead of kernel BTF"
         )
     if model.attach.status == "warn":
         failed = [p.name for p in model.discovery.programs if p.attach_status == "fail"]

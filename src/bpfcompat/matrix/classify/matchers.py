@@ -21,7 +21,9 @@ from .messages import (
     ATTACH_NO_ADDRESS,
     ATTACH_NOT_IN_VMLINUX,
     BTF_REQUIRED,
+    BTF_VMLINUX_MALFORMED,
     CALL_TOO_DEEP,
+    CALLER_INVALID_ARGS,
     CORE_INVALID,
     CORE_PERFORM,
     CORE_POISON,
@@ -198,6 +200,24 @@ def missing_btf(f: Facts) -> Hit | None:
     line = f.find(*MISSING_BTF_MSGS)
     return _hit(line, detail="btf.kernel_btf_available is "
                 f"{f.kernel_btf if f.kernel_btf is not None else 'unknown'}")  # fmt: skip
+
+
+def global_func_kernel_btf(f: Facts) -> Hit | None:
+    """A global function taking the context, refused because the kernel has no vmlinux
+    BTF to check that argument against. The "malformed" line alone is not enough (kernels
+    without BTF print it for programs that load): the refused call must follow. It is
+    also how an freplace target fails there, so this rule comes before loader-freplace."""
+    if f.kernel_btf is True or not f.find(CALLER_INVALID_ARGS):
+        return None
+    line = f.find(BTF_VMLINUX_MALFORMED)
+    if not line:
+        return None
+    return Hit(
+        line,
+        detail="a global function's context argument is typed against the kernel's own BTF "
+        f"(btf.kernel_btf_available is {f.kernel_btf}); the verifier then refuses the call: "
+        f"{f.find(CALLER_INVALID_ARGS)}",
+    )
 
 
 def core(f: Facts) -> Hit | None:

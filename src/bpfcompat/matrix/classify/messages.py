@@ -173,6 +173,13 @@ TOO_COMPLEX_OLD = Msg("BPF program is too complex", f"{_VERIFIER} push_stack() (
 TOO_LARGE = Msg("BPF program is too large. Processed %d insn", f"{_VERIFIER} do_check()")
 STACK_TOO_LARGE = Msg("combined stack size of %d calls is %d. Too large",
                       f"{_VERIFIER} check_max_stack_depth[_subprog]()")  # fmt: skip
+# A global (BTF-described) function's ctx argument is checked against vmlinux BTF; a
+# kernel without it prints this, then refuses the call.
+BTF_VMLINUX_MALFORMED = Msg(
+    "btf_vmlinux is malformed", "kernel/bpf/btf.c btf_get_prog_ctx_type(), btf_prepare_func_args()"
+)
+CALLER_INVALID_ARGS = Msg("Caller passes invalid args into func#%d",
+                          f"{_VERIFIER} check_func_call() / btf_check_subprog_call()")  # fmt: skip
 CALL_TOO_DEEP = Msg("the call stack of %d frames is too deep",
                     f"{_VERIFIER} check_func_call() / check_max_stack_depth()")  # fmt: skip
 

@@ -23,6 +23,8 @@ from .messages import (
     ATTACH_NO_ADDRESS,
     ATTACH_NOT_IN_VMLINUX,
     BTF_REQUIRED,
+    BTF_VMLINUX_MALFORMED,
+    CALLER_INVALID_ARGS,
     CORE_INVALID,
     CORE_PERFORM,
     CORE_POISON_CALL,
@@ -142,6 +144,15 @@ RULES: tuple[Rule, ...] = (
          "Rebuild with `clang -target bpf -g -O2` and check the file was copied whole.",
          (ELF_NOT_ELF, ELF_SHSTR, ELF_OPEN, ELF_NOT_64, ELF_NOT_BPF, ELF_SYMTAB, ELF_LEGACY_MAPS,
           BTF_REQUIRED, ELF_ANY), "load.stage elf/open; host ELF pre-check"),
+    Rule("global-func-btf", "MISSING_BTF", _L, m.global_func_kernel_btf, "high",
+         "A global function takes the program's context; the verifier checks that argument "
+         "against the kernel's own BTF, which this kernel does not have.",
+         "A kernel without CONFIG_DEBUG_INFO_BTF verifying a non-static function with a ctx "
+         "argument (freplace targets are such functions).",
+         "Use a kernel with CONFIG_DEBUG_INFO_BTF=y; external BTF (--btf) does not help here, "
+         "the verifier reads only the kernel's own. Where the function need not be global, "
+         "make it static so the verifier checks it inline with its caller.",
+         (BTF_VMLINUX_MALFORMED, CALLER_INVALID_ARGS), "btf.kernel_btf_available is not true"),
     Rule("loader-freplace", _SETUP, _L, m.freplace_target, "high",
          "An extension (freplace) program replaces a function of another, already loaded "
          "BPF program; its loader passes that program. A generic loader has none.",
@@ -198,8 +209,10 @@ RULES: tuple[Rule, ...] = (
          "The kernel exposes no BTF and the object needs it (CO-RE, fentry/tp_btf/lsm, "
          "kfuncs, typed ksyms).",
          "A kernel built without CONFIG_DEBUG_INFO_BTF (no /sys/kernel/btf/vmlinux).",
-         "Use a kernel with CONFIG_DEBUG_INFO_BTF=y or ship its BTF (BTFHub, "
-         "bpf_object_open_opts.btf_custom_path).",
+         "Use a kernel with CONFIG_DEBUG_INFO_BTF=y, or give libbpf this kernel's BTF file "
+         "for CO-RE (`matrix run --btf KERNEL_ID=PATH` or `btf:` in kernels.yaml: "
+         "bpf_object_open_opts.btf_custom_path); fentry/fexit, tp_btf, LSM and kfunc "
+         "programs need BTF inside the kernel itself and fail either way.",
          (KBTF_MISSING, KBTF_NONE, KBTF_READ, VMLINUX_LOAD, VMLINUX_NOT_FOUND),
          "btf.kernel_btf_available is not true"),
     Rule("core-relocation", "CORE_RELOCATION_FAILURE", _L, m.core, "high",
