@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bpfcompat.errors import SnapshotError, VMError
+from bpfcompat.vm.proc import die_with_parent
 
 ZSTD = "zstd"
 # QMP answers are small; a line over this is not QEMU talking.
@@ -124,8 +125,12 @@ def wait_migration(qmp: Qmp, deadline: float, alive: Any) -> dict[str, Any]:
 
 
 def _popen(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """zstd, killed with this process as QEMU is, so a killed run leaves neither behind."""
+    parent = os.getpid()
     try:
-        return subprocess.Popen(cmd, stderr=subprocess.PIPE, **kwargs)
+        return subprocess.Popen(
+            cmd, stderr=subprocess.PIPE, preexec_fn=lambda: die_with_parent(parent), **kwargs
+        )
     except OSError as exc:
         raise SnapshotError(f"{cmd[0]}: {exc.strerror or exc}") from None
 

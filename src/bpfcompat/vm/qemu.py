@@ -17,7 +17,6 @@ instead of booting. The console is still logged to the same file and watched the
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
@@ -42,22 +41,11 @@ from bpfcompat.vm.migration import (
     SaveStream,
     wait_migration,
 )
+from bpfcompat.vm.proc import die_with_parent
 
 ACCEL_ENV = "BPFCOMPAT_ACCEL"
 # A guest printing without end is stopped here rather than filling the host's disk.
 MAX_CONSOLE_BYTES = 64 << 20
-PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
-
-
-def _die_with_parent(parent: int) -> None:
-    """In the child before exec: SIGKILL when the thread that started us dies.
-
-    The signal follows the starting *thread*; the runner's worker threads outlive every
-    VM they start, and when the whole process dies (even by SIGKILL) all of them go."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def detect_accel() -> str:
@@ -145,6 +133,11 @@ class QemuVM:
         self.save_seconds = 0.0
         self._restore: RestoreStream | None = None
         self._qmp_fd = -1
+        # Seconds since start at each step of getting ready, for the benchmarks.
+        self.marks: dict[str, float] = {}
+
+    def _mark(self, name: str) -> None:
+        self.marks[name] = time.monotonic() - self.started_at
 
     @property
     def agent(self) -> bool:
@@ -253,7 +246,7 @@ class QemuVM:
                     stderr=err,
                     pass_fds=passed,
                     start_new_session=True,  # Ctrl-C on the terminal must not reach QEMU first
-                    preexec_fn=lambda: _die_with_parent(parent),
+                    preexec_fn=lambda: die_with_parent(parent),
                 )
         except BaseException:
             if ours is not None:
@@ -329,10 +322,14 @@ class QemuVM:
                 self._finish_restore(deadline)
             else:
                 self._until(lambda: self.watch.waiting, deadline, timeout)
+                self._mark("waiting")
                 if self.spec.save_to is not None:
                     self._save(self.spec.save_to, deadline)
+                    self._mark("saved")
             self._send(handoff.line())
+            self._mark("handed")
         self._until(lambda: self.watch.ready, deadline, timeout)
+        self._mark("ready")
         self.ready_at = time.monotonic()
         return self.ready_at - self.started_at
 
@@ -358,7 +355,9 @@ class QemuVM:
         qmp, stream = self._control(), self._restore
         assert stream is not None
         wait_migration(qmp, deadline, self.check)
+        self._mark("loaded")
         stream.finish(deadline)
+        self._mark("verified")
         qmp.execute("cont", deadline)
 
     def _save(self, path: Path, deadline: float) -> None:
