@@ -343,3 +343,50 @@ def test_cache_commands_list_and_clean_snapshots(tmp_path: Path) -> None:
     cleaned = run_cli("cache", "clean", "--snapshots", env=env)
     assert cleaned.returncode == 0 and "removed 1 snapshot" in cleaned.stdout
     assert cache.entries() == []
+
+
+class _Stop(Exception):
+    """Raised by the stand-in run_plan once it has seen the options."""
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "expected"),
+    [(False, None, True), (True, None, False), (False, "0", False), (True, "1", False)],
+)
+@pytest.mark.parametrize("command", ["matrix", "validate"])
+def test_no_snapshot_flag_and_env_reach_the_runner(
+    built_examples: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    flag: bool,
+    env: str | None,
+    expected: bool,
+) -> None:
+    """--no-snapshot and BPFCOMPAT_SNAPSHOT=0 each turn snapshots off; either wins."""
+    from typer.testing import CliRunner
+
+    from bpfcompat import cli
+    from bpfcompat.matrix import runner
+
+    seen: list[RunOptions] = []
+
+    def fake_run_plan(plan: Plan, store: Store, options: RunOptions) -> None:
+        seen.append(options)
+        raise _Stop
+
+    monkeypatch.setattr(runner, "run_plan", fake_run_plan)
+    if env is None:
+        monkeypatch.delenv("BPFCOMPAT_SNAPSHOT", raising=False)
+    else:
+        monkeypatch.setenv("BPFCOMPAT_SNAPSHOT", env)
+    artifact = str(EXAMPLES / "simple-pass" / "simple-pass.bpf.o")
+    db = str(tmp_path / "db")
+    if command == "matrix":
+        args = ["matrix", "run", artifact, "--kernel", "debian-12-6.1", "--db", db]
+        args += ["--out-dir", str(tmp_path / "out")]
+    else:
+        args = ["validate", artifact, "--kernel", "debian-12-6.1", "--db", db]
+    result = CliRunner().invoke(cli.app, [*args, *(["--no-snapshot"] if flag else [])])
+    assert isinstance(result.exception, _Stop), (result.output, result.exception)
+    assert [o.snapshots for o in seen] == [expected]
