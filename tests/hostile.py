@@ -160,14 +160,18 @@ def _bitflip(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return bytes(out), f"{flips} bit flip(s) at byte.bit {', '.join(where)}"
 
 
-def many_programs_source(count: int) -> str:
+def many_programs_source(count: int, failing_every: int = 0) -> str:
     """C for `count` tiny tracepoint programs in one section, all on one rarely hit
-    tracepoint (the kernel allows 64 BPF programs per tracepoint: the rest cannot attach)."""
+    tracepoint (the kernel allows 64 BPF programs per tracepoint: the rest cannot attach).
+
+    With `failing_every` k, programs k-1, 2k-1, ... read a constant address, which every
+    verifier refuses (EACCES), so the object fails to load with known culprits."""
     lines = ["#include <linux/types.h>", "#include <bpf/bpf_helpers.h>", ""]
-    lines += [
-        f'SEC("tracepoint/syscalls/sys_enter_sync") int p{i}(void *ctx) {{ return 0; }}'
-        for i in range(count)
-    ]
+    for i in range(count):
+        body = "return 0;"
+        if failing_every and i % failing_every == failing_every - 1:
+            body = "return *(volatile int *)0x1000;"
+        lines.append(f'SEC("tracepoint/syscalls/sys_enter_sync") int p{i}(void *ctx) {{ {body} }}')
     lines.append('char LICENSE[] SEC("license") = "GPL";')
     return "\n".join(lines) + "\n"
 

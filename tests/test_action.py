@@ -538,6 +538,11 @@ def test_run_step_tool_error_goes_to_the_summary(tmp_path: Path) -> None:
         ),
         ({"artifacts": "x.bpf.o", "fail-on": "regression"}, "fail-on: regression needs the base"),
         ({"artifacts": "  "}, "artifacts: no artifact given"),
+        (
+            {"artifacts": "x.bpf.o", "base": "b.json", "cost-gate": "lots"},
+            "cost-gate: 'lots' is not a percentage",
+        ),
+        ({"artifacts": "x.bpf.o", "cost-gate": "20"}, "cost-gate: needs the base input"),
     ],
 )
 def test_run_step_refuses_bad_inputs(tmp_path: Path, inputs: dict[str, str], message: str) -> None:
@@ -630,6 +635,15 @@ def test_run_step_passes_every_input_through(tmp_path: Path) -> None:
     _run_step(tmp_path, env)
     assert _parse_outputs(tmp_path / "github_output")["step-exit-code"] == "1"
     assert "comparison with the base run failed" in (tmp_path / "summary.md").read_text()
+    # a cost gate goes to compare
+    env.update(INPUT_COST_GATE="12.5", STUB_COMPARE_EXIT="2")
+    (tmp_path / "argv").unlink()
+    _run_step(tmp_path, env)
+    calls = (tmp_path / "argv").read_text().splitlines()
+    assert (
+        calls[-1] == f"compare --db {db} --base base/run.json --fail-on-cost --cost-threshold 12.5"
+    )
+    assert _parse_outputs(tmp_path / "github_output")["step-exit-code"] == "2"
 
 
 # --- the other steps -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ The figures (verdicts, boots, seconds, peak RSS) are printed for docs/robustness
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import time
@@ -138,7 +139,10 @@ def test_each_attacker_ran_alone_and_its_forgeries_were_ignored(attacked: dict[s
     assert cells["attack-console"]["status"] == "pass"
     with sqlite3.connect(attacked["tmp"] / "store.db") as conn:
         (notes,) = conn.execute("select notes_json from runkernel order by id limit 1").fetchone()
-    assert "ignored" in notes and "99999" in notes, notes
+    # Four forged job numbers per driver at least (the note quotes the first few of them).
+    ignored = re.search(r"ignored (\d+) guest protocol line", notes)
+    assert ignored and int(ignored.group(1)) >= 4, notes
+    assert "done 0 0 0.1 exit" in notes, notes
     # The flood is the attacker's own problem: its cell, nobody else's.
     assert cells["attack-flood"]["status"] == "error"
     assert "line over" in (cells["attack-flood"]["evidence"] or ""), cells["attack-flood"]

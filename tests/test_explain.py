@@ -17,7 +17,7 @@ import yaml
 
 from bpfcompat.matrix.classify import classify_result
 from bpfcompat.matrix.classify.pinpoint import MAX_LOG_CHARS, read_pinpoint
-from bpfcompat.matrix.config import Manifest
+from bpfcompat.matrix.manifest import Manifest
 from bpfcompat.matrix.verdict import Verdict
 
 RECORDED = Path(__file__).resolve().parent / "data" / "recorded"

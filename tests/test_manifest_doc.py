@@ -15,7 +15,8 @@ import yaml
 from pydantic import BaseModel, Field
 
 from bpfcompat.errors import ConfigError
-from bpfcompat.matrix.config import Manifest, load_manifest
+from bpfcompat.matrix.config import load_manifest
+from bpfcompat.matrix.manifest import Manifest
 from conftest import EXAMPLES, ROOT
 
 

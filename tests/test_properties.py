@@ -33,7 +33,8 @@ from bpfcompat.matrix.classify import (
     classify_result,
     notes_for,
 )
-from bpfcompat.matrix.config import KernelMatrix, Manifest, load_kernel_matrix, load_manifest
+from bpfcompat.matrix.config import KernelMatrix, load_kernel_matrix, load_manifest
+from bpfcompat.matrix.manifest import Manifest
 from bpfcompat.matrix.plan import elf_problem
 from bpfcompat.matrix.result import MAX_DEPTH, ResultModel, ResultProblem, parse_result
 from bpfcompat.matrix.store import ValidatorResult

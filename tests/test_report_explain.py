@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bpfcompat.matrix.config import Manifest
+from bpfcompat.matrix.manifest import Manifest
 from bpfcompat.matrix.reclassify import reclassify_run
 from bpfcompat.matrix.store import Store
 from bpfcompat.report.html import render_html

@@ -78,6 +78,32 @@ def test_every_recorded_result_reads_back_unchanged() -> None:
         json.dumps(data, allow_nan=False)
 
 
+def test_recorded_verifier_statistics_read_back_typed() -> None:
+    """Every program the recorded whole-object loads loaded carries the verifier's summary;
+    the host reads it as numbers, with what a kernel did not print as None."""
+    seen = 0
+    for raw in recorded_results():
+        m = model(raw)
+        for prog, entry in zip(m.discovery.programs, raw["discovery"]["programs"], strict=True):
+            stats = entry.get("verifier_stats")
+            if stats is None:
+                assert prog.verifier_stats is None
+                continue
+            seen += 1
+            assert prog.verifier_stats is not None
+            assert prog.verifier_stats.insns_processed == stats["insns_processed"]
+            assert stats["insns_processed"] > 0 or entry["load_status"] == "fail"
+            assert prog.verifier_stats.stack_depth == (
+                tuple(stats["stack_depth"]) if stats["stack_depth"] is not None else None
+            )
+    assert seen > 50
+    bad = {"discovery": {"programs": [{"name": "p", "verifier_stats": {
+        "insns_processed": "9", "stack_depth": [1, "x", 2], "verify_usec": 2**70}}]}}  # fmt: skip
+    stats = model(bad).discovery.programs[0].verifier_stats
+    assert stats is not None
+    assert (stats.insns_processed, stats.stack_depth, stats.verify_usec) == (None, (1, 2), None)
+
+
 def test_the_model_has_every_key_of_the_validators_skeleton() -> None:
     config = SimpleNamespace(
         artifact="/tmp/a.bpf.o", manifest_path=None, plan_path=None, attach_mode="best-effort",

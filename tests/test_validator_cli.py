@@ -23,6 +23,7 @@ from bpfcompat.validator import (
     system,
     tables,
     util,
+    vstats,
 )
 from bpfcompat.validator import log as vlog
 
@@ -658,3 +659,73 @@ def test_missing_libbpf_still_writes_a_result(
     assert result["load"]["stage"] == "libbpf"
     assert result["errors"] == [{"step": "libbpf", "message": "libbpf not found: x"}]
     assert Path(f"{out}.libbpf.log").is_file()
+
+
+# --- the verifier's summary lines (vstats) ----------------------------------------------------
+
+# Level-4 logs as the kernels of the default matrix wrote them (program-variants and
+# verifier-oob examples); the last is a level-1 log's tail (time and stack depth absent).
+STATS_LOGS = {
+    "5.10": "verification time 2560 usec\nstack depth 16\nprocessed 73 insns (limit 1000000) "
+    "max_states_per_insn 0 total_states 1 peak_states 1 mark_read 0\n",
+    "6.1": "verification time 24316 usec\nstack depth 56+0\nprocessed 32 insns (limit 1000000) "
+    "max_states_per_insn 0 total_states 2 peak_states 2 mark_read 1\n",
+    "6.12": "arg#0 reference type('UNKNOWN ') size cannot be determined: -22\ninvalid access "
+    "to map value, value_size=8 off=8 size=8\nR0 min value is outside of the allowed memory "
+    "range\nverification time 2730 usec\nstack depth 8\nprocessed 8 insns (limit 1000000) "
+    "max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n",
+    "7.2": "verification time 50857 usec\nstack depth 56+0 max 32\ninsns processed 55\n"
+    "processed 55 insns (limit 1000000) max_states_per_insn 1 total_states 4 peak_states 5 "
+    "mark_read 0\n",
+    "level 1": "; return *v; @ verifier-oob.bpf.c:29\n7: (79) r0 = *(u64 *)(r0 +8)\ninvalid "
+    "access to map value, value_size=8 off=8 size=8\nR0 min value is outside of the allowed "
+    "memory range\nprocessed 8 insns (limit 1000000) max_states_per_insn 0 total_states 0 "
+    "peak_states 0 mark_read 0\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("kernel", "expected"),
+    [
+        ("5.10", (73, 1000000, 0, 1, 1, [16], 2560)),
+        ("6.1", (32, 1000000, 0, 2, 2, [56, 0], 24316)),
+        ("6.12", (8, 1000000, 0, 0, 0, [8], 2730)),
+        ("7.2", (55, 1000000, 1, 4, 5, [56, 0], 50857)),
+        ("level 1", (8, 1000000, 0, 0, 0, None, None)),
+    ],
+)
+def test_verifier_stats_of_each_kernel(kernel: str, expected: tuple[object, ...]) -> None:
+    stats = vstats.parse_verifier_stats(STATS_LOGS[kernel])
+    assert stats is not None
+    assert tuple(stats[key] for key in vstats.STATS_KEYS) == expected
+
+
+def test_verifier_stats_absent_or_forged() -> None:
+    assert vstats.parse_verifier_stats("") is None
+    assert vstats.parse_verifier_stats("R1 invalid mem access 'scalar'\n") is None
+    # an older kernel's shorter line: what is there, nulls for the rest
+    short = vstats.parse_verifier_stats("processed 12 insns (limit 131072), stack depth 8\n")
+    assert short is not None and (short["insns_processed"], short["insn_limit"]) == (12, 131072)
+    assert short["states_total"] is None and short["stack_depth"] == [8]
+    assert short["verify_usec"] is None
+    # source lines the verifier quotes from the artifact start with "; ": never read
+    forged = "; processed 999 insns (limit 1)\n" + STATS_LOGS["6.1"]
+    assert vstats.parse_verifier_stats(forged)["insns_processed"] == 32  # type: ignore[index]
+    huge = "processed " + "9" * 40 + " insns (limit 1000000)\n"
+    assert vstats.parse_verifier_stats(huge) is None
+    # the summary is the log's end: a long log is read from its tail only
+    long_log = "0: (b7) r0 = 0\n" * 100_000 + STATS_LOGS["5.10"]
+    assert vstats.parse_verifier_stats(long_log)["insns_processed"] == 73  # type: ignore[index]
+
+
+def test_refused_program_is_the_last_one_libbpf_names() -> None:
+    text = (
+        "libbpf: prog 'a': BPF program load failed: Permission denied\n"
+        "libbpf: prog 'a': failed to load: -13\n"
+        "libbpf: failed to load object 'x.bpf.o'\n"
+    )
+    assert vstats.refused_program(text) == "a"
+    assert vstats.refused_program("libbpf: failed to load program 'old'\n") == "old"
+    assert vstats.refused_program("libbpf: map 'm': failed to create: -22\n") is None
+    window = [(2, "libbpf: prog 'b': failed to load: -1\n"), (0, "libbpf: warn\n")]
+    assert vstats.refused_program(vstats.warn_text(window)) is None  # debug lines ignored

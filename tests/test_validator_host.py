@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from bpfcompat.matrix.classify import classify_result
+from bpfcompat.validator.limits import MAX_SHARED_PROGRAMS
+from hostile import compile_bpf, many_programs_source
 
 pytestmark = pytest.mark.root
 
@@ -43,6 +45,10 @@ TOP_LEVEL_KEYS = {
 }  # fmt: skip
 PROGRAM_KEYS = {
     "name", "section", "attach_status", "attach_error", "load_status", "load_errno", "load_log",
+}  # fmt: skip
+VERIFIER_STATS_KEYS = {
+    "insns_processed", "insn_limit", "max_states_per_insn", "states_total", "states_peak",
+    "stack_depth", "verify_usec",
 }  # fmt: skip
 STEP_TIMINGS = {
     "host", "libbpf", "btf", "capabilities", "open", "discovery", "type_probes",
@@ -167,6 +173,12 @@ def test_simple_pass(examples: Path, tracefs: Path, tmp_path: Path) -> None:
     assert caps["attach_prereqs"]["tracefs"] is True
     assert caps["attach_prereqs"]["tracepoint_events"] is True
     assert prog["helpers"] == [] and prog["kfuncs"] == []  # `return 0` calls nothing
+    # the whole-object load passed: it settles the program, with the verifier's summary
+    assert result["discovery"]["probe_loads"] == 0
+    stats = prog["verifier_stats"]
+    assert set(stats) == VERIFIER_STATS_KEYS
+    assert stats["insns_processed"] >= 1 and stats["insn_limit"] >= 4096
+    assert stats["stack_depth"] == [0] and stats["verify_usec"] >= 0
     assert isinstance(caps["helpers"]["tracepoint"], list) and caps["helpers"]["tracepoint"]
     assert caps["helper_program_types"] == {}
     assert result["security"]["lockdown_denials_error"] is None
@@ -394,17 +406,18 @@ def test_lockdown_denials_of_the_run_are_recorded(examples: Path, tmp_path: Path
 # --- isolated probes --------------------------------------------------------------------------
 
 
-def test_tail_calls_probes_skipped_whole_load_passes(
+def test_tail_calls_whole_load_passes_every_program(
     examples: Path, tracefs: Path, tmp_path: Path
 ) -> None:
+    """The whole object loads, so both programs did, with no load of one alone (which
+    for tail_dispatch would fail to fill the slot pointing at tail_callee)."""
     proc, result = run_validator(tmp_path, example(examples, "tail-calls"))
     assert proc.returncode == 0
     assert result["load"]["status"] == "pass"
-    progs = programs(result)
-    # tail_dispatch cannot load alone: its prog-array slot points at tail_callee
-    assert progs["tail_dispatch"]["load_status"] == "skipped"
-    assert "prog-array" in progs["tail_dispatch"]["load_skip_reason"]
-    assert all(p["load_status"] != "fail" for p in progs.values())
+    assert result["discovery"]["probe_loads"] == 0
+    for prog in result["discovery"]["programs"]:
+        assert (prog["load_status"], prog["load_skip_reason"]) == ("pass", None)
+        assert prog["verifier_stats"]["insns_processed"] > 0
 
 
 def test_verifier_failure_names_program_and_keeps_log(examples: Path, tmp_path: Path) -> None:
@@ -418,14 +431,22 @@ def test_verifier_failure_names_program_and_keeps_log(examples: Path, tmp_path: 
     assert (prog["load_status"], prog["load_errno_name"]) == ("fail", "EACCES")
     assert prog["load_log"].endswith("\n") and len(prog["load_log"]) <= 8192
     assert Path(prog["load_log_path"]).read_text().strip()
+    # its own probe has the full log: the whole-object load kept only the statistics
+    assert "invalid access to map value" in load["verifier_log"]
+    assert load["verifier_log"].splitlines()[-1] == prog["load_log"].splitlines()[-1]
+    assert result["discovery"]["probe_loads"] == 1
+    # a level-1 log has the "processed" line, not the time and stack depth
+    stats = prog["verifier_stats"]
+    assert stats["insns_processed"] > 0 and stats["states_total"] is not None
+    assert (stats["verify_usec"], stats["stack_depth"]) == (None, None)
 
 
 def test_too_small_log_buffer_still_reports_real_errno(examples: Path, tmp_path: Path) -> None:
     """ENOSPC from a full verifier buffer must not replace the kernel's EACCES."""
     out = tmp_path / "r.json"
     script = (
-        "import sys; from bpfcompat.validator import probes, run; "
-        "probes.VERIFIER_BUF_BYTES = 256; sys.exit(run.main(sys.argv[1:]))"
+        "import sys; from bpfcompat.validator import programs, run; "
+        "programs.VERIFIER_BUF_BYTES = 256; sys.exit(run.main(sys.argv[1:]))"
     )
     artifact = example(examples, "verifier-oob")
     proc = subprocess.run(
@@ -446,6 +467,32 @@ def test_too_small_log_buffer_still_reports_real_errno(examples: Path, tmp_path:
     prog = programs(json.loads(out.read_text()))["read_past_value"]
     assert prog["load_errno_name"] == "EACCES"
     assert "processed" in prog["load_log"]
+
+
+def test_an_overflowing_statistics_log_never_decides_the_load(
+    examples: Path, tracefs: Path, tmp_path: Path
+) -> None:
+    """A statistics slice too small for the summary makes the kernel refuse the load with
+    ENOSPC: that is our buffer, not the kernel's verdict, so the object is loaded again
+    without logs, and attached from that load."""
+    out = tmp_path / "r.json"
+    script = (
+        "import sys; from bpfcompat.validator import run, vstats; "
+        "vstats.STATS_SLICE_MIN = vstats.STATS_SLICE_MAX = 128; "
+        "sys.exit(run.main(sys.argv[1:]))"
+    )
+    artifact = example(examples, "simple-pass")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "--artifact", str(artifact), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["load"]["status"] == "pass" and result["errors"] == []
+    assert result["attach"]["status"] == "pass"
+    assert any("statistics log overflowed" in w["message"] for w in result["warnings"])
+    (prog,) = result["discovery"]["programs"]
+    assert (prog["load_status"], prog["verifier_stats"]) == ("pass", None)
 
 
 def test_probe_features_off_and_attach_disabled(examples: Path, tmp_path: Path) -> None:
@@ -488,6 +535,151 @@ def test_bpftool_probe_is_cached_per_boot(examples: Path, tmp_path: Path) -> Non
     assert caps["bpftool_probe_cached"] is True
     assert caps["bpftool_probe_ok"] is True
     assert Path(caps["bpftool_probe_output_path"]).stat().st_size > 0
+
+
+# --- per-program results of many programs -----------------------------------------------------
+
+PROBE_SECTION = "tracepoint/syscalls/sys_enter_sync"
+# Verifier words for a load from a constant address (the generator's refused programs).
+REFUSED_TEXT = "invalid mem access 'scalar'"
+
+
+def build(tmp_path: Path, name: str, source: str) -> Path:
+    """Compile ``source`` as the hostile-input generator compiles its objects."""
+    if shutil.which("clang") is None:
+        pytest.fail("clang not found: install clang (Debian: apt-get install clang libbpf-dev)")
+    src = tmp_path / f"{name}.bpf.c"
+    src.write_text(source)
+    out = tmp_path / f"{name}.bpf.o"
+    compile_bpf(src, out)
+    return out
+
+
+def refused(index: int, every: int) -> bool:
+    return every > 0 and index % every == every - 1
+
+
+@pytest.mark.parametrize(("count", "every"), [(300, 10), (40, 1), (2000, 0)])
+def test_every_program_gets_its_own_result_in_linear_loads(
+    tmp_path: Path, count: int, every: int
+) -> None:
+    """Per-program results cost about one load per refused program, never one per program:
+    each refused program still gets its own errno and log (from a load of it alone), each
+    loaded one its verifier statistics. 300 programs with every tenth refused, 40 all
+    refused (a run of refusals: one load each), 2000 all loading (the whole load alone)."""
+    artifact = build(tmp_path, f"many-{count}", many_programs_source(count, failing_every=every))
+    proc, result = run_validator(tmp_path, artifact, "--attach-mode", "disabled")
+    assert proc.returncode == (2 if every else 0)
+    progs = result["discovery"]["programs"]
+    assert len(progs) == count
+    failures = sum(refused(i, every) for i in range(count))
+    for index, prog in enumerate(progs):
+        assert prog["name"] == f"p{index}"
+        assert prog["load_skip_reason"] is None, prog
+        if refused(index, every):
+            assert (prog["load_status"], prog["load_errno_name"]) == ("fail", "EACCES"), prog
+            assert REFUSED_TEXT in prog["load_log"] and "processed" in prog["load_log"]
+            assert prog["verifier_stats"]["insns_processed"] >= 1
+        else:
+            assert prog["load_status"] == "pass", prog
+            assert prog["verifier_stats"]["insns_processed"] >= 1, prog
+            assert prog["kfuncs"] == []
+    loads = result["discovery"]["probe_loads"]
+    assert loads <= 2 * failures + count // MAX_SHARED_PROGRAMS, (loads, failures)
+    if every == 1:
+        assert loads <= count + 1  # a run of refusals: each probed alone, once
+    if every:
+        assert result["load"]["failed_program"] == f"p{every - 1}"
+        assert REFUSED_TEXT in result["load"]["verifier_log"]
+    marks = Path(result["logs"]["libbpf_log_path"]).read_text().count("load probe of")
+    assert marks == loads
+
+
+def test_a_failure_of_the_object_is_every_programs_in_one_probe(tmp_path: Path) -> None:
+    """A map the kernel cannot create fails every program's load the same way: one probe
+    of one program alone shows it, and every program gets that result."""
+    source = "\n".join(
+        [
+            "#include <linux/bpf.h>",
+            "#include <bpf/bpf_helpers.h>",
+            "struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 0);",
+            '  __type(key, __u32); __type(value, __u32); } zero SEC(".maps");',
+            *(
+                f'SEC("{PROBE_SECTION}") int p{i}(void *ctx) '
+                "{ __u32 k = 0; return bpf_map_lookup_elem(&zero, &k) != 0; }"
+                for i in range(30)
+            ),
+            'char LICENSE[] SEC("license") = "GPL";',
+        ]
+    )
+    artifact = build(tmp_path, "zero-map", source)
+    proc, result = run_validator(
+        tmp_path, artifact, "--attach-mode", "disabled", "--no-auto-fixups"
+    )
+    assert proc.returncode == 2
+    assert (result["load"]["failed_map"], result["load"]["errno_name"]) == ("zero", "EINVAL")
+    assert result["discovery"]["probe_loads"] == 1
+    progs = result["discovery"]["programs"]
+    assert {(p["load_status"], p["load_errno_name"], p["load_log"]) for p in progs} == {
+        ("fail", "EINVAL", progs[0]["load_log"])
+    }
+    assert "map 'zero': failed to create" in progs[0]["load_log"]
+
+
+def test_programs_after_a_refusal_that_fill_no_slot_are_skipped(tmp_path: Path) -> None:
+    """A prog-array slot pointing at a program loaded before the refused one: the
+    programs after it load together, then libbpf cannot fill the slot (its target is
+    not in that load), as a probe of one program alone could not."""
+    source = "\n".join(
+        [
+            "#include <linux/types.h>",
+            "#include <linux/bpf.h>",
+            "#include <bpf/bpf_helpers.h>",
+            f'SEC("{PROBE_SECTION}") int callee(void *ctx) {{ return 0; }}',
+            "struct { __uint(type, BPF_MAP_TYPE_PROG_ARRAY); __uint(max_entries, 1);",
+            "  __uint(key_size, sizeof(__u32)); __array(values, int (void *)); }",
+            '  jmp SEC(".maps") = { .values = { [0] = (void *)&callee } };',
+            f'SEC("{PROBE_SECTION}") int refused(void *ctx) {{ return *(volatile int *)0x1000; }}',
+            f'SEC("{PROBE_SECTION}") int dispatch(void *ctx) '
+            "{ bpf_tail_call(ctx, &jmp, 0); return 0; }",
+            'char LICENSE[] SEC("license") = "GPL";',
+        ]
+    )
+    artifact = build(tmp_path, "slots", source)
+    proc, result = run_validator(tmp_path, artifact, "--attach-mode", "disabled")
+    assert proc.returncode == 2
+    progs = programs(result)
+    assert progs["callee"]["load_status"] == "pass"
+    assert (progs["refused"]["load_status"], progs["refused"]["load_errno_name"]) == (
+        "fail", "EACCES",
+    )  # fmt: skip
+    assert progs["dispatch"]["load_status"] == "skipped"
+    assert "prog-array" in progs["dispatch"]["load_skip_reason"]
+
+
+def test_probes_stop_at_their_verifier_budget(tmp_path: Path) -> None:
+    """Past the instruction budget the remaining programs are reported as not probed,
+    with the reason; the refused program the verdict names is always probed."""
+    artifact = build(tmp_path, "budget", many_programs_source(20, failing_every=5))
+    out = tmp_path / "r.json"
+    script = (
+        "import sys; from bpfcompat.validator import programs, run; "
+        "programs.MAX_PROBE_INSNS = 1; sys.exit(run.main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "--artifact", str(artifact), "--out", str(out),
+         "--attach-mode", "disabled"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    result = json.loads(out.read_text())
+    progs = result["discovery"]["programs"]
+    assert [p["load_status"] for p in progs[:5]] == ["pass"] * 4 + ["fail"]
+    assert result["discovery"]["probe_loads"] == 1
+    for prog in progs[5:]:
+        assert prog["load_status"] == "skipped"
+        assert "verifier processed 1 instructions" in prog["load_skip_reason"]
+    assert any("not probed" in w["message"] for w in result["warnings"])
 
 
 # --- attach -----------------------------------------------------------------------------------

@@ -4,10 +4,10 @@
  * statically in the object (libbpf fills it after loading both programs,
  * libbpf >= 0.7). The dispatcher tail-calls into the callee.
  *
- * Expected: pass everywhere (tail calls exist since 4.2). The validator's
- * isolated per-program probes cannot load one program alone (libbpf fails
- * with "failed to initialize slot" because the other program has no fd), so
- * those probes are reported as skipped, not as failures.
+ * Expected: pass everywhere (tail calls exist since 4.2); both programs load.
+ * The dispatcher alone cannot ("failed to initialize slot": the callee has no
+ * fd), so where a failing object's programs are loaded without the slot's
+ * target, the validator reports them skipped, not failed.
  *
  * Both programs sit on the same tracepoint so both are ordinary, attachable
  * tracepoint programs (the callee also runs on its own; harmless).

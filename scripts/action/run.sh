@@ -16,6 +16,7 @@ fail_on=${INPUT_FAIL_ON:-fail}
 out_dir=${INPUT_OUT_DIR:-bpfcompat-out}
 base=${INPUT_BASE:-}
 shard=${INPUT_SHARD:-}
+cost_gate=${INPUT_COST_GATE:-}
 summary=${GITHUB_STEP_SUMMARY:-/dev/null}
 temp=${RUNNER_TEMP:-${TMPDIR:-/tmp}}/bpfcompat
 db=$temp/bpfcompat.db
@@ -45,6 +46,11 @@ case " $FAIL_ON_VALUES " in
 esac
 if [ "$fail_on" = regression ] && [ -z "$base" ]; then
   refuse "fail-on: regression needs the base input (a run JSON export to compare against)"
+fi
+if [ -n "$cost_gate" ]; then
+  [[ $cost_gate =~ ^[0-9]+(\.[0-9]+)?$ ]] ||
+    refuse "cost-gate: '$cost_gate' is not a percentage (e.g. 20)"
+  [ -n "$base" ] || refuse "cost-gate: needs the base input (a run JSON export to compare against)"
 fi
 split_items "${INPUT_ARTIFACTS:-}"
 artifacts=("${ITEMS[@]}")
@@ -90,7 +96,9 @@ if [ -n "$base" ] && [ -s "$out_dir/run.json" ]; then
   logged report --db "$db" --base "$base" --html "$out_dir/report.html" \
     --markdown "$out_dir/summary.md"
   report_code=$?
-  logged compare --db "$db" --base "$base"
+  gate=()
+  [ -z "$cost_gate" ] || gate=(--fail-on-cost --cost-threshold "$cost_gate")
+  logged compare --db "$db" --base "$base" "${gate[@]}"
   compare=$?
   [ "$report_code" = 0 ] || [ "$compare" = 2 ] || compare=1
 elif [ -n "$base" ]; then

@@ -451,10 +451,31 @@ def compare(
         typer.Option("--head", help="The later run: a run id or export (default: the latest)."),
     ] = None,
     db: DbOpt = DEFAULT_DB,
+    cost_threshold: Annotated[
+        float,
+        typer.Option(
+            "--cost-threshold",
+            min=0,
+            help="List programs whose verifier instructions processed grew more than this "
+            "many percent.",
+        ),
+    ] = 20.0,
+    cost_min_insns: Annotated[
+        int,
+        typer.Option("--cost-min-insns", min=0, help="Ignore programs smaller than this."),
+    ] = 100,
+    fail_on_cost: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-cost", help="Exit 2 also when such a growth is on a required kernel."
+        ),
+    ] = False,
 ) -> None:
-    """List cells that newly fail, were fixed or changed code between two runs.
+    """List cells that newly fail, were fixed or changed code between two runs, and
+    programs whose verifier cost grew.
 
-    Exits 2 when a required cell passed in --base and fails or errors in --head.
+    Exits 2 when a required cell passed in --base and fails or errors in --head (or, with
+    --fail-on-cost, when a program's cost grew beyond the threshold on a required kernel).
 
     A new code on a cell that already failed is listed but does not gate."""
     from bpfcompat.report import base_view
@@ -467,7 +488,13 @@ def compare(
         head_view = base_view(store, str(store.run(None).id))
     else:
         head_view = base_view(store, head)
-    comparison = compare_views(base_view(store, base), head_view)
+    comparison = compare_views(
+        base_view(store, base),
+        head_view,
+        cost_threshold=cost_threshold / 100,
+        cost_min_insns=cost_min_insns,
+        gate_cost=fail_on_cost,
+    )
     for line in comparison.lines():
         _out(line)
     # SystemExit, not typer.Exit: with standalone_mode=False typer returns an Exit's code

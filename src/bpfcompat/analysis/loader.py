@@ -89,7 +89,7 @@ class Finding:
 
 def mark_declared(findings: list[Finding], manifest: Any, where: str) -> None:
     """Set `declared_in` on findings whose every manifest key the artifact's manifest sets
-    (a program it does not load needs nothing else). `manifest` is a matrix.config
+    (a program it does not load needs nothing else). `manifest` is a matrix.manifest
     Manifest; keys it does not model yet never count as declared."""
     maps = {m.name: m for m in manifest.maps}
     programs = {p.name: p for p in manifest.programs}

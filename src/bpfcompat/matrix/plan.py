@@ -18,13 +18,13 @@ from pathlib import Path
 from bpfcompat.analysis.objfile import read_object
 from bpfcompat.errors import ArtifactError, ConfigError
 from bpfcompat.matrix.config import (
-    Manifest,
     file_kind,
     load_expectations,
     load_manifest,
     read_regular,
 )
 from bpfcompat.matrix.expect import Expectations, expect_file_for
+from bpfcompat.matrix.manifest import Manifest
 from bpfcompat.validator.elf import elf_sections
 from bpfcompat.validator.globals import global_names, object_btf
 from bpfcompat.validator.globals import resolve as resolve_global

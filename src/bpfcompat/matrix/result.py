@@ -394,6 +394,19 @@ class HelperProbe(_Part):
     supported: bool | None = None
 
 
+class VerifierStats(_Part):
+    """The verifier's summary of one program it checked; a field its kernel did not print
+    (or a level-1 log of a refused program lacks: time, stack depth) is None."""
+
+    insns_processed: Int | None = None
+    insn_limit: Int | None = None
+    max_states_per_insn: Int | None = None
+    states_total: Int | None = None
+    states_peak: Int | None = None
+    stack_depth: Ints | None = None  # per subprogram, main program first
+    verify_usec: Int | None = None
+
+
 class Program(_Part):
     name: Name | None = None
     section: Name | None = None
@@ -416,6 +429,7 @@ class Program(_Part):
     helpers: _objects(HelperProbe) | None = None  # the helpers its instructions call
     kfuncs: Ints | None = None
     helper_probe_error: Text | None = None
+    verifier_stats: VerifierStats | None = None
 
 
 class Map(_Part):
@@ -432,6 +446,7 @@ class Discovery(_Part):
     map_count: Int = 0
     programs: _objects(Program) = ()
     maps: _objects(Map) = ()
+    probe_loads: Int = 0  # object loads the per-program probes did after the whole load
 
 
 class Load(_Part):

@@ -11,6 +11,10 @@ the head run. Everything else is reported but does not gate:
 - cells only in one run (new or removed artifacts or kernels, or an interrupted run) are
   listed; the head run's own exit code already covers what it did not finish;
 - optional kernels never gate, as for `matrix run`.
+
+Verifier cost is listed beside the verdicts: a program accepted in both runs whose
+instructions processed grew by more than the threshold (default 20%) on a kernel. It
+gates only when asked (`compare --fail-on-cost`), on required kernels.
 """
 
 from __future__ import annotations
@@ -19,6 +23,12 @@ from dataclasses import dataclass, field
 
 from bpfcompat.matrix.policy import EXIT_FAIL, EXIT_PASS
 from bpfcompat.matrix.store import Store
+from bpfcompat.report.cost import (
+    DEFAULT_MIN_INSNS,
+    DEFAULT_THRESHOLD,
+    CostChange,
+    cost_changes,
+)
 from bpfcompat.report.view import CellInfo, RunView
 
 # Change kinds, in the order reports list them.
@@ -84,6 +94,9 @@ class Comparison:
     head_id: int
     changes: list[CellChange] = field(default_factory=list)
     unchanged: int = 0
+    cost: list[CostChange] = field(default_factory=list)
+    cost_threshold: float = DEFAULT_THRESHOLD
+    gate_cost: bool = False  # a cost increase on a required kernel fails the comparison
 
     def of_kind(self, kind: str) -> list[CellChange]:
         return [c for c in self.changes if c.kind == kind]
@@ -93,21 +106,30 @@ class Comparison:
         return [c for c in self.changes if c.regression]
 
     @property
+    def cost_regressions(self) -> list[CostChange]:
+        return [c for c in self.cost if c.required] if self.gate_cost else []
+
+    @property
     def exit_code(self) -> int:
-        return EXIT_FAIL if self.regressions else EXIT_PASS
+        return EXIT_FAIL if self.regressions or self.cost_regressions else EXIT_PASS
 
     def by_cell(self) -> dict[tuple[str, str], CellChange]:
         return {(c.artifact, c.kernel): c for c in self.changes}
 
     def summary(self) -> str:
         counts = ", ".join(f"{len(self.of_kind(k))} {KIND_LABELS[k]}" for k in KIND_ORDER)
+        cost = (
+            f"; {len(self.cost)} program(s) whose verifier cost grew over "
+            f"{self.cost_threshold * 100:.0f}%"
+            + (f" ({len(self.cost_regressions)} gating)" if self.gate_cost else "")
+        )
         return (
             f"run {self.base_id} (base) -> run {self.head_id} (head): {counts}; "
-            f"{len(self.regressions)} required regression(s), {self.unchanged} unchanged"
+            f"{len(self.regressions)} required regression(s), {self.unchanged} unchanged{cost}"
         )
 
     def lines(self) -> list[str]:
-        return [self.summary(), *(c.line() for c in self.changes)]
+        return [self.summary(), *(c.line() for c in self.changes), *(c.line() for c in self.cost)]
 
 
 def _verdict(status: str | None, code: str | None) -> str:
@@ -136,12 +158,26 @@ def _kind(base: CellInfo | None, head: CellInfo | None) -> str | None:
     return None
 
 
-def compare_views(base_run: RunView, head_run: RunView) -> Comparison:
-    """Cell-by-cell differences from `base_run` to `head_run` (from a store or an export)."""
+def compare_views(
+    base_run: RunView,
+    head_run: RunView,
+    *,
+    cost_threshold: float = DEFAULT_THRESHOLD,
+    cost_min_insns: int = DEFAULT_MIN_INSNS,
+    gate_cost: bool = False,
+) -> Comparison:
+    """Cell-by-cell differences from `base_run` to `head_run` (from a store or an export),
+    and the programs whose verifier cost grew by more than `cost_threshold`."""
     required = {k.id: k.required for k in base_run.kernels}
     required.update({k.id: k.required for k in head_run.kernels})
     base, head = base_run.cell_map(), head_run.cell_map()
-    comparison = Comparison(base_run.run.id, head_run.run.id)
+    comparison = Comparison(
+        base_run.run.id,
+        head_run.run.id,
+        cost=cost_changes(base_run, head_run, threshold=cost_threshold, min_insns=cost_min_insns),
+        cost_threshold=cost_threshold,
+        gate_cost=gate_cost,
+    )
     for key in [*head, *(k for k in base if k not in head)]:
         b, h = base.get(key), head.get(key)
         kind = _kind(b, h)

@@ -18,6 +18,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from bpfcompat.matrix.policy import EXIT_MEANINGS
 from bpfcompat.matrix.verdict import Verdict
 from bpfcompat.report.compare import CellChange, Comparison
+from bpfcompat.report.cost import CostChange, CostRow, cost_rows
 from bpfcompat.report.insight import FloorCheck, Subset, floor_check, loadable_subset
 from bpfcompat.report.result_view import ResultView, result_view
 from bpfcompat.report.view import CellInfo, KernelInfo, RunInfo, RunView
@@ -162,6 +163,12 @@ class ReportView:
     kernel_errors: list[KernelColumn] = field(default_factory=list)
     comparison: ComparisonSummary | None = None
     changes: list[ChangeView] = field(default_factory=list)
+    cost_rows: list[CostRow] = field(default_factory=list)
+    cost_changes: list[CostChange] = field(default_factory=list)
+
+    @property
+    def heaviest(self) -> CostRow | None:
+        return max(self.cost_rows, key=lambda r: r.peak_share, default=None)
 
     @property
     def expectations(self) -> tuple[int, int]:
@@ -314,6 +321,8 @@ def build_view(run: RunView, comparison: Comparison | None = None) -> ReportView
         if comparison
         else None,
         changes=change_views,
+        cost_rows=cost_rows(run),
+        cost_changes=comparison.cost if comparison else [],
     )
 
 

@@ -18,11 +18,13 @@ from typing import Any
 
 from bpfcompat.matrix.policy import EXIT_MEANINGS
 from bpfcompat.report.compare import Comparison
+from bpfcompat.report.cost import heaviest
 from bpfcompat.report.insight import floor_check, loadable_subset
 from bpfcompat.report.view import CellInfo, RunView
 
 EVIDENCE_CHARS = 300
 MAX_FAILURE_ROWS = 200  # keep a large matrix under CI summary size limits
+MAX_COST_ROWS = 10
 
 # `_` only at a word edge: inside words (CORE_RELOCATION_FAILURE) it never emphasises.
 _MD_SPECIAL = re.compile(r"([\\`*\[\]|~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z]))")
@@ -101,6 +103,22 @@ def render_markdown(view: RunView, comparison: Comparison | None = None) -> str:
         else:
             out.append(f"No cell changed ({comparison.unchanged} unchanged).")
         out.append("")
+        if comparison.cost:
+            out += [
+                f"**Verifier cost grew** over {comparison.cost_threshold * 100:.0f}% "
+                f"({len(comparison.cost)} program(s)):",
+                "",
+                "| program | kernel | before | after | growth |",
+                "|---|---|---|---|---|",
+            ]
+            for c in comparison.cost[:MAX_FAILURE_ROWS]:
+                out.append(
+                    f"| {md_cell(c.artifact + ':' + c.program)} | {_kernel(view, c.kernel)} | "
+                    f"{c.base.insns:,} | {c.head.insns:,} ({c.head.share_text} of limit) | "
+                    f"{'**' if c.required and comparison.gate_cost else ''}{c.growth_text}"
+                    f"{'**' if c.required and comparison.gate_cost else ''} |"
+                )
+            out.append("")
     failing = view.failing()
     if failing:
         out += [
@@ -121,7 +139,25 @@ def render_markdown(view: RunView, comparison: Comparison | None = None) -> str:
             out.append(f"\n… and {len(failing) - MAX_FAILURE_ROWS} more; see the HTML report.")
         out.append("")
     out += _artifacts(view, names)
+    out += _cost(view)
     return "\n".join(out)
+
+
+def _cost(view: RunView) -> list[str]:
+    """The programs closest to their verifier limit, instructions processed per kernel."""
+    rows = [r for r in heaviest(view, MAX_COST_ROWS) if r.peak_share > 0]
+    if not rows:
+        return []
+    out = [
+        "### Verifier cost (closest to the limit)",
+        "",
+        "| program | " + " | ".join(_kernel(view, k.id) for k in view.kernels) + " |",
+        "|---|" + "---|" * len(view.kernels),
+    ]
+    for r in rows:
+        cells = [f"{c.insns:,} ({c.share_text})" if c else "–" for c in r.per_kernel]
+        out.append(f"| {md_cell(r.artifact + ':' + r.program)} | " + " | ".join(cells) + " |")
+    return [*out, ""]
 
 
 def _fenced(lines: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bpfcompat.report.view import CellInfo
+from bpfcompat.report.view import CellInfo, VerifierCost
 
 LOG_TAIL_LINES = 40
 OUTPUT_TAIL_LINES = 20
@@ -47,6 +47,7 @@ class ProgramView:
     attach_required: bool
     variant_group: str | None
     log: Tail
+    verifier: str | None = None  # the verifier's own summary, also of a refused program
 
 
 @dataclass
@@ -222,9 +223,31 @@ def _programs(result: dict[str, Any], evidence: str | None) -> list[ProgramView]
                 attach_required=bool(p.get("attach_required")),
                 variant_group=_opt(p.get("variant_group")),
                 log=tail(p.get("load_log"), evidence=evidence),
+                verifier=_verifier_line(_dict(p.get("verifier_stats"))),
             )
         )
     return out
+
+
+def _verifier_line(stats: dict[str, Any]) -> str | None:
+    insns = stats.get("insns_processed")
+    if not isinstance(insns, int):
+        return None
+    stack = stats.get("stack_depth")
+    return VerifierCost(
+        insns=max(0, insns),
+        limit=_count(stats.get("insn_limit")),
+        states=_count(stats.get("states_total")),
+        peak_states=_count(stats.get("states_peak")),
+        stack=[s for s in stack if isinstance(s, int) and s >= 0]
+        if isinstance(stack, list)
+        else None,
+        usec=_count(stats.get("verify_usec")),
+    ).line()
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _variants(result: dict[str, Any], cell: CellInfo) -> list[VariantRow]:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bpfcompat.errors import ReportError, StoreError
 from bpfcompat.matrix.result import ResultModel
@@ -122,15 +122,73 @@ class MapFixupSummary(_Model):
     counts = field_validator("requested", "applied_entries", mode="before")(_count)
 
 
+class VerifierCost(_Model):
+    """The verifier's summary of a program it accepted on one kernel."""
+
+    insns: int = Field(ge=0)
+    limit: int | None = Field(default=None, ge=0)
+    states: int | None = Field(default=None, ge=0)
+    peak_states: int | None = Field(default=None, ge=0)
+    stack: list[int] | None = None  # bytes per subprogram, main program first
+    usec: int | None = Field(default=None, ge=0)
+
+    @property
+    def share(self) -> float | None:
+        """Instructions processed as a fraction of the kernel's limit (the headroom)."""
+        return self.insns / self.limit if self.limit else None
+
+    @property
+    def share_text(self) -> str:
+        return percent(self.share)
+
+    @property
+    def stack_bytes(self) -> int | None:
+        return sum(self.stack) if self.stack else None
+
+    def line(self) -> str:
+        """`1,234 insns (0.1% of 1,000,000) · 12 states (peak 4) · stack 40+0 B · 0.8 ms`."""
+        text = f"{self.insns:,} insns"
+        if self.limit:
+            text += f" ({percent(self.share)} of {self.limit:,})"
+        if self.states is not None:
+            text += f" · {self.states:,} states"
+            text += f" (peak {self.peak_states:,})" if self.peak_states is not None else ""
+        if self.stack:
+            text += f" · stack {'+'.join(map(str, self.stack))} B"
+        if self.usec is not None:
+            text += f" · {self.usec / 1000:.1f} ms"
+        return text
+
+
+def percent(share: float | None) -> str:
+    if share is None:
+        return "?"
+    pct = share * 100
+    return f"{pct:.0f}%" if pct >= 10 else f"{pct:.1f}%" if pct >= 0.1 else "<0.1%"
+
+
 class ProgramSummary(_Model):
-    """One program's own isolated load probe on a kernel (load_status pass, fail or
-    skipped), kept with the cell for the reports' loadable subset."""
+    """One program's load status on a kernel (pass, fail or skipped) and, where the
+    verifier accepted it, what that cost; kept with the cell for the reports' loadable
+    subset and verifier cost."""
 
     name: str | None
     load_status: str | None
     autoload: bool | None = None
     variant_group: str | None = None
     section: str | None = None
+    verifier: VerifierCost | None = None
+
+    @field_validator("verifier", mode="before")
+    @classmethod
+    def _lenient(cls, value: Any) -> Any:
+        # A stored summary of the wrong shape is no cost, not an unreadable run.
+        if value is None or isinstance(value, VerifierCost):
+            return value
+        try:
+            return VerifierCost.model_validate(value)
+        except ValidationError:
+            return None
 
     texts = field_validator("name", "load_status", "variant_group", "section", mode="before")(_text)
 

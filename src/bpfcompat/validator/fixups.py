@@ -266,7 +266,7 @@ class FixupSteps(RunState):
         assert lib is not None
         path = target["object"]
         if path not in self.target_objects:
-            obj, err = lib.open_file(path)
+            obj, err = lib.open_file(path, self.config.btf_custom_path)
             if obj is None:
                 return -1, f"cannot open target object {path!r}: {error_text(-err)}"
             rc = lib.load_object(obj)

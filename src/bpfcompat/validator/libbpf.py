@@ -52,6 +52,8 @@ _PROG_LOAD_OPTS_SIZE = 104
 _PROBE_ATTACH_TYPES = {18: 10, 20: 16, 25: 21, 30: 36, 32: 45}  # type -> expected attach
 
 BPF_F_SLEEPABLE = 1 << 4
+BPF_LOG_STATS = 4  # the verifier's summary lines only (include/linux/bpf_verifier.h)
+BPF_PROG_TYPE_SOCKET_FILTER = 1
 
 
 class _OpenOpts(ctypes.Structure):
@@ -223,8 +225,14 @@ class Libbpf:
         return ctypes.string_at(ptr, total * BPF_INSN_SIZE) if ptr and total > 0 else b""
 
     def set_log_buf(self, prog: int, buf: Any, size: int) -> bool:
+        """Give ``prog`` a verifier log buffer (a ctypes buffer or a raw address)."""
         func = self.sym("bpf_program__set_log_buf", _c.c_int, _c.c_void_p, _c.c_void_p, _c.c_size_t)
-        return bool(func) and func(prog, _c.addressof(buf), size) == 0
+        address = buf if isinstance(buf, int) else _c.addressof(buf)
+        return bool(func) and func(prog, address, size) == 0
+
+    def set_log_level(self, prog: int, level: int) -> bool:
+        func = self.sym("bpf_program__set_log_level", _c.c_int, _c.c_void_p, _c.c_uint32)
+        return bool(func) and func(prog, level) == 0
 
     def attach(self, prog: int) -> tuple[int | None, int]:
         func = self.sym("bpf_program__attach", _c.c_void_p, _c.c_void_p)
@@ -373,6 +381,30 @@ class Libbpf:
         if supported and self._misses_new_refusal() and self._kernel_refuses(prog_type, helper_id):
             return False, None
         return supported, problem
+
+    def probe_log_stats(self) -> bool:
+        """Whether the kernel prints the verifier's statistics alone (BPF_LOG_STATS, 5.2).
+
+        Loads ``r0 = 0; exit`` as a socket filter at log level 4 and looks for the
+        "processed N insns" line: the whole-object load asks for that level only if this
+        kernel and libbpf (0.7, per-program log level and buffer) both take it.
+        """
+        load = self.sym(
+            "bpf_prog_load", _c.c_int, _c.c_int, _c.c_char_p, _c.c_char_p, _c.c_void_p,
+            _c.c_size_t, _c.c_void_p,
+        )  # fmt: skip
+        if not load or not self.has("bpf_program__set_log_level") or _c.sizeof(_c.c_void_p) != 8:
+            return False  # (0.x's bpf_prog_load is another function; LP64 options layout)
+        insns = bytes([0xB7]) + bytes(7) + bytes([0x95]) + bytes(7)
+        log = ctypes.create_string_buffer(1024)
+        opts = ctypes.create_string_buffer(_PROG_LOAD_OPTS_SIZE)
+        struct.pack_into("=Q", opts, 0, _PROG_LOAD_OPTS_SIZE)
+        struct.pack_into("=IIQ", opts, 88, BPF_LOG_STATS, len(log), ctypes.addressof(log))
+        fd = load(BPF_PROG_TYPE_SOCKET_FILTER, None, b"GPL", insns, 2, opts)
+        if fd < 0:
+            return False
+        os.close(fd)
+        return b"processed " in log.value
 
     def _misses_new_refusal(self) -> bool:
         """Whether this libbpf's helper probe predates the 6.10 verifier wording (< 1.5)."""

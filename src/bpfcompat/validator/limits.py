@@ -14,10 +14,24 @@ LOG_JSON_CHARS = 256 << 10  # logs.libbpf keeps the last 256 KiB
 LOG_MESSAGE_CHARS = 512 << 10  # one libbpf message (a verifier dump) is cut to this
 LOG_MESSAGE_HEAD = 16 << 10  # ... keeping this much of its head and the rest of its tail
 PROBE_LOG_TAIL = 8 << 10  # discovery.programs[].load_log
-# Each isolated probe reopens the whole object, so probing n programs costs O(n^2):
-# 2000 programs took 45 s natively and over the 90 s job limit under TCG. Above this
-# many programs the whole-object load alone decides (and names the failing program).
-MAX_ISOLATED_PROBES = 128
+# Loads the per-program probes may do after the whole-object load (programs.py): one
+# shared load and one probe alone per refused program, so an object whose programs are
+# refused one after another stops here and the rest are reported as not probed.
+MAX_PROBE_LOADS = 128
+# ... and once the verifier has processed this many instructions in them: verification
+# is most of a probe's cost (~50 us an instruction under TCG: tracee's 169 programs take
+# 2.4M, minutes, against a 90 s job limit). Counted, not timed: reproducible results.
+MAX_PROBE_INSNS = 500_000
+# Programs one shared probe load takes at most: a load relocates all of them, and the
+# work for those after a refused program is lost (relocating ~140 of tracee's programs
+# costs twice a whole open).
+MAX_SHARED_PROGRAMS = 64
+# Per-program verifier statistics logs (vstats.py): one anonymous mapping of at most
+# this much address space, cut into a slice per program; only written pages cost memory.
+STATS_BUF_BYTES = 64 << 20
+STATS_SLICE_MAX = 64 << 10  # the summary is ~200 bytes, a refusal's lines a few KiB
+STATS_SLICE_MIN = 4 << 10
+STATS_TAIL_CHARS = 8 << 10  # the summary lines are at the end of a log
 VERIFIER_BUF_BYTES = 16 << 20  # libbpf's own first verifier buffer size (BPF_LOG_BUF_SIZE)
 VERIFIER_FILE_CHARS = 1 << 20  # per-program verifier log file in --log-dir
 OUTPUT_TAIL = 4 << 10  # functional test stdout/stderr tails

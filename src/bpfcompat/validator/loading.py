@@ -6,7 +6,7 @@ import errno
 
 from .elf import decode_calls
 from .fixups import FixupSteps
-from .log import warnings_of, window_text
+from .log import load_errno, warnings_of, window_text
 from .tables import (
     BPF_PROG_TYPE_RAW_TRACEPOINT,
     error_text,
@@ -14,13 +14,14 @@ from .tables import (
     map_type_name,
     prog_type_name,
 )
+from .vstats import LoadEvidence
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs an import under emulation; annotations are strings anyway
     from typing import Any
 
 
-class LoadSteps(FixupSteps):
+class LoadSteps(FixupSteps, LoadEvidence):
     """open -> discovery -> variants -> load -> attach."""
 
     def step_open(self) -> None:
@@ -88,6 +89,7 @@ class LoadSteps(FixupSteps):
                     "helpers": helpers,
                     "kfuncs": None,
                     "helper_probe_error": helper_problem,
+                    "verifier_stats": None,
                 }
             )
         for bpf_map in lib.maps(self.obj):
@@ -181,18 +183,55 @@ class LoadSteps(FixupSteps):
 
     # -- whole-object load
     def step_load(self) -> None:
+        """Load the object as its loader would; with probing on, every program's
+        statistics log is armed, so the per-program probes start from what it proves."""
         lib = self.lib
         assert lib is not None and self.obj is not None
+        every = list(range(len(self.progs)))
+        armed = (
+            self.config.probe_features
+            and self.stats_supported()
+            and self._arm_stats(self.progs, every)
+        )
         self.log.open_window()
         rc = lib.load_object(self.obj)
         window = self.log.close_window()
+        if armed and rc < 0 and load_errno(rc, window_text(window)) == errno.ENOSPC:
+            # A statistics slice overflowed (our buffer, not the kernel's verdict): load
+            # again as the loader would, without any log.
+            self.warn("load", "a verifier statistics log overflowed; loaded again without")
+            rc, window = self._load_again()
+            armed = False
+        loaded = [i for i, prog in enumerate(self.progs) if lib.prog_autoload(prog)]
+        attempt = self._record_attempt(self.progs, loaded, rc, window, armed)
+        self.whole_load = attempt
         if rc == 0:
             self.result["load"].update(status="pass", stage="load")
-            for index, entry in enumerate(self.result["discovery"]["programs"]):
-                if entry["autoload"] and entry["kfuncs"] is None:
-                    entry["kfuncs"] = self._kfunc_ids(self.progs[index])
+            for index in loaded:
+                entry = self.result["discovery"]["programs"][index]
+                if entry["kfuncs"] is None:
+                    entry["kfuncs"] = attempt.kfuncs.get(index)
             return
         self.set_load_failure("load", -rc, window)
+
+    def _load_again(self) -> tuple[int, list[tuple[int, str]]]:
+        """The whole-object load from a fresh open: the same autoload choices and fixups
+        (already recorded), no log; attach then uses this object's programs."""
+        lib = self.lib
+        assert lib is not None and self.obj is not None
+        obj, err = lib.open_file(self.config.artifact, self.config.btf_custom_path)
+        if obj is None:
+            return err, []
+        progs = lib.programs(obj)
+        for position, prog in enumerate(progs):
+            old = self.progs[position] if position < len(self.progs) else None
+            lib.set_autoload(prog, old is not None and lib.prog_autoload(old))
+        self._apply_fixups(obj, record=False)
+        lib.close(self.obj)
+        self.obj, self.progs = obj, progs
+        self.log.open_window()
+        rc = lib.load_object(obj)
+        return rc, self.log.close_window()
 
     # -- attach
     def step_attach(self) -> None:

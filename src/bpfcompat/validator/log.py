@@ -9,6 +9,7 @@ import os
 import re
 
 from .limits import LOG_FILE_CHARS, LOG_MESSAGE_CHARS, LOG_MESSAGE_HEAD, WARN_TAIL
+from .tables import errno_from_text
 from .util import decode, tail_text
 
 TYPE_CHECKING = False
@@ -30,6 +31,15 @@ _LOAD_ERRNO_TEXT_RE = re.compile(r"(?:BPF program load failed|load bpf program f
 _SLOT_INIT_TEXT = "failed to initialize slot"
 
 
+def load_errno(rc: int, text: str) -> int:
+    """The kernel's errno of a failed load (libbpf 0.x hides it behind codes >= 4000)."""
+    code = -rc
+    if code >= 4000:
+        found = _LOAD_ERRNO_TEXT_RE.findall(text)
+        code = (found and errno_from_text(found[-1])) or code
+    return code
+
+
 class LibbpfLog:
     """Every message libbpf prints during the run (bounded), plus per-call windows.
 
@@ -49,6 +59,11 @@ class LibbpfLog:
         self.dropped = 0
         self.count = 0
         self._windows: list[list[tuple[int, str]]] = []
+        # Debug messages dropped unread: set while the per-program probes load the object
+        # again and again. A CO-RE-heavy object makes libbpf print 100k of them per load,
+        # which the callback formats at a cost of whole seconds under emulation, and the
+        # probes read only warnings (tracee: 470k messages, most of its probe time).
+        self.quiet = False
 
     def add(self, level: int, text: str) -> None:
         if len(text) > LOG_MESSAGE_CHARS:
@@ -131,14 +146,20 @@ def extract_verifier_log(text: str) -> str:
         if start >= 0:
             start += len(begin)
             stop = text.find(end, start)
-            lines = text[start : stop if stop >= 0 else len(text)].split("\n")
-            # 0.x prints the log as its own "libbpf: \n<log>\n" message: drop the prefixes
-            while lines and lines[0].strip() in ("", "libbpf:"):
-                lines.pop(0)
-            while lines and lines[-1].strip() in ("", "libbpf:"):
-                lines.pop()
-            return "\n".join(lines) + "\n" if lines else ""
+            return tidy_verifier_log(text[start : stop if stop >= 0 else len(text)])
     return ""
+
+
+def tidy_verifier_log(text: str) -> str:
+    """A verifier log without leading or trailing blank lines, ending in one newline.
+
+    0.x prints the log as its own "libbpf: \n<log>\n" message: those prefixes go too."""
+    lines = text.split("\n")
+    while lines and lines[0].strip() in ("", "libbpf:"):
+        lines.pop(0)
+    while lines and lines[-1].strip() in ("", "libbpf:"):
+        lines.pop()
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 LOG_LEVELS = {-1: "bpfcompat", 0: "warn", 1: "info", 2: "debug"}
@@ -167,28 +188,35 @@ def make_print_callback(log: LibbpfLog) -> Any:
     small = ctypes.create_string_buffer(small_size)
     va_size = {"x86_64": 24, "aarch64": 32}.get(os.uname().machine, 0)
     va_copy = ctypes.create_string_buffer(max(va_size, 1))
+    # Addresses, not buffer objects, and string_at (the message's bytes) rather than .raw
+    # (all 8 KiB): libbpf prints 100k messages for a CO-RE-heavy object.
+    small_at, va_copy_at, string_at = (
+        ctypes.addressof(small),
+        ctypes.addressof(va_copy),
+        ctypes.string_at,
+    )
 
     def callback(level: int, fmt: int | None, args: int | None) -> int:
         try:
-            if not fmt:
+            if not fmt or (level == 2 and log.quiet):
                 return 0
             if va_size and args:
-                ctypes.memmove(va_copy, args, va_size)
-                length = vsnprintf(small, small_size, fmt, ctypes.addressof(va_copy))
+                ctypes.memmove(va_copy_at, args, va_size)
+                length = vsnprintf(small_at, small_size, fmt, va_copy_at)
                 if length >= small_size:
                     big = ctypes.create_string_buffer(length + 1)
                     length = vsnprintf(big, length + 1, fmt, args)
                     raw = big.raw[: max(length, 0)]
                 else:
-                    raw = small.raw[: max(length, 0)]
+                    raw = string_at(small_at, max(length, 0))
             else:
-                length = vsnprintf(small, small_size, fmt, args)
-                raw = small.raw[: max(min(length, small_size - 1), 0)]
+                length = vsnprintf(small_at, small_size, fmt, args)
+                raw = string_at(small_at, max(min(length, small_size - 1), 0))
             log.add(int(level), decode(raw))
         except Exception:  # a callback must never raise into C
             pass
         return 0
 
     thunk = _PRINT_FN(callback)
-    _CALLBACKS.append(thunk)
+    _CALLBACKS.append((thunk, small, va_copy))  # the buffers outlive this call: C uses them
     return thunk

@@ -1,50 +1,24 @@
-"""What the kernel supports, asked without the artifact (bpftool, libbpf's type and helper
-probes, cached per boot) and with it (each program loaded alone, with its verifier log).
+"""What the kernel supports, asked without the artifact: bpftool, libbpf's type probes
+and the helpers each program calls, probed for its own program type (cached per boot).
+Each program's own load result is programs.py's.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
-import mmap
 import os
-import time
 
-from .elf import decode_calls
-from .fixups import FixupSteps
-from .limits import (
-    BPFTOOL_TIMEOUT,
-    MAX_ISOLATED_PROBES,
-    PROBE_LOG_TAIL,
-    VERIFIER_BUF_BYTES,
-    VERIFIER_FILE_CHARS,
-)
-from .log import (
-    _LOAD_ERRNO_TEXT_RE,
-    _SLOT_INIT_TEXT,
-    extract_verifier_log,
-    warnings_of,
-    window_text,
-)
+from .limits import BPFTOOL_TIMEOUT
+from .state import RunState
 from .tables import (
     FIXED_PROBE_MAP_TYPES,
     FIXED_PROBE_PROG_TYPES,
     MAP_TYPE_NAMES,
     PROG_TYPE_NAMES,
-    errno_from_text,
-    errno_name,
     map_type_name,
     prog_type_name,
 )
-from .util import (
-    decode,
-    describe_exception,
-    find_executable,
-    safe_filename,
-    tail_text,
-    write_atomic,
-)
+from .util import decode, find_executable, tail_text, write_atomic
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs an import under emulation; annotations are strings anyway
@@ -53,8 +27,8 @@ if TYPE_CHECKING:  # typing costs an import under emulation; annotations are str
 HELPER_PROBE_CACHE_REV = "1"  # bump when the meaning of a cached helper probe changes
 
 
-class ProbeSteps(FixupSteps):
-    """Capability probes and isolated per-program load probes."""
+class ProbeSteps(RunState):
+    """Capability, type and helper probes."""
 
     def step_capabilities(self) -> None:
         caps = self.result["capabilities"]
@@ -244,113 +218,3 @@ class ProbeSteps(FixupSteps):
                     and name in names
                     and (key[: -len(suffix)], name) not in refused
                 ]
-
-    # -- isolated per-program load probes
-    def step_isolated_probes(self) -> None:
-        entries = self.result["discovery"]["programs"]
-        if len(entries) > MAX_ISOLATED_PROBES:
-            reason = f"{len(entries)} programs: over {MAX_ISOLATED_PROBES}, not probed one by one"
-            self.warn("probes", f"isolated load probes skipped ({reason})")
-            for entry in entries:
-                entry["load_skip_reason"] = reason
-            return
-        for index, entry in enumerate(entries):
-            if self.config.programs.get(entry["name"], {}).get("autoload") is False:
-                entry["load_skip_reason"] = "not loaded: autoload off in the manifest"
-                continue
-            self.log.mark(f"isolated load probe of program {entry['name']!r}")
-            begin = time.monotonic()
-            try:
-                self._probe_program(index, entry)
-            except Exception as exc:
-                self.error("probes", f"{entry['name']}: {describe_exception(exc)}")
-                entry["load_skip_reason"] = "probe crashed (see errors)"
-            entry["load_seconds"] = round(time.monotonic() - begin, 4)
-
-    def _probe_program(self, index: int, entry: dict[str, Any]) -> None:
-        """Fresh open, only this program autoloaded, the same fixups, log on failure.
-
-        The program's log level stays 0, so a passing program is verified without a log
-        (fast, and immune to ENOSPC from a too-small buffer); on failure libbpf retries at
-        log level 1 into our bounded buffer. If even 16 MiB is too small, the probe is redone
-        with libbpf's own growing buffer and the log is read from its print stream.
-        """
-        rc, window, vlog, kfuncs = self._probe_once(index, use_buf=True)
-        if rc == -errno.ENOSPC and vlog:  # the log outgrew our buffer, masking the errno
-            rc, window, vlog, kfuncs = self._probe_once(index, use_buf=False)
-        text = window_text(window)
-        if vlog is None:  # no bpf_program__set_log_buf in this libbpf
-            vlog = extract_verifier_log(text)
-        if rc == 0:
-            entry["kfuncs"] = kfuncs
-            entry["load_status"] = "pass"
-            entry["load_skip_reason"] = None
-            return
-        code = -rc
-        if code >= 4000:
-            found = _LOAD_ERRNO_TEXT_RE.findall(text)
-            code = (found and errno_from_text(found[-1])) or code
-        if code == errno.EBADF and _SLOT_INIT_TEXT in text:
-            entry["load_status"] = "skipped"
-            entry["load_skip_reason"] = (
-                "the object statically initialises prog-array (tail-call) slots, so its "
-                "programs cannot be loaded one at a time"
-            )
-            return
-        entry["load_status"] = "fail"
-        entry["load_skip_reason"] = None
-        entry["load_errno"] = code
-        entry["load_errno_name"] = errno_name(code)
-        log = vlog or "\n".join(warnings_of(window)) + "\n"
-        entry["load_log"] = tail_text(log.strip("\n") + "\n", PROBE_LOG_TAIL)
-        if self.config.log_dir:
-            directory = os.path.join(self.config.log_dir, "verifier")
-            os.makedirs(directory, exist_ok=True)
-            path = os.path.join(directory, f"{index:03d}-{safe_filename(entry['name'])}.log")
-            body = tail_text(vlog, VERIFIER_FILE_CHARS) if vlog else ""
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(text if not body else body + "\n-- libbpf --\n" + text)
-            entry["load_log_path"] = path
-
-    def _probe_once(
-        self, index: int, use_buf: bool
-    ) -> tuple[int, list[tuple[int, str]], str | None, list[int] | None]:
-        """(rc, libbpf messages, verifier log, kfunc ids after a load that passed)."""
-        lib = self.lib
-        assert lib is not None
-        obj, err = lib.open_file(self.config.artifact, self.config.btf_custom_path)
-        if obj is None:
-            return err, [], None, None
-        vlog: str | None = None
-        kfuncs: list[int] | None = None
-        try:
-            progs = lib.programs(obj)
-            for position, prog in enumerate(progs):
-                lib.set_autoload(prog, position == index)
-            self._apply_fixups(obj, record=False)
-            has_buf = False
-            if use_buf and index < len(progs):
-                if self._vbuf is None:
-                    # Anonymous mmap: zero pages on demand, so the 16 MiB buffer costs only
-                    # the pages the verifier writes; create_string_buffer would zero-fill
-                    # all 4096 pages in every validator process (slow under emulation).
-                    self._vbuf_map = mmap.mmap(-1, VERIFIER_BUF_BYTES)
-                    self._vbuf = (ctypes.c_char * VERIFIER_BUF_BYTES).from_buffer(self._vbuf_map)
-                self._vbuf[0] = b"\0"
-                has_buf = lib.set_log_buf(progs[index], self._vbuf, VERIFIER_BUF_BYTES)
-            self.log.open_window()
-            rc = lib.load_object(obj)
-            window = self.log.close_window()
-            if has_buf:
-                vlog = decode(ctypes.string_at(self._vbuf))
-            if rc == 0 and index < len(progs):
-                kfuncs = self._kfunc_ids(progs[index])
-        finally:
-            lib.close(obj)
-        return rc, window, vlog, kfuncs
-
-    def _kfunc_ids(self, prog: int) -> list[int] | None:
-        """BTF ids of the kfuncs a loaded program calls (libbpf wrote them in at load)."""
-        assert self.lib is not None
-        insns = self.lib.prog_insns(prog)
-        return decode_calls(insns)[1] if insns is not None else None

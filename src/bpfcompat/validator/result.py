@@ -102,7 +102,13 @@ def skeleton(
                 "debugfs_tracing": False,
             },
         },
-        "discovery": {"program_count": 0, "map_count": 0, "programs": [], "maps": []},
+        "discovery": {
+            "program_count": 0,
+            "map_count": 0,
+            "programs": [],
+            "maps": [],
+            "probe_loads": 0,
+        },
         "load": {
             "status": "fail",
             "stage": None,

@@ -9,8 +9,9 @@ import and every syscall costs ~10x.
 Order of work (each step timed in ``timings``): host facts (and the kernel log position)
 -> BTF and lockdown facts -> capability probes (bpftool, cached per boot; libbpf type
 probes) -> open -> discovery (with the helpers each program's instructions call) -> helper
-probes for each program's own type (cached per boot) -> isolated per-program load probes ->
-variant selection -> map fixups -> whole-object load -> auto-attach -> functional tests
+probes for each program's own type (cached per boot) -> variant selection -> map fixups ->
+whole-object load (with each program's verifier statistics) -> per-program load results
+(what the whole-object load left unknown: programs.py) -> auto-attach -> functional tests
 while links are alive -> lockdown lines the kernel logged meanwhile -> JSON + libbpf log.
 
 The validator never dies with a traceback: a step that raises is recorded in ``errors``
@@ -37,6 +38,7 @@ from .limits import LOG_JSON_CHARS
 from .loading import LoadSteps
 from .log import make_print_callback, window_text
 from .probes import ProbeSteps
+from .programs import ProgramProbeSteps
 from .result import CORE_STEPS, EXIT_ERROR, EXIT_FAIL, EXIT_PASS
 from .system import KernelLog, lockdown_denials
 from .util import describe_exception, mount_fs, read_mounts, read_text, tail_text, write_atomic
@@ -46,7 +48,7 @@ if TYPE_CHECKING:  # typing costs an import under emulation; annotations are str
     from typing import Any
 
 
-class Validator(ProbeSteps, LoadSteps, FunctionalSteps):
+class Validator(ProbeSteps, LoadSteps, ProgramProbeSteps, FunctionalSteps):
     """One validation run: each step fills its part of ``self.result`` and is timed."""
 
     # -- the steps
@@ -64,13 +66,14 @@ class Validator(ProbeSteps, LoadSteps, FunctionalSteps):
         if self.obj is not None:
             if self.config.probe_features:
                 self.step("helper_probes", self.step_helper_probes)
-                self.step("probes", self.step_isolated_probes)
             self.log.mark("whole-object load")
             self.log.open_window()
             self.step("variants", self.step_variants)
             self.step("fixups", self.step_fixups)
             self.step("load", self.step_load)
             self.load_log_text += window_text(self.log.close_window())
+            if self.config.probe_features:
+                self.step("probes", self.step_program_probes)
             self.step("attach", self.step_attach)
         self.step("functional", self.step_functional)
         self.step("cleanup", self.step_cleanup)

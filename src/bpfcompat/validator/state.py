@@ -53,6 +53,14 @@ class RunState:
         self.bpftool_probe: dict[str, Any] | None = None  # parsed `bpftool feature probe -j`
         self._vbuf: Any = None
         self._vbuf_map: Any = None
+        self._stats_ok: bool | None = None  # the kernel prints BPF_LOG_STATS summaries
+        self._stats_map: Any = None
+        self._stats_view: Any = None
+        self._stats_count = 0
+        self._stats_slice = 0
+        self.whole_load: Any = None  # the whole-object load's Attempt (vstats)
+        self.probe_loads = 0  # object loads the per-program probes did
+        self.probe_insns = 0  # instructions the verifier processed in them
         self._old_print: int | None = None
         self.errors: list[dict[str, str]] = []
         self.warnings: list[dict[str, str]] = []

@@ -6,6 +6,7 @@ pinned to the one made when the guest image was built.
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 import time
@@ -233,16 +234,21 @@ class ParamikoTransport:
     def put_files(self, files: dict[str, bytes], root: str) -> None:
         """Write many small files below `root` in one round trip: a tar stream into the
         guest's `tar` (per-file SFTP costs four round trips each, every one of them a
-        wake-up of the emulated guest). Names are relative to `root` and never user input."""
+        wake-up of the emulated guest). Names are relative to `root` and never user input.
+
+        The stream is gzipped (level 1): the emulated guest spends its time in the SSH
+        cipher, per byte, and objects with DWARF shrink 3-4x (a 69 MB corpus: 33 s to
+        upload as it is, 5 s gzipped)."""
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for name, data in files.items():
                 info = tarfile.TarInfo(name)
                 info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
                 tar.addfile(info, io.BytesIO(data))
-        data = buffer.getvalue()
-        timeout = 60 + len(data) / 1e6  # a floor of 1 MB/s through the emulated NIC
-        result = self.run(f"mkdir -p {root} && tar -x -f - -C {root}", timeout, data)
+        raw = buffer.getvalue()
+        data = gzip.compress(raw, compresslevel=1, mtime=0)
+        timeout = 60 + len(raw) / 1e6  # a floor of 1 MB/s through the emulated NIC
+        result = self.run(f"mkdir -p {root} && tar -x -z -f - -C {root}", timeout, data)
         if result.timed_out or result.exit_code != 0:
             why = "timed out" if result.timed_out else f"exit {result.exit_code}"
             detail = result.stderr.strip().splitlines()[-1:] or [""]

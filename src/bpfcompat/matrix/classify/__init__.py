@@ -203,6 +203,22 @@ def notes_for(result: Result) -> list[str]:
     return notes
 
 
+def _cost(program: Any) -> dict[str, Any] | None:
+    """The verifier's own summary of a program it accepted: what `compare` tracks across
+    runs. A refused program's counts stop where the verifier stopped, so none is kept."""
+    stats = program.verifier_stats
+    if stats is None or program.load_status != "pass" or stats.insns_processed is None:
+        return None
+    return {
+        "insns": stats.insns_processed,
+        "limit": stats.insn_limit,
+        "states": stats.states_total,
+        "peak_states": stats.states_peak,
+        "stack": list(stats.stack_depth) if stats.stack_depth is not None else None,
+        "usec": stats.verify_usec,
+    }
+
+
 def cell_fields(verdict: Verdict, result: Result) -> dict[str, Any]:
     """The judged part of a stored cell: the verdict, its notes, and the variant and
     map-fixup summaries reports show (one mapping for the runner and reclassify alike)."""
@@ -222,7 +238,8 @@ def cell_fields(verdict: Verdict, result: Result) -> dict[str, Any]:
         # object does not (the reports' loadable subset).
         "programs": [
             {"name": p.name, "load_status": p.load_status, "autoload": p.autoload,
-             "variant_group": p.variant_group, "section": p.section}
+             "variant_group": p.variant_group, "section": p.section,
+             "verifier": _cost(p)}
             for p in model.discovery.programs[:MAX_PROGRAM_SUMMARIES]
         ],
         "programs_left_out": max(0, len(model.discovery.programs) - MAX_PROGRAM_SUMMARIES),
