@@ -9,10 +9,13 @@ Measures, in one run:
   kernel without ACPI, which cannot power off);
 - our boot-to-ready per kernel: QEMU start until SSH answers (the driver is baked into
   the image, so nothing else is needed before the first artifact);
-  both are medians of --boots boots, this machine being noisy;
+- restore-to-ready per kernel: the same for a guest restored from the kernel's snapshot,
+  and what taking that snapshot cost (restore_bench.py, private snapshot cache);
+  all three are medians of --boots boots, interleaved, this machine being noisy;
 - the marginal seconds per extra small artifact: (T(N copies) - T(1 copy)) / (N - 1) in
   one boot;
-- the wall time of the default matrix (kernels.yaml x examples/, no cache);
+- the wall time of the default matrix (kernels.yaml x examples/, no cache), every guest
+  booted, and again with the snapshots taken above;
 - the wall time of the same matrix with one cold boot per cell (--boot-per-artifact, what
   a tool that boots a VM per artifact and kernel pays);
 - the wall time of a cached rerun of the default matrix (the whole CLI process);
@@ -24,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,12 +37,13 @@ from pathlib import Path
 from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
 from bpfcompat.matrix.guest import GuestSession, base_cmdline
 from bpfcompat.matrix.plan import Plan, discover_artifacts
-from bpfcompat.matrix.runner import RunOptions, run_plan
+from bpfcompat.matrix.runner import Backend, RunOptions, run_plan
 from bpfcompat.matrix.store import Store
 from bpfcompat.vm.cpio import CpioWriter, extract_newc
 from bpfcompat.vm.image import build_image
 from bpfcompat.vm.kernels import fetch_kernel
 from bpfcompat.vm.qemu import BootSpec, QemuVM
+from bpfcompat.vm.snapshot import SnapshotCache
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -115,11 +118,13 @@ def matrix_wall(store_path: Path, kernels, artifacts_dir: Path, **opts) -> tuple
     matrix = load_kernel_matrix(default_kernels_file())
     plan = Plan(kernels, discover_artifacts([artifacts_dir]), matrix.guest_suite)
     started = time.monotonic()
+    opts.setdefault("snapshots", False)  # every guest boots unless asked otherwise
     _, summary = run_plan(plan, Store(store_path), RunOptions(**opts))
     wall = time.monotonic() - started
     return wall, {
         "exit": summary.exit_code,
         "boots": sum(k.boots for k in summary.kernels),
+        "restores": sum(k.restores for k in summary.kernels),
         "rss": max((k.peak_rss_mb or 0) for k in summary.kernels),
     }
 
@@ -147,16 +152,16 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bpfcompat-bench-"))
     subprocess.run(["make", "-s", "-C", str(EXAMPLES)], check=True)
 
-    print(f"kernel                      bare_s  ready_s  ratio  rss_mb  (medians of {args.boots})")
-    ratios, rss = [], []
+    import restore_bench  # it imports this module's floor and boot helpers
+
+    snapshots = SnapshotCache(tmp / "snapshots")
+    print(f"{restore_bench.HEADER}  rss_mb  (medians of {args.boots})")
+    ratios, rss, figures = [], [], {}
     for spec in kernels:
-        bare = statistics.median(bare_boot(spec, tmp) for _ in range(args.boots))
-        readies = [ready_boot(spec, tmp) for _ in range(args.boots)]
-        ready = statistics.median(seconds for seconds, _ in readies)
-        peak = max(mb for _, mb in readies)
-        ratios.append(ready / bare)
-        rss.append(peak)
-        print(f"{spec.id:27} {bare:6.2f}  {ready:7.2f}  {ready / bare:5.2f}  {peak:6.0f}")
+        figures[spec.id] = f = restore_bench.kernel_figures(spec, tmp, args.boots, snapshots)
+        ratios.append(f["boot_ratio"])
+        rss.append(f["rss_mb"])
+        print(f"{restore_bench.line(spec.id, f)}  {f['rss_mb']:6.0f}", flush=True)
 
     copies = tmp / "copies"
     marg_kernel = next((k for k in kernels if k.id == "debian-12-6.1"), kernels[0])
@@ -182,6 +187,19 @@ def main() -> None:
         f"default matrix ({len(kernels)} kernels x examples): {default_wall:.1f} s, "
         f"{info['boots']} boots, exit {info['exit']}"
     )
+    warm_wall, warm = matrix_wall(
+        tmp / "warm.db",
+        kernels,
+        EXAMPLES,
+        use_cache=False,
+        workdir=tmp / "w",
+        snapshots=True,
+        backend=Backend(snapshots=lambda: snapshots),
+    )
+    print(
+        f"default matrix, snapshots taken: {warm_wall:.1f} s, {warm['boots']} guests "
+        f"({warm['restores']} restored), exit {warm['exit']}"
+    )
     kernel_args = [a for k in kernels for a in ("--kernel", k.id)]
     cached = cli_wall(
         "matrix",
@@ -205,6 +223,7 @@ def main() -> None:
             use_cache=False,
             workdir=tmp / "w",
             boot_per_artifact=True,
+            snapshots=False,
         )
         speedup = per_cell / default_wall
         print(
@@ -216,6 +235,7 @@ def main() -> None:
         "speedup_vs_per_cell": round(speedup, 1),
         "cached_s": round(cached, 2),
         "peak_rss_mb": round(max(rss)),
+        **restore_bench.result(figures),
     }
     (tmp / "result.json").write_text(json.dumps(result))
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +25,9 @@ from bpfcompat.matrix.runner import Backend
 from bpfcompat.vm.console import crash_evidence, oom_evidence
 from bpfcompat.vm.image import GuestImage
 from bpfcompat.vm.kernels import KernelBuild
+from bpfcompat.vm.migration import RestoreStream, SaveStream
 from bpfcompat.vm.qemu import BootSpec
+from bpfcompat.vm.snapshot import HostFacts, SnapshotCache
 from bpfcompat.vm.spec import KernelSpec
 from bpfcompat.vm.ssh import CommandResult
 from report_fixtures import recorded
@@ -73,6 +76,10 @@ class FakeWorld:
     attempts: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     on_job: Any = None  # callback(name) as each job starts, e.g. to interrupt the run
+    snapshot_root: Path | None = None  # a snapshot cache here: guests are saved and restored
+    hang_restores: int = 0  # the next n restores load but the guest never gets ready
+    on_restore: Any = None  # callback() as a restore loads, e.g. to interrupt the run
+    specs: list[BootSpec] = field(default_factory=list)  # every guest started, in order
 
     def script(self, name: str, *steps: Step) -> None:
         self.steps[name] = list(steps)
@@ -102,17 +109,28 @@ class FakeWorld:
             (entry / "hostkey.pub").write_text("ssh-ed25519 AAAAfake")
             return GuestImage(suite, "fakedigest", entry, arch)
 
+        def snapshots() -> SnapshotCache | None:
+            if self.snapshot_root is None:
+                return None
+            return SnapshotCache(self.snapshot_root, lambda arch, accel: FAKE_HOST)
+
         return Backend(
             fetch_kernel=fetch,
             build_image=image,
             vm_factory=lambda spec: FakeVM(spec, self),
             connect=lambda vm, key, host_key, deadline, where: FakeTransport(vm, self),
             accel=lambda: "tcg",
+            snapshots=snapshots,
         )
 
 
+FAKE_HOST = HostFacts("fake qemu 1.0", "bios=fake", "")
+FAKE_STATE = b"fake guest state " * 64
+
+
 class FakeVM:
-    """A guest that boots instantly and dies when its script says so."""
+    """A guest that boots instantly and dies when its script says so. Saves and restores
+    run the real zstd streams (and so the real size and sha256 checks) over fake state."""
 
     def __init__(self, spec: BootSpec, world: FakeWorld) -> None:
         self.spec = spec
@@ -120,6 +138,9 @@ class FakeVM:
         self.ssh_port = 0
         self.started_at = 0.0
         self.last_peak_rss_kb: int | None = None
+        self.save_error: str | None = None
+        self.save_seconds = 0.0
+        self.restore: RestoreStream | None = None
         self.console = ""
         self.running = False
         self.files: dict[str, bytes] = {}
@@ -131,15 +152,35 @@ class FakeVM:
             self.world.fail_boots -= failing
             crashing = self.world.crash_on_boot > 0
             self.world.crash_on_boot -= crashing
+            self.world.specs.append(self.spec)
         if failing:
             raise VMError("QEMU exited (code 1): fake boot failure")
         self.started_at = time.monotonic()
         self.running = True
+        if self.spec.restore_from is not None:
+            self.restore = RestoreStream(self.spec.restore_from)
         if crashing:
             self.die(PANIC)
 
     def wait_ready(self, timeout: float) -> float:
         self.check()
+        deadline = time.monotonic() + 30
+        if self.restore is not None:
+            loaded = b""
+            while chunk := os.read(self.restore.fd_for_qemu, 65536):
+                loaded += chunk
+            self.restore.finish(deadline)
+            if self.world.on_restore is not None:
+                self.world.on_restore()
+            with self.world.lock:
+                hang = self.world.hang_restores > 0
+                self.world.hang_restores -= hang
+            if hang or loaded != FAKE_STATE:
+                raise VMError(f"guest not ready after {timeout:.0f} s; console tail: (empty)")
+        elif self.spec.save_to is not None:
+            stream = SaveStream(self.spec.save_to)
+            os.write(stream.fd_for_qemu, FAKE_STATE)
+            stream.finish(deadline)
         self.console += "bpfcompat-guest-ready 1.0\n"
         return 0.01
 
@@ -160,6 +201,8 @@ class FakeVM:
 
     def stop(self) -> None:
         self.running = False
+        if self.restore is not None:
+            self.restore.abort()
 
     def console_offset(self) -> int:
         return len(self.console)

@@ -130,6 +130,19 @@ def test_qemu_listens_on_loopback_only(accel: str) -> None:
 
 # --- from inside a real guest -------------------------------------------------------------
 
+
+def _private_cache(tmp_path: Path) -> str:
+    """A cache of our own that shares the kernels and images (links, not copies): its
+    snapshots start empty, so the run's first guest boots and saves one."""
+    from bpfcompat.vm.cache import cache_root
+
+    xdg = tmp_path / "xdg"
+    (xdg / "bpfcompat").mkdir(parents=True)
+    for part in ("kernels", "images"):
+        (xdg / "bpfcompat" / part).symlink_to(cache_root() / part)
+    return str(xdg)
+
+
 PROBE = """\
 import socket, subprocess
 subprocess.run(['ip', 'route', 'add', 'default', 'via', '10.0.2.2'], capture_output=True)
@@ -193,14 +206,16 @@ class Listener:
 
 
 @pytest.mark.vm
+@pytest.mark.parametrize("snapshots", [False, True], ids=["booted", "snapshot"])
 def test_guest_cannot_reach_the_host_and_the_key_stays_in_memory(
-    built_examples: Path, tmp_path: Path
+    built_examples: Path, tmp_path: Path, snapshots: bool
 ) -> None:
     """A manifest's functional test (root in the guest) tries the host's address (10.0.2.2,
     also with a default route added), the slirp DNS and the internet: all blocked, and a
     listener on the host's 127.0.0.1 sees nothing. The same run then shows that no private
     key was written anywhere in the run's directories while the public half reached the
-    guest on the kernel command line."""
+    guest: on the kernel command line when it boots, in the console handoff when it comes
+    from a snapshot (a private snapshot cache, saved by this run's first guest)."""
     require_tool("qemu-system-x86_64")
     listener = Listener()
     try:
@@ -220,9 +235,11 @@ def test_guest_cannot_reach_the_host_and_the_key_stays_in_memory(
         }
         (art / "manifest.yaml").write_text(json.dumps(manifest))
         out, db = tmp_path / "out", tmp_path / "db"
+        mode = [] if snapshots else ["--no-snapshot"]
+        env = {"XDG_CACHE_HOME": _private_cache(tmp_path)} if snapshots else None
         proc = run_cli("matrix", "run", str(art), "--kernel", "debian-12-6.1", "--db", str(db),
                        "--out-dir", str(out), "--json", str(tmp_path / "run.json"), "--no-cache",
-                       timeout=600)  # fmt: skip
+                       *mode, env=env, timeout=600)  # fmt: skip
     finally:
         listener.close()
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -239,8 +256,10 @@ def test_guest_cannot_reach_the_host_and_the_key_stays_in_memory(
     assert (status, code) == ("pass", None), (status, code, stdout)
     assert listener.accepted == [], listener.accepted
 
-    # The public key went to the guest on the kernel command line ...
-    assert "bpfcompat.key=" in (result["host"]["cmdline"] or "")
+    # The public key went to the guest on the kernel command line or in the handoff ...
+    assert ("bpfcompat.key=" in (result["host"]["cmdline"] or "")) is not snapshots
+    ready_via = conn.execute("select ready_via from runkernel").fetchone()[0]
+    assert ready_via == ("boot+snapshot" if snapshots else "boot")
     # ... and no private key exists in anything the run wrote: reports, logs, store.
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.name.startswith("console-") for p in written)

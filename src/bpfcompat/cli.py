@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from bpfcompat import __version__, cli_store
+from bpfcompat.cli_cache import cache_app
 from bpfcompat.cli_kernels import KernelsOpt, image_app, kernels_app, with_btf
 from bpfcompat.cli_store import DbOpt, HtmlOpt, JsonOpt, JunitOpt, MdOpt
 from bpfcompat.errors import BpfcompatError, ConfigError
@@ -41,6 +42,7 @@ app.add_typer(matrix_app, name="matrix")
 app.add_typer(runs_app, name="runs")
 app.add_typer(image_app, name="image")
 app.add_typer(manifest_app, name="manifest")
+app.add_typer(cache_app, name="cache")
 
 
 class AttachMode(StrEnum):
@@ -63,6 +65,14 @@ NoAutoOpt = Annotated[
         "--no-auto-fixups",
         help="Do not size maps compiled with a zero size (the loader's job) when the manifest "
         "does not: such objects then fail with LOADER_SETUP_REQUIRED.",
+    ),
+]
+NoSnapshotOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-snapshot",
+        help="Boot every guest instead of restoring it from the kernel's cached snapshot "
+        "(also: BPFCOMPAT_SNAPSHOT=0).",
     ),
 ]
 LabelOpt = Annotated[
@@ -176,6 +186,7 @@ def matrix_run(
         typer.Option("--manifest", help="Apply this manifest to every artifact given."),
     ] = None,
     label: LabelOpt = None,
+    no_snapshot: NoSnapshotOpt = False,
     btf: Annotated[
         list[str] | None,
         typer.Option(
@@ -216,6 +227,7 @@ def matrix_run(
         progress=printer,
         labels=labels,
     )
+    options.snapshots = options.snapshots and not no_snapshot
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         with _one_interrupt():
@@ -307,6 +319,7 @@ def validate(
         ),
     ] = False,
     label: LabelOpt = None,
+    no_snapshot: NoSnapshotOpt = False,
 ) -> None:
     """Validate one artifact on the host kernel (root) or on one kernel in a VM."""
     from bpfcompat.matrix.policy import cell_exit_code
@@ -329,6 +342,7 @@ def validate(
         options = RunOptions(
             use_cache=False, workdir=work_dir(db, Path(".bpfcompat/out")), labels=_labels(label)
         )
+        options.snapshots = options.snapshots and not no_snapshot
         with _one_interrupt():
             _, summary = run_plan(plan, store, options)
         for message in summary.messages:

@@ -7,7 +7,8 @@ BpfcompatError
 │   └── BuildError     a kernel could not be built from source (names the step)
 ├── ImageError         the guest image could not be built
 ├── VMError            QEMU missing, boot failure, boot timeout
-│   └── GuestCrash     the guest panicked or oopsed (console evidence attached)
+│   ├── GuestCrash     the guest panicked or oopsed (console evidence attached)
+│   └── SnapshotError  a guest could not be saved or restored (the caller boots instead)
 ├── TransportError     SSH to the guest failed or dropped
 │   └── OversizeError  the guest offered more bytes than the host accepts
 ├── StoreError         the SQLite store cannot be used
@@ -53,6 +54,10 @@ class GuestCrash(VMError):
     def __init__(self, message: str, console_tail: str = "") -> None:
         super().__init__(message)
         self.console_tail = console_tail
+
+
+class SnapshotError(VMError):
+    pass
 
 
 class TransportError(BpfcompatError):

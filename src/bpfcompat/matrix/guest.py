@@ -12,6 +12,11 @@ guest is discarded. A guest that dies with a kernel crash while a job runs is on
 charged to that job if the crash happens again when the job runs alone on a fresh boot;
 otherwise the job keeps its own verdict and the kernel is noted as unstable.
 
+Given a snapshot cache, a guest is restored from the kernel's snapshot instead of booted
+(the first guest of a machine boots and saves it); a restore that fails in any way is
+discarded and the guest boots, with a kernel note saying why. How each guest got ready is
+kept (`ready_via`) so reports never show a restore as a boot.
+
 The VM and the transport come from factories, so the orchestration is tested with a
 fake guest; the real ones are QEMU and SSH.
 """
@@ -28,13 +33,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bpfcompat.errors import BpfcompatError, GuestCrash, OversizeError, TransportError, VMError
+from bpfcompat.errors import (
+    BpfcompatError,
+    GuestCrash,
+    OversizeError,
+    SnapshotError,
+    TransportError,
+    VMError,
+)
 from bpfcompat.matrix.plan import Artifact
 from bpfcompat.matrix.result import MAX_RESULT_BYTES, ResultModel, parse_result
 from bpfcompat.vm.arch import get_arch
+from bpfcompat.vm.handoff import Handoff
 from bpfcompat.vm.image import GUEST_DRIVER_COMMAND, GuestImage
 from bpfcompat.vm.kernels import KernelBuild
 from bpfcompat.vm.qemu import BootSpec, GuestVM, QemuVM
+from bpfcompat.vm.snapshot import RESTORE_TIMEOUT_S, SnapshotCache, SnapshotKey
 from bpfcompat.vm.spec import KernelSpec
 from bpfcompat.vm.ssh import GuestTransport, RunKey, ssh_connect
 
@@ -125,9 +139,11 @@ class GuestSession:
         attach_mode: str = "best-effort",
         auto_fixups: bool = True,
         btf_file: Path | None = None,
+        snapshots: SnapshotCache | None = None,
     ) -> None:
         self.spec = spec
         self.btf_file = btf_file
+        self.snapshots = snapshots
         self.kernel = kernel
         self.image = image
         self.workdir = workdir
@@ -142,6 +158,10 @@ class GuestSession:
         self.transport: GuestTransport | None = None
         self.boots = 0
         self.boot_seconds: list[float] = []
+        # How each guest got ready: boot, boot+snapshot (booted and saved), restore.
+        self.ready_via: list[str] = []
+        self.snapshot_info: dict[str, Any] = {}  # the save this session made, if any
+        self._no_snapshot: str | None = None  # why this session stopped using snapshots
         self.peak_rss_kb = 0
         self.ignored_lines: list[str] = []
         self.notes: list[str] = []  # what the kernel did that no artifact is blamed for
@@ -149,35 +169,122 @@ class GuestSession:
         self._died_between_jobs = False
         self._used = False  # the current guest has run jobs
 
-    def cmdline(self, key: RunKey) -> str:
+    def cmdline(self, key: RunKey | None) -> str:
+        """The kernel command line; without a key the guest waits for its handoff."""
         extra = f" {self.spec.cmdline}" if self.spec.cmdline else ""
-        return f"{base_cmdline(self.kernel.arch)}{extra} bpfcompat.key={key.public_b64}"
+        run = f" bpfcompat.key={key.public_b64}" if key is not None else ""
+        return f"{base_cmdline(self.kernel.arch)}{extra}{run}"
 
     def boot(self) -> float:
-        """Boot and connect; returns boot-to-ready seconds (SSH answering, validator in)."""
+        """Get a guest ready and connect; returns seconds from QEMU's start until SSH
+        answers. Restored from the kernel's snapshot when there is one, else booted (and
+        saved, for the next guest)."""
         self.shutdown()
         if self.stop.is_set():
             raise VMError("interrupted")
+        if self.snapshots is not None and self._no_snapshot is None:
+            try:
+                return self._boot_with_snapshots(self.snapshots)
+            except SnapshotError as exc:
+                self._stopped()
+                # Discarded; this session boots from here on, the next run saves anew.
+                self._no_snapshot = f"snapshot restore failed: {exc}; booted"
+                self.notes.append(self._no_snapshot)
         key = RunKey()
+        spec = self._boot_spec(self.cmdline(key), None)
+        seconds = self._start(spec, key, self.image.host_key, self.spec.boot_timeout_s)
+        self.ready_via.append("boot")
+        return seconds
+
+    def _boot_spec(self, cmdline: str, handoff: Handoff | None) -> BootSpec:
+        return BootSpec(
+            vmlinuz=self.kernel.vmlinuz,
+            initrd=self.image.initrd_for(self.kernel),
+            cmdline=cmdline,
+            memory_mb=self.spec.memory_mb,
+            cpus=self.spec.cpus,
+            console_log=self.workdir / "console.log",  # named per guest in _start
+            arch=self.kernel.arch,
+            handoff=handoff,
+        )
+
+    def _stopped(self) -> None:
+        if self.stop.is_set():
+            raise VMError("interrupted")
+
+    def _boot_with_snapshots(self, snapshots: SnapshotCache) -> float:
+        """Restore, or boot and save. SnapshotError: the restore failed (the snapshot is
+        discarded); the caller boots."""
+        client = RunKey()
+        handoff = Handoff(client)
+        spec = self._boot_spec(self.cmdline(None), handoff)
+        try:
+            key = snapshots.key(spec)
+        except SnapshotError as exc:
+            self._snapshots_off(f"snapshots not used: {exc}")
+            return self.boot()
+        host_key = handoff.host.public_line
+        try:
+            saved = snapshots.lookup(key)
+        except SnapshotError:
+            snapshots.discard(key)
+            raise
+        if saved is None:
+            return self._boot_and_save(snapshots, key, spec, client, host_key)
+        timeout = min(self.spec.boot_timeout_s, RESTORE_TIMEOUT_S)
+        try:
+            seconds = self._start(replace(spec, restore_from=saved), client, host_key, timeout)
+        except BpfcompatError as exc:
+            self.shutdown()
+            self._stopped()
+            snapshots.discard(key)
+            raise SnapshotError(str(exc)) from None
+        self.ready_via.append("restore")
+        return seconds
+
+    def _boot_and_save(
+        self, snapshots: SnapshotCache, key: SnapshotKey, spec: BootSpec, client: RunKey, host: str
+    ) -> float:
+        pending = snapshots.begin(key)
+        try:
+            seconds = self._start(
+                replace(spec, save_to=pending.state), client, host, self.spec.boot_timeout_s
+            )
+        except BpfcompatError as exc:
+            pending.abandon()
+            self._snapshots_off(f"snapshot not taken: the boot failed ({exc})")
+            if isinstance(exc, SnapshotError):  # not a restore's failure: the boot's
+                raise VMError(str(exc)) from None
+            raise
+        vm = self.vm
+        assert vm is not None
+        if vm.save_error is not None:
+            pending.abandon()
+            self._snapshots_off(f"snapshot not taken: {vm.save_error}")
+        else:
+            size = pending.state.stat().st_size
+            info = {"kernel": self.spec.id, "save_seconds": round(vm.save_seconds, 2)}
+            if snapshots.commit(pending, info) is not None:
+                self.snapshot_info = {**info, "bytes": size}
+            else:
+                self.notes.append(f"snapshot not kept: cannot write under {snapshots.root}")
+        self.ready_via.append("boot+snapshot")
+        return seconds
+
+    def _snapshots_off(self, why: str) -> None:
+        self._no_snapshot = why
+        self.notes.append(why)
+
+    def _start(self, spec: BootSpec, key: RunKey, host_key: str, timeout: float) -> float:
         self.boots += 1
         console = self.workdir / f"console-{self.spec.id}-{self.boots}.log"
-        vm = self.vm_factory(
-            BootSpec(
-                vmlinuz=self.kernel.vmlinuz,
-                initrd=self.image.initrd_for(self.kernel),
-                cmdline=self.cmdline(key),
-                memory_mb=self.spec.memory_mb,
-                cpus=self.spec.cpus,
-                console_log=console,
-                arch=self.kernel.arch,
-            )
-        )
+        vm = self.vm_factory(replace(spec, console_log=console))
         self.vm = vm
         self.registry.add(vm)
         vm.start()
-        vm.wait_ready(self.spec.boot_timeout_s)
-        deadline = vm.started_at + self.spec.boot_timeout_s
-        self.transport = self.connect(vm, key, self.image.host_key, deadline, self.spec.id)
+        vm.wait_ready(timeout)
+        deadline = vm.started_at + timeout
+        self.transport = self.connect(vm, key, host_key, deadline, self.spec.id)
         seconds = time.monotonic() - vm.started_at
         self.boot_seconds.append(seconds)
         self._used = False

@@ -44,6 +44,7 @@ from bpfcompat.vm.arch import host_arch
 from bpfcompat.vm.image import GuestImage, build_image
 from bpfcompat.vm.kernels import KernelBuild, btf_digest, btf_file_for, fetch_kernel
 from bpfcompat.vm.qemu import GuestVM, QemuVM, detect_accel
+from bpfcompat.vm.snapshot import SnapshotCache, snapshots_enabled
 from bpfcompat.vm.spec import KernelSpec
 from bpfcompat.vm.ssh import ssh_connect
 
@@ -67,6 +68,7 @@ class Backend:
     vm_factory: VMFactory = QemuVM
     connect: Connector = ssh_connect
     accel: Callable[[], str] = detect_accel
+    snapshots: Callable[[], SnapshotCache | None] = SnapshotCache
 
 
 @dataclass
@@ -75,6 +77,8 @@ class RunOptions:
     use_cache: bool = True
     workdir: Path = Path(".bpfcompat/work")
     boot_per_artifact: bool = False  # one cold boot per cell, for benchmarks
+    # Start guests from saved snapshots (vm/snapshot.py); off: every guest boots.
+    snapshots: bool = field(default_factory=snapshots_enabled)
     progress: Progress = _quiet
     backend: Backend = field(default_factory=Backend)
     labels: dict[str, str] = field(default_factory=dict)  # e.g. git sha, branch: shown everywhere
@@ -317,6 +321,7 @@ class MatrixRunner:
             attach_mode=self.plan.attach_mode,
             auto_fixups=self.plan.auto_fixups,
             btf_file=btf_file,
+            snapshots=self.backend.snapshots() if self.options.snapshots else None,
         )
         try:
             progress(spec.id, "booting")
@@ -340,6 +345,7 @@ class MatrixRunner:
             self._update_kernel(
                 row,
                 boot_seconds=round(session.boot_seconds[0], 2),
+                ready_via=session.ready_via[0],
                 status="ok",
                 boots=session.boots,
             )
@@ -381,6 +387,8 @@ class MatrixRunner:
             progress(spec.id, "done", f"{len(todo)} validated, {session.boots} boot(s)")
         finally:
             session.shutdown()
+            if session.ready_via:
+                self._update_kernel(row, restores=session.ready_via.count("restore"))
             if session.peak_rss_kb:
                 self._update_kernel(row, peak_rss_mb=round(session.peak_rss_kb / 1024, 1))
             notes = list(session.notes)

@@ -95,8 +95,11 @@ class RunKernel(SQLModel, table=True):
     cmdline: str = ""
     required: bool = True
     btf: bool | None = None
-    boot_seconds: float | None = None
-    boots: int = 0
+    boot_seconds: float | None = None  # the first guest's seconds from QEMU start to SSH
+    boots: int = 0  # guests started, booted or restored
+    # How the first guest got ready: boot | boot+snapshot (booted, then saved) | restore.
+    ready_via: str | None = None
+    restores: int = 0  # guests restored from a snapshot rather than booted
     peak_rss_mb: float | None = None
     status: str = "pending"  # pending | ok | cached | error
     error: str | None = None

@@ -48,6 +48,7 @@ class KernelColumn:
     error: str | None
     cmdline: str
     package_version: str
+    ready_via: str | None = None
 
 
 @dataclass
@@ -204,6 +205,7 @@ def _kernel_column(index: int, k: KernelInfo, accel: str) -> KernelColumn:
         error=k.error,
         cmdline=k.cmdline,
         package_version=k.package_version,
+        ready_via=k.ready_via,
     )
 
 

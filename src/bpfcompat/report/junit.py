@@ -88,7 +88,7 @@ def render_junit(view: RunView) -> str:
             root, "testsuite", name=_clean(kernel.id), timestamp=_clean(run.started_at)
         )
         props = ET.SubElement(suite, "properties")
-        for key in ("release", "required", "btf", "boot_seconds", "status"):
+        for key in ("release", "required", "btf", "boot_seconds", "ready_via", "status"):
             ET.SubElement(props, "property", name=key, value=_property(getattr(kernel, key)))
         counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         suite_time = 0.0

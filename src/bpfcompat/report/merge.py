@@ -99,6 +99,10 @@ def _worst(codes: list[int]) -> int | None:
 def _kernel_row(run_id: int, kernel_id: str, parts: list[KernelInfo]) -> RunKernel:
     k = parts[0]
     statuses = {p.status for p in parts}
+    # The fastest shard's first guest, and how it got ready: the two are shown together.
+    fastest = min(
+        (p for p in parts if p.boot_seconds), key=lambda p: p.boot_seconds or 0, default=k
+    )
     return RunKernel(
         run_id=run_id,
         kernel_id=kernel_id,
@@ -109,8 +113,10 @@ def _kernel_row(run_id: int, kernel_id: str, parts: list[KernelInfo]) -> RunKern
         cmdline=k.cmdline,
         required=k.required,
         btf=k.btf,
-        boot_seconds=min((p.boot_seconds for p in parts if p.boot_seconds), default=None),
+        boot_seconds=fastest.boot_seconds or None,
         boots=sum(p.boots for p in parts),
+        ready_via=fastest.ready_via,
+        restores=sum(p.restores for p in parts),
         peak_rss_mb=max((p.peak_rss_mb for p in parts if p.peak_rss_mb), default=None),
         status="error" if "error" in statuses else "ok" if "ok" in statuses else k.status,
         error="; ".join(p.error for p in parts if p.error) or None,

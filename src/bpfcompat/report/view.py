@@ -81,6 +81,10 @@ class KernelInfo(_Model):
     arch: str = ""
     accel: str = ""  # empty in runs stored before kernels had their own: the run's accel
     notes: list[str] = []
+    # How the first guest got ready (boot | boot+snapshot | restore), and how many of the
+    # kernel's guests were restored from a snapshot; None and 0 in older exports.
+    ready_via: str | None = None
+    restores: int = 0
 
 
 class ArtifactInfo(_Model):
@@ -333,6 +337,8 @@ class RunView(_Model):
                         notes=k.notes,
                         arch=k.arch or "",
                         accel=k.accel or "",
+                        ready_via=k.ready_via,
+                        restores=k.restores or 0,
                     )
                     for k in kernels
                 ],

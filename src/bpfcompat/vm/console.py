@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 READY_MARKER = "bpfcompat-guest-ready"
+# The agent (vm/guest_agent.py) waits for the host's handoff after printing this.
+WAITING_MARKER = "bpfcompat-guest-waiting"
 
 # Lines the kernel prints when it dies or is about to, strongest first: the first kind
 # present is the evidence. (kernel/panic.c panic(), arch/x86/kernel/dumpstack.c
@@ -65,12 +67,15 @@ class ConsoleWatch:
     Keeps the last TAIL_BYTES in memory, counts every byte (so a flooding guest can be
     stopped before it fills the disk) and remembers crash and OOM lines with the byte
     offset they appeared at, so a crash can be tied to the job that was running then.
+    With a `nonce`, only a ready line naming it counts: the guest read this run's handoff.
     """
 
     path: Path
+    nonce: str | None = None
     offset: int = 0
     tail: str = ""
     ready: bool = False
+    waiting: bool = False
     crash_lines: list[tuple[int, str]] = field(default_factory=list)
     oom_lines: list[tuple[int, str]] = field(default_factory=list)
     _partial: str = ""
@@ -95,7 +100,12 @@ class ConsoleWatch:
 
     def _scan(self, offset: int, line: str) -> None:
         if READY_MARKER in line:
-            self.ready = True
+            words = line.split()
+            at = words.index(READY_MARKER) if READY_MARKER in words else -1
+            named = at >= 0 and words[at + 1 : at + 2] == [self.nonce]
+            self.ready = self.ready or self.nonce is None or named
+        if WAITING_MARKER in line:
+            self.waiting = True
         if len(self.crash_lines) < MAX_CRASH_LINES and CRASH_PATTERNS.search(line):
             self.crash_lines.append((offset, line.strip()[:LINE_CHARS]))
         match = OOM_KILL.search(line)

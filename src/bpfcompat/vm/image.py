@@ -6,7 +6,8 @@ dropbear, sftp-server and the libraries the validator loads through ctypes; a st
 busybox for init and commands; the stdlib as byte code compiled by the guest's own
 python (no sources, no test suites, no extension modules that pull in OpenSSL or
 ncurses). Uncompressed because decompression is emulated too and costs more than the
-copy. The dropbear host key is made at build time so the host can pin it.
+copy. The dropbear host key made at build time is what a plain boot's host pins; a guest
+in agent mode (snapshots) is handed a fresh one per run instead (vm/handoff.py).
 
 Images are keyed by (suite, architecture). A foreign architecture's image is built the
 way Debian builds foreign chroots: its programs (the loader listing libraries, python
@@ -156,6 +157,13 @@ def init_script() -> str:
     return resources.files("bpfcompat.vm").joinpath("init.sh").read_text()
 
 
+GUEST_AGENT = "bpfcompat/agent.py"  # init runs it when no key is on the command line
+
+
+def agent_script() -> str:
+    return resources.files("bpfcompat.vm").joinpath("guest_agent.py").read_text()
+
+
 def guest_sources() -> dict[str, str]:
     """The validator package (path below GUEST_VALIDATOR_DIR -> text), its driver
     included; baked into the image (and its digest) so every boot finds it byte-compiled
@@ -176,6 +184,7 @@ def image_digest(suite: str, arch: str = "x86_64", sources: dict[str, str] | Non
         arch,
         ",".join(GUEST_PACKAGES),
         init_script(),
+        agent_script(),
         ",".join(ELF_ROOTS + CTYPES_LIBS + COPY_TREES),
         ",".join(PY_TRIM + DYNLOAD_SKIP),
         *(sources or guest_sources()).values(),
@@ -460,6 +469,9 @@ def _finish(slim: Path, sources: dict[str, str]) -> None:
     init = slim / "init"
     init.write_text(init_script())
     init.chmod(0o755)
+    agent = slim / GUEST_AGENT
+    agent.parent.mkdir(parents=True, exist_ok=True)
+    agent.write_text(agent_script())
     for name in ("tmp", "run", "proc", "sys", "dev"):
         (slim / name).mkdir(exist_ok=True)
     python = _python_name(slim)

@@ -1,7 +1,11 @@
 #!/usr/bin/busybox sh
 # bpfcompat guest init (PID 1): mount the kernel filesystems BPF needs, load the NIC
 # modules carried for the booted kernel, bring up the user-mode network and start
-# dropbear with the per-run key given on the kernel command line. PID 1 never exits.
+# dropbear. PID 1 never exits.
+# With the per-run key on the kernel command line (a plain boot), dropbear starts at once
+# with the image's host key. Without one (agent mode), the agent waits on the console for
+# the host's handoff (keys, time, entropy): the host may save the guest as a snapshot while
+# it waits, and every guest restored from it gets its own.
 # Every fork costs emulated CPU on the boot's critical path: shell builtins are used
 # where they do the job (read, case, echo) and busybox is static.
 export PATH=/usr/sbin:/usr/bin
@@ -29,9 +33,13 @@ for arg in $cmdline; do
   case "$arg" in bpfcompat.key=*) key="${arg#bpfcompat.key=}" ;; esac
 done
 umask 077
-echo "ssh-ed25519 $key bpfcompat-run" > /root/.ssh/authorized_keys
-# -s: keys only; -j -k: no port forwarding; -W: a 1 MiB window for artifact uploads.
-dropbear -s -j -k -W 1048576 -p 22 -r /etc/dropbear/dropbear_ed25519_host_key
-read -r up _ < /proc/uptime
-echo "bpfcompat-guest-ready $up"
+if [ -n "$key" ]; then
+  echo "ssh-ed25519 $key bpfcompat-run" > /root/.ssh/authorized_keys
+  # -s: keys only; -j -k: no port forwarding; -W: a 1 MiB window for artifact uploads.
+  dropbear -s -j -k -W 1048576 -p 22 -r /etc/dropbear/dropbear_ed25519_host_key
+  read -r up _ < /proc/uptime
+  echo "bpfcompat-guest-ready $up"
+else
+  python3 -I -S /bpfcompat/agent.py || echo "bpfcompat-init: agent failed"
+fi
 while :; do sleep 3600; done

@@ -34,7 +34,7 @@ from bpfcompat.vm.apt import AptWorkspace, discover_mirror
 from bpfcompat.vm.arch import get_arch, host_arch
 from bpfcompat.vm.cache import entry_lock
 from bpfcompat.vm.kernels import KernelFiles, extract_deb
-from bpfcompat.vm.qemu import _die_with_parent
+from bpfcompat.vm.proc import die_with_parent
 from bpfcompat.vm.spec import BuildSpec, KernelSpec
 
 BUILD_RECIPE = 1  # bump when the steps below change what gets built
@@ -205,7 +205,7 @@ class _StepRunner:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=lambda: _die_with_parent(parent),
+                preexec_fn=lambda: die_with_parent(parent),
             )
         except OSError as exc:
             raise BuildError(f"build step {name}: cannot run {cmd[0]}: {exc}") from None

@@ -8,6 +8,7 @@ one line naming the step and the limit it hit, not hang the run or CI.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import selectors
 import signal
@@ -20,6 +21,18 @@ from pathlib import Path
 from bpfcompat.errors import BpfcompatError
 
 MAX_OUTPUT_BYTES = 256 << 20  # what one program may print before it is stopped
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """In the child before exec: SIGKILL when the thread that started us dies.
+
+    The signal follows the starting *thread*; the runner's worker threads outlive every
+    VM they start, and when the whole process dies (even by SIGKILL) all of them go."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,16 @@ when the CPU advertises vmx/svm as well.
 QEMU dies with the process that started it (PR_SET_PDEATHSIG), so a bpfcompat killed with
 SIGKILL leaves no guest behind, and its console is capped so a flooding guest cannot fill
 the host's disk.
+
+In agent mode (a BootSpec with a handoff) the guest waits on its console for the run's
+keys; QEMU's stdin feeds that console and a QMP channel drives it, so the guest can be
+saved to a file while it waits (`save_to`) or started from such a file (`restore_from`)
+instead of booting. The console is still logged to the same file and watched the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
@@ -20,29 +24,28 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from bpfcompat.errors import GuestCrash, VMError
+from bpfcompat.errors import GuestCrash, SnapshotError, VMError
 from bpfcompat.vm.arch import get_arch, host_arch
 from bpfcompat.vm.console import ConsoleWatch
+from bpfcompat.vm.handoff import Handoff
+from bpfcompat.vm.migration import (
+    SAVE_BANDWIDTH,
+    Qmp,
+    RestoreStream,
+    SavedGuest,
+    SaveStream,
+    wait_migration,
+)
+from bpfcompat.vm.proc import die_with_parent
 
 ACCEL_ENV = "BPFCOMPAT_ACCEL"
 # A guest printing without end is stopped here rather than filling the host's disk.
 MAX_CONSOLE_BYTES = 64 << 20
-PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
-
-
-def _die_with_parent(parent: int) -> None:
-    """In the child before exec: SIGKILL when the thread that started us dies.
-
-    The signal follows the starting *thread*; the runner's worker threads outlive every
-    VM they start, and when the whole process dies (even by SIGKILL) all of them go."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def detect_accel() -> str:
@@ -81,6 +84,12 @@ class BootSpec:
     accel: str = field(default_factory=detect_accel)
     with_network: bool = True
     arch: str = "x86_64"
+    # Agent mode: the guest waits for this on its console (no key on the command line).
+    handoff: Handoff | None = None
+    # Agent mode: save the guest here, zstd-compressed, once it waits; then go on.
+    save_to: Path | None = None
+    # Agent mode: start from this saved guest instead of booting.
+    restore_from: SavedGuest | None = None
 
     @property
     def effective_accel(self) -> str:
@@ -94,6 +103,8 @@ class GuestVM(Protocol):
     ssh_port: int
     started_at: float
     last_peak_rss_kb: int | None
+    save_error: str | None  # why `save_to` was not written (None: written, or not asked)
+    save_seconds: float
 
     def start(self) -> None: ...
     def wait_ready(self, timeout: float) -> float: ...
@@ -117,10 +128,51 @@ class QemuVM:
         self.ready_at = 0.0
         self.last_peak_rss_kb: int | None = None
         self.watch = ConsoleWatch(spec.console_log)
+        self.qmp: Qmp | None = None
+        self.save_error: str | None = None
+        self.save_seconds = 0.0
+        self._restore: RestoreStream | None = None
+        self._qmp_fd = -1
+        # Seconds since start at each step of getting ready, for the benchmarks.
+        self.marks: dict[str, float] = {}
+
+    def _mark(self, name: str) -> None:
+        self.marks[name] = time.monotonic() - self.started_at
+
+    @property
+    def agent(self) -> bool:
+        return self.spec.handoff is not None
 
     def command(self) -> list[str]:
+        return self._command(
+            self.ssh_port, str(self.spec.console_log), self.agent, self._qmp_fd, self._incoming_fd
+        )
+
+    def shape(self) -> list[str]:
+        """The agent-mode command line with every per-run value blanked (console path,
+        forwarded port, descriptors, the kernel's and initrd's paths): two guests with the
+        same shape and the same file contents are the same machine, whatever cache they
+        came from."""
+        args = self._command(0, "CONSOLE", True, -1, None)
+        files = {str(self.spec.vmlinuz): "KERNEL", str(self.spec.initrd): "INITRD"}
+        return [files.get(arg, arg) for arg in args]
+
+    @property
+    def _incoming_fd(self) -> int | None:
+        return self._restore.fd_for_qemu if self._restore is not None else None
+
+    def _command(
+        self, port: int, console: str, agent: bool, qmp_fd: int, incoming_fd: int | None
+    ) -> list[str]:
         spec = self.spec
         arch = get_arch(spec.arch)
+        if agent:
+            # The console reads QEMU's stdin (the handoff) and is logged as before.
+            serial = f"stdio,id=con0,logfile={console},signal=off"
+            monitor = ["-chardev", f"socket,id=qmp,fd={qmp_fd}", "-mon", "chardev=qmp,mode=control"]
+        else:
+            serial = f"file,id=con0,path={console}"
+            monitor = ["-monitor", "none"]
         cpu = (
             ["-accel", "kvm", "-cpu", "host"]
             if spec.effective_accel == "kvm"
@@ -145,22 +197,24 @@ class QemuVM:
             "-append",
             spec.cmdline,
             "-chardev",
-            f"file,id=con0,path={spec.console_log}",
+            serial,
             "-serial",
             "chardev:con0",
             "-no-reboot",
-            "-monitor",
-            "none",
+            *monitor,
         ]
         if spec.with_network:
             # restrict=on: the guest reaches nothing, not even the host; only the
-            # forward (bound to loopback) lets the host in.
+            # forward (bound to loopback) lets the host in. The forward is host-side
+            # configuration, not guest state: a restored guest gets a new port.
             cmd += [
                 "-netdev",
-                f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+                f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
                 "-device",
                 "virtio-net-pci,netdev=n0",
             ]
+        if incoming_fd is not None:
+            cmd += ["-incoming", f"fd:{incoming_fd}"]
         return cmd
 
     def start(self) -> None:
@@ -172,18 +226,41 @@ class QemuVM:
         self.spec.console_log.parent.mkdir(parents=True, exist_ok=True)
         self.spec.console_log.write_bytes(b"")
         self.ssh_port = free_local_port()
-        self.watch = ConsoleWatch(self.spec.console_log)
+        handoff = self.spec.handoff
+        self.watch = ConsoleWatch(self.spec.console_log, handoff.nonce if handoff else None)
         self.started_at = time.monotonic()
         parent = os.getpid()
-        with self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,  # Ctrl-C on the terminal must not reach QEMU first
-                preexec_fn=lambda: _die_with_parent(parent),
-            )
+        ours = theirs = None
+        if self.agent:
+            ours, theirs = socket.socketpair()
+            self._qmp_fd = theirs.fileno()
+            if self.spec.restore_from is not None:
+                self._restore = RestoreStream(self.spec.restore_from)
+        passed = [fd for fd in (self._qmp_fd, self._incoming_fd) if fd is not None and fd >= 0]
+        try:
+            with self.stderr_path.open("wb") as err:
+                self.proc = subprocess.Popen(
+                    self.command(),
+                    stdin=subprocess.PIPE if self.agent else subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    pass_fds=passed,
+                    start_new_session=True,  # Ctrl-C on the terminal must not reach QEMU first
+                    preexec_fn=lambda: die_with_parent(parent),
+                )
+        except BaseException:
+            if ours is not None:
+                ours.close()
+            if self._restore is not None:
+                self._restore.abort()
+            raise
+        finally:
+            if theirs is not None:
+                theirs.close()  # QEMU holds its own copies now
+            if self._restore is not None:
+                self._restore.handed_over()
+        if ours is not None:
+            self.qmp = Qmp(ours, f"QEMU ({self.spec.console_log.name})")
 
     def console_offset(self) -> int:
         """Bytes of console read so far: a crash seen later happened after this point."""
@@ -236,18 +313,88 @@ class QemuVM:
         return ""
 
     def wait_ready(self, timeout: float) -> float:
-        """Block until init reports ready; return seconds since start."""
+        """Block until init reports ready; return seconds since start. In agent mode the
+        guest is first restored or saved as asked, then handed the run's keys."""
         deadline = self.started_at + timeout
+        handoff = self.spec.handoff
+        if handoff is not None:
+            if self.spec.restore_from is not None:
+                self._finish_restore(deadline)
+            else:
+                self._until(lambda: self.watch.waiting, deadline, timeout)
+                self._mark("waiting")
+                if self.spec.save_to is not None:
+                    self._save(self.spec.save_to, deadline)
+                    self._mark("saved")
+            self._send(handoff.line())
+            self._mark("handed")
+        self._until(lambda: self.watch.ready, deadline, timeout)
+        self._mark("ready")
+        self.ready_at = time.monotonic()
+        return self.ready_at - self.started_at
+
+    def _until(self, done: Callable[[], bool], deadline: float, timeout: float) -> None:
         while time.monotonic() < deadline:
             self.check()
-            if self.watch.ready:
-                self.ready_at = time.monotonic()
-                return self.ready_at - self.started_at
-            time.sleep(0.02)
+            if done():
+                return
+            time.sleep(0.01)
         raise VMError(
             f"guest not ready after {timeout:.0f} s; console tail: "
             + (self.watch.tail_lines(3).replace("\n", " | ") or "(empty)")
         )
+
+    def _control(self) -> Qmp:
+        if self.qmp is None:
+            raise VMError("QEMU was started without its control channel")
+        return self.qmp
+
+    def _finish_restore(self, deadline: float) -> None:
+        """The stream loaded, zstd ended cleanly, the file's sha256 is the recorded one:
+        only then does the guest run and get the handoff."""
+        qmp, stream = self._control(), self._restore
+        assert stream is not None
+        wait_migration(qmp, deadline, self.check)
+        self._mark("loaded")
+        stream.finish(deadline)
+        self._mark("verified")
+        qmp.execute("cont", deadline)
+
+    def _save(self, path: Path, deadline: float) -> None:
+        """Pause the waiting guest, write it to `path`, resume it. A failure is recorded
+        in `save_error`, never raised: this guest is still good for the run."""
+        qmp = self._control()
+        started = time.monotonic()
+        stream: SaveStream | None = None
+        try:
+            stream = SaveStream(path)
+            qmp.execute("stop", deadline)
+            qmp.execute("migrate-set-parameters", deadline, **{"max-bandwidth": SAVE_BANDWIDTH})
+            qmp.execute("getfd", deadline, fds=(stream.fd_for_qemu,), fdname="snapshot")
+            stream.handed_over()
+            qmp.execute("migrate", deadline, uri="fd:snapshot")
+            wait_migration(qmp, deadline, self.check)
+            stream.finish(deadline)
+            self.save_seconds = time.monotonic() - started
+        except (SnapshotError, OSError) as exc:
+            self.save_error = str(exc)
+            if stream is not None:
+                stream.abort()
+            with contextlib.suppress(OSError):
+                path.unlink()
+        finally:
+            if self.alive():
+                qmp.execute("cont", deadline)
+
+    def _send(self, line: bytes) -> None:
+        stdin = self.proc.stdin if self.proc else None
+        try:
+            assert stdin is not None
+            stdin.write(line)
+            stdin.flush()
+        except (OSError, ValueError):
+            self.check()
+            raise VMError("QEMU stopped reading the guest's console input") from None
 
     def peak_rss_kb(self) -> int | None:
         """QEMU's high-water resident set (VmHWM), while it still runs."""
@@ -263,12 +410,23 @@ class QemuVM:
     def stop(self) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:
+            self._release()
             return
         self.last_peak_rss_kb = self.peak_rss_kb()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
+        self._release()
+
+    def _release(self) -> None:
+        if self.qmp is not None:
+            self.qmp.close()
+        if self._restore is not None:
+            self._restore.abort()
+        if self.proc is not None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
 
     def __enter__(self) -> QemuVM:
         self.start()
