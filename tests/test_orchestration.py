@@ -261,12 +261,32 @@ def test_an_oom_kill_and_a_signal_are_told_apart(
     world.script("simple-pass", Step("signal", code=11))
     summary, _ = run(tmp_path, built_examples, world, ["ringbuf", "simple-pass"])
     got = cells(summary)
+    # Twice: once in the kernel's 512 MB, once alone in 2048 MB; never a third time.
+    assert world.attempts["ringbuf"] == 2 and any("2048 MB" in n for n in got["ringbuf"].notes)
     assert got["ringbuf"].code == "INFRA_ERROR" and "Out of memory" in (
         got["ringbuf"].evidence or ""
     )
     assert got["simple-pass"].status == "error" and "signal 11" in (
         got["simple-pass"].evidence or ""
     )
+
+
+def test_an_oom_killed_job_runs_again_alone_in_a_bigger_guest(
+    tmp_path: Path, built_examples: Path, world: FakeWorld
+) -> None:
+    """The guest's memory is ours to choose: an OOM kill is not a verdict until the job
+    ran alone with more; its neighbours go back to a guest of the kernel's own size."""
+    world.script("ringbuf", Step("oom"), Step())
+    summary, store = run(tmp_path, built_examples, world, THREE)
+    got = cells(summary)
+    assert {a: c.status for a, c in got.items()} == dict.fromkeys(THREE, "pass")
+    assert world.batches == [THREE, ["ringbuf"], ["bloom-filter-map"]]
+    assert [spec.memory_mb for spec in world.specs] == [512, 2048, 512]
+    (note,) = got["ringbuf"].notes
+    assert "512 MB" in note and "2048 MB" in note
+    assert not got["simple-pass"].notes
+    again, _ = run(tmp_path, built_examples, world, ["ringbuf"], store=store)
+    assert cells(again)["ringbuf"].cached, "the bigger guest's answer is final"
 
 
 # --- the run's own bookkeeping ----------------------------------------------------------------

@@ -73,6 +73,10 @@ MAX_IGNORED_LINES = 20  # protocol lines that named no live job, kept as evidenc
 # Kernel crashes outside any job (between jobs, while staging) before the kernel itself is
 # called unstable and its remaining cells are given up.
 MAX_UNCHARGED_CRASHES = 2
+# A job the guest kernel's OOM killer stopped runs again alone with this many times the
+# kernel's memory, up to a cap (big objects' verification takes hundreds of MB in-kernel).
+OOM_GROWTH = 4
+OOM_MAX_MB = 4096
 
 VMFactory = Callable[[BootSpec], GuestVM]
 Connector = Callable[[GuestVM, RunKey, str, float, str], GuestTransport]
@@ -92,6 +96,8 @@ class RawOutcome:
     seconds: float
     retryable: bool = True  # an infra error that a reboot may cure
     unstable: str | None = None  # the kernel crashed once under this job, not again alone
+    oom: bool = False  # the guest kernel's OOM killer killed the validator
+    memory_mb: int | None = None  # the guest's memory, when it was grown for this job
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,7 @@ class _Unit:
     jobs: list[Job]
     fresh: bool = False
     confirm: RawOutcome | None = None
+    memory_mb: int | None = None  # a guest this big, for a job the OOM killer stopped
 
 
 class GuestSession:
@@ -168,6 +175,7 @@ class GuestSession:
         self._uncharged_crashes = 0
         self._died_between_jobs = False
         self._used = False  # the current guest has run jobs
+        self._guest_memory = spec.memory_mb  # the running guest's memory
 
     def cmdline(self, key: RunKey | None) -> str:
         """The kernel command line; without a key the guest waits for its handoff."""
@@ -175,14 +183,17 @@ class GuestSession:
         run = f" bpfcompat.key={key.public_b64}" if key is not None else ""
         return f"{base_cmdline(self.kernel.arch)}{extra}{run}"
 
-    def boot(self) -> float:
+    def boot(self, memory_mb: int | None = None) -> float:
         """Get a guest ready and connect; returns seconds from QEMU's start until SSH
         answers. Restored from the kernel's snapshot when there is one, else booted (and
-        saved, for the next guest)."""
+        saved, for the next guest). A guest with other memory than the kernel's own is
+        always booted: a snapshot holds the memory it was taken with."""
         self.shutdown()
         if self.stop.is_set():
             raise VMError("interrupted")
-        if self.snapshots is not None and self._no_snapshot is None:
+        self._guest_memory = memory_mb or self.spec.memory_mb
+        usual = self._guest_memory == self.spec.memory_mb
+        if usual and self.snapshots is not None and self._no_snapshot is None:
             try:
                 return self._boot_with_snapshots(self.snapshots)
             except SnapshotError as exc:
@@ -201,7 +212,7 @@ class GuestSession:
             vmlinuz=self.kernel.vmlinuz,
             initrd=self.image.initrd_for(self.kernel),
             cmdline=cmdline,
-            memory_mb=self.spec.memory_mb,
+            memory_mb=self._guest_memory,
             cpus=self.spec.cpus,
             console_log=self.workdir / "console.log",  # named per guest in _start
             arch=self.kernel.arch,
@@ -302,12 +313,18 @@ class GuestSession:
             self.registry.discard(self.vm)
             self.vm = None
 
-    def ensure_booted(self, fresh: bool = False) -> None:
-        """Boot when asked for a fresh guest or no healthy one is up; a failure here is
-        the kernel's, not a cell's."""
+    def ensure_booted(self, fresh: bool = False, memory_mb: int | None = None) -> None:
+        """Boot when asked for a fresh guest, for other memory, or when no healthy one is
+        up; a failure here is the kernel's, not a cell's."""
         healthy = self.transport is not None and self.vm is not None and self.vm.alive()
-        if (fresh and self._used) or not healthy:
-            self.boot()
+        sized = self._guest_memory == (memory_mb or self.spec.memory_mb)
+        if (fresh and self._used) or not healthy or not sized:
+            self.boot(memory_mb)
+
+    def grown_memory(self) -> int | None:
+        """The memory for re-running a job the OOM killer stopped, if more is allowed."""
+        grown = min(self.spec.memory_mb * OOM_GROWTH, OOM_MAX_MB)
+        return grown if grown > self.spec.memory_mb else None
 
     # --- scheduling ------------------------------------------------------------------------
 
@@ -328,24 +345,37 @@ class GuestSession:
     ) -> Iterator[tuple[int, RawOutcome]]:
         """Yield (index, outcome) as artifacts finish.
 
-        An infrastructure failure is retried once after a reboot; a kernel crash under a
-        job is re-run alone on a fresh boot before anyone is blamed; a failing boot raises
+        An infrastructure failure is retried once after a reboot; a job the OOM killer
+        stopped runs again alone in a bigger guest; a kernel crash under a job is re-run
+        alone on a fresh boot before anyone is blamed; a failing boot raises
         BpfcompatError (the kernel's problem, not a cell's)."""
         units = self._units([Job(index, artifact) for index, artifact in jobs], boot_per_artifact)
         retried: set[int] = set()
+        grown: set[int] = set()  # jobs re-run in a bigger guest after an OOM kill
         while units and not self.stop.is_set():
             unit = units.pop(0)
             if not unit.jobs:
                 continue
-            self.ensure_booted(fresh=unit.fresh)
+            self.ensure_booted(fresh=unit.fresh, memory_mb=unit.memory_mb)
             self._used = True
             self._died_between_jobs = False
             done: set[int] = set()
             for job, outcome in self._run_batch(unit.jobs, on_start):
                 done.add(job.index)
                 rest = [j for j in unit.jobs if j.index not in done]
+                if unit.memory_mb is not None:
+                    outcome = replace(outcome, memory_mb=unit.memory_mb)
                 if unit.confirm is not None:
                     outcome = self._confirmed(unit.confirm, outcome)
+                elif outcome.oom and job.index not in grown and self.grown_memory():
+                    # The guest's memory is our choice, not the object's fault: the job runs
+                    # again alone in a bigger guest, and only that answer is its verdict.
+                    grown.add(job.index)
+                    units[:0] = [
+                        _Unit([job], True, memory_mb=self.grown_memory()),
+                        _Unit(rest, unit.fresh),
+                    ]
+                    break
                 elif outcome.crash:
                     # Whose crash? Run the job alone on a fresh boot before deciding.
                     units[:0] = [_Unit([job], True, outcome), _Unit(rest, unit.fresh)]
@@ -547,7 +577,16 @@ class GuestSession:
             oom = vm.oom_line(since)
             why = f"validator killed by SIGKILL: {oom}" if oom else "validator killed by SIGKILL"
             return RawOutcome(
-                None, None, exit_code, 9, why, False, vm.console_tail() if oom else None, seconds
+                None,
+                None,
+                exit_code,
+                9,
+                why,
+                False,
+                vm.console_tail() if oom else None,
+                seconds,
+                retryable=False,  # the same guest runs out again: a bigger one may not
+                oom=bool(oom),
             )
         try:
             data = transport.get_bytes(f"{job.dir}/result.json", MAX_RESULT_BYTES)

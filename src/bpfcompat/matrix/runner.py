@@ -365,9 +365,14 @@ class MatrixRunner:
                         return  # killed by our own interrupt: not a verdict
                     artifact, key = by_index[index]
                     stored = self._store_result(key, artifact, spec, image, outcome)
-                    self._record_cell(
-                        spec, artifact, stored, kernel, cached=False, unstable=outcome.unstable
-                    )
+                    notes = [outcome.unstable] if outcome.unstable else []
+                    if outcome.memory_mb is not None:
+                        notes.append(
+                            f"the guest's OOM killer stopped the validator with "
+                            f"{spec.memory_mb} MB; this answer is from a guest with "
+                            f"{outcome.memory_mb} MB"
+                        )
+                    self._record_cell(spec, artifact, stored, kernel, cached=False, notes=notes)
                     finished.add(index)
             except BpfcompatError as exc:
                 if self.stop.is_set():
@@ -461,7 +466,7 @@ class MatrixRunner:
         kernel: KernelBuild,
         *,
         cached: bool,
-        unstable: str | None = None,
+        notes: list[str] | None = None,
     ) -> None:
         if cached:
             # The same evidence judged by the same classifier: reuse that verdict rather
@@ -504,7 +509,7 @@ class MatrixRunner:
             result=result,
             analysis=statics,
         )
-        extra = [unstable] if unstable else []
+        extra = list(notes or [])
         if flaky:
             extra.append("flaky: a functional test passed only on a retry")
         if extra or flaky:

@@ -397,10 +397,12 @@ OUTCOME_RULES: tuple[Rule, ...] = (
          "Read the console tail; try the kernel's newest point release.", (),
          "stored crash flag; console tail"),
     Rule("oom-kill", "INFRA_ERROR", ("infra",), None, "high",
-         "The guest kernel's OOM killer killed the validator: inconclusive.",
-         "The object (or the validator probing it) needs more memory than the guest has.",
-         "Give this kernel more memory (memory_mb in kernels.yaml): the validator ran the "
-         "guest out of memory.", (),
+         "The guest kernel's OOM killer killed the validator, also when the job ran again "
+         "alone in a guest with four times the kernel's memory (at most 4096 MB): "
+         "inconclusive.",
+         "The object's verification (or the validator probing it) needs more memory than "
+         "that guest has.",
+         "Give this kernel more memory (memory_mb in kernels.yaml).", (),
          "signal 9; the console's OOM-killer line"),
     Rule("validator-signal", "INVALID_ARTIFACT", ("open",), None, "medium",
          "The validator was killed by a signal while libbpf parsed an object the host "
