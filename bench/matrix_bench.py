@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
-from bpfcompat.matrix.guest import GuestSession, base_cmdline
+from bpfcompat.matrix.guest import GuestSession
+from bpfcompat.matrix.launch import base_cmdline
 from bpfcompat.matrix.plan import Plan, discover_artifacts
 from bpfcompat.matrix.runner import Backend, RunOptions, run_plan
 from bpfcompat.matrix.store import Store

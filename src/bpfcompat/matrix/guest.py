@@ -11,14 +11,8 @@ assumed able to tamper with its boot: it runs alone in a fresh guest, after whic
 guest is discarded. A guest that dies with a kernel crash while a job runs is only
 charged to that job if the crash happens again when the job runs alone on a fresh boot;
 otherwise the job keeps its own verdict and the kernel is noted as unstable.
-
-Given a snapshot cache, a guest is restored from the kernel's snapshot instead of booted
-(the first guest of a machine boots and saves it); a restore that fails in any way is
-discarded and the guest boots, with a kernel note saying why. How each guest got ready is
-kept (`ready_via`) so reports never show a restore as a boot.
-
-The VM and the transport come from factories, so the orchestration is tested with a
-fake guest; the real ones are QEMU and SSH.
+A job the guest's OOM killer stops runs again alone in a guest with more memory (our
+choice of memory is not the object's fault). Getting a guest ready is launch.py's.
 """
 
 from __future__ import annotations
@@ -37,37 +31,22 @@ from bpfcompat.errors import (
     BpfcompatError,
     GuestCrash,
     OversizeError,
-    SnapshotError,
     TransportError,
     VMError,
 )
+from bpfcompat.matrix.launch import Connector, GuestLauncher, VMFactory
 from bpfcompat.matrix.plan import Artifact
 from bpfcompat.matrix.result import MAX_RESULT_BYTES, ResultModel, parse_result
-from bpfcompat.vm.arch import get_arch
-from bpfcompat.vm.handoff import Handoff
 from bpfcompat.vm.image import GUEST_DRIVER_COMMAND, GuestImage
 from bpfcompat.vm.kernels import KernelBuild
-from bpfcompat.vm.qemu import BootSpec, GuestVM, QemuVM
-from bpfcompat.vm.snapshot import RESTORE_TIMEOUT_S, SnapshotCache, SnapshotKey
+from bpfcompat.vm.qemu import GuestVM, QemuVM
+from bpfcompat.vm.snapshot import SnapshotCache
 from bpfcompat.vm.spec import KernelSpec
-from bpfcompat.vm.ssh import GuestTransport, RunKey, ssh_connect
+from bpfcompat.vm.ssh import ssh_connect
 
 GUEST_DIR = "/tmp/bpfc"
 # An external BTF file for the kernel (its `btf:`), staged once per batch.
 GUEST_BTF = f"{GUEST_DIR}/btf/vmlinux.btf"
-# Boot-time costs paid in emulated CPU, cut where nothing BPF sees changes:
-# init_on_alloc=0 stops zeroing every page before it is written anyway (0.1 s while the
-# initramfs unpacks); a throwaway test VM needs no hardening default. The console and
-# architecture-specific parameters (x86: acpi=noirq) come from vm/arch.py.
-COMMON_CMDLINE = "panic=-1 oops=panic quiet random.trust_cpu=on init_on_alloc=0"
-
-
-def base_cmdline(arch: str = "x86_64") -> str:
-    profile = get_arch(arch)
-    return " ".join(filter(None, (f"console={profile.console}", COMMON_CMDLINE, profile.cmdline)))
-
-
-BASE_CMDLINE = base_cmdline()
 KILLED = 128 + 9
 MAX_IGNORED_LINES = 20  # protocol lines that named no live job, kept as evidence
 # Kernel crashes outside any job (between jobs, while staging) before the kernel itself is
@@ -77,9 +56,6 @@ MAX_UNCHARGED_CRASHES = 2
 # kernel's memory, up to a cap (big objects' verification takes hundreds of MB in-kernel).
 OOM_GROWTH = 4
 OOM_MAX_MB = 4096
-
-VMFactory = Callable[[BootSpec], GuestVM]
-Connector = Callable[[GuestVM, RunKey, str, float, str], GuestTransport]
 
 
 @dataclass
@@ -128,8 +104,8 @@ class _Unit:
     memory_mb: int | None = None  # a guest this big, for a job the OOM killer stopped
 
 
-class GuestSession:
-    """Boots `kernel` on demand and validates artifacts in it."""
+class GuestSession(GuestLauncher):
+    """Validates artifacts in the kernel's guest, getting a new one when needed."""
 
     def __init__(
         self,
@@ -148,178 +124,24 @@ class GuestSession:
         btf_file: Path | None = None,
         snapshots: SnapshotCache | None = None,
     ) -> None:
-        self.spec = spec
+        super().__init__(
+            spec,
+            kernel,
+            image,
+            workdir,
+            stop,
+            registry,
+            vm_factory=vm_factory,
+            connect=connect,
+            snapshots=snapshots,
+        )
         self.btf_file = btf_file
-        self.snapshots = snapshots
-        self.kernel = kernel
-        self.image = image
-        self.workdir = workdir
-        self.stop = stop
-        self.registry = registry
-        self.vm_factory = vm_factory
-        self.connect = connect
         self.artifact_timeout = artifact_timeout
         self.attach_mode = attach_mode
         self.auto_fixups = auto_fixups
-        self.vm: GuestVM | None = None
-        self.transport: GuestTransport | None = None
-        self.boots = 0
-        self.boot_seconds: list[float] = []
-        # How each guest got ready: boot, boot+snapshot (booted and saved), restore.
-        self.ready_via: list[str] = []
-        self.snapshot_info: dict[str, Any] = {}  # the save this session made, if any
-        self._no_snapshot: str | None = None  # why this session stopped using snapshots
-        self.peak_rss_kb = 0
         self.ignored_lines: list[str] = []
-        self.notes: list[str] = []  # what the kernel did that no artifact is blamed for
         self._uncharged_crashes = 0
         self._died_between_jobs = False
-        self._used = False  # the current guest has run jobs
-        self._guest_memory = spec.memory_mb  # the running guest's memory
-
-    def cmdline(self, key: RunKey | None) -> str:
-        """The kernel command line; without a key the guest waits for its handoff."""
-        extra = f" {self.spec.cmdline}" if self.spec.cmdline else ""
-        run = f" bpfcompat.key={key.public_b64}" if key is not None else ""
-        return f"{base_cmdline(self.kernel.arch)}{extra}{run}"
-
-    def boot(self, memory_mb: int | None = None) -> float:
-        """Get a guest ready and connect; returns seconds from QEMU's start until SSH
-        answers. Restored from the kernel's snapshot when there is one, else booted (and
-        saved, for the next guest). A guest with other memory than the kernel's own is
-        always booted: a snapshot holds the memory it was taken with."""
-        self.shutdown()
-        if self.stop.is_set():
-            raise VMError("interrupted")
-        self._guest_memory = memory_mb or self.spec.memory_mb
-        usual = self._guest_memory == self.spec.memory_mb
-        if usual and self.snapshots is not None and self._no_snapshot is None:
-            try:
-                return self._boot_with_snapshots(self.snapshots)
-            except SnapshotError as exc:
-                self._stopped()
-                # Discarded; this session boots from here on, the next run saves anew.
-                self._no_snapshot = f"snapshot restore failed: {exc}; booted"
-                self.notes.append(self._no_snapshot)
-        key = RunKey()
-        spec = self._boot_spec(self.cmdline(key), None)
-        seconds = self._start(spec, key, self.image.host_key, self.spec.boot_timeout_s)
-        self.ready_via.append("boot")
-        return seconds
-
-    def _boot_spec(self, cmdline: str, handoff: Handoff | None) -> BootSpec:
-        return BootSpec(
-            vmlinuz=self.kernel.vmlinuz,
-            initrd=self.image.initrd_for(self.kernel),
-            cmdline=cmdline,
-            memory_mb=self._guest_memory,
-            cpus=self.spec.cpus,
-            console_log=self.workdir / "console.log",  # named per guest in _start
-            arch=self.kernel.arch,
-            handoff=handoff,
-        )
-
-    def _stopped(self) -> None:
-        if self.stop.is_set():
-            raise VMError("interrupted")
-
-    def _boot_with_snapshots(self, snapshots: SnapshotCache) -> float:
-        """Restore, or boot and save. SnapshotError: the restore failed (the snapshot is
-        discarded); the caller boots."""
-        client = RunKey()
-        handoff = Handoff(client)
-        spec = self._boot_spec(self.cmdline(None), handoff)
-        try:
-            key = snapshots.key(spec)
-        except SnapshotError as exc:
-            self._snapshots_off(f"snapshots not used: {exc}")
-            return self.boot()
-        host_key = handoff.host.public_line
-        try:
-            saved = snapshots.lookup(key)
-        except SnapshotError:
-            snapshots.discard(key)
-            raise
-        if saved is None:
-            return self._boot_and_save(snapshots, key, spec, client, host_key)
-        timeout = min(self.spec.boot_timeout_s, RESTORE_TIMEOUT_S)
-        try:
-            seconds = self._start(replace(spec, restore_from=saved), client, host_key, timeout)
-        except BpfcompatError as exc:
-            self.shutdown()
-            self._stopped()
-            snapshots.discard(key)
-            raise SnapshotError(str(exc)) from None
-        self.ready_via.append("restore")
-        return seconds
-
-    def _boot_and_save(
-        self, snapshots: SnapshotCache, key: SnapshotKey, spec: BootSpec, client: RunKey, host: str
-    ) -> float:
-        pending = snapshots.begin(key)
-        try:
-            seconds = self._start(
-                replace(spec, save_to=pending.state), client, host, self.spec.boot_timeout_s
-            )
-        except BpfcompatError as exc:
-            pending.abandon()
-            self._snapshots_off(f"snapshot not taken: the boot failed ({exc})")
-            if isinstance(exc, SnapshotError):  # not a restore's failure: the boot's
-                raise VMError(str(exc)) from None
-            raise
-        vm = self.vm
-        assert vm is not None
-        if vm.save_error is not None:
-            pending.abandon()
-            self._snapshots_off(f"snapshot not taken: {vm.save_error}")
-        else:
-            size = pending.state.stat().st_size
-            info = {"kernel": self.spec.id, "save_seconds": round(vm.save_seconds, 2)}
-            if snapshots.commit(pending, info) is not None:
-                self.snapshot_info = {**info, "bytes": size}
-            else:
-                self.notes.append(f"snapshot not kept: cannot write under {snapshots.root}")
-        self.ready_via.append("boot+snapshot")
-        return seconds
-
-    def _snapshots_off(self, why: str) -> None:
-        self._no_snapshot = why
-        self.notes.append(why)
-
-    def _start(self, spec: BootSpec, key: RunKey, host_key: str, timeout: float) -> float:
-        self.boots += 1
-        console = self.workdir / f"console-{self.spec.id}-{self.boots}.log"
-        vm = self.vm_factory(replace(spec, console_log=console))
-        self.vm = vm
-        self.registry.add(vm)
-        vm.start()
-        vm.wait_ready(timeout)
-        deadline = vm.started_at + timeout
-        self.transport = self.connect(vm, key, host_key, deadline, self.spec.id)
-        seconds = time.monotonic() - vm.started_at
-        self.boot_seconds.append(seconds)
-        self._used = False
-        return seconds
-
-    def shutdown(self) -> None:
-        if self.transport is not None:
-            # Closing a dead connection must not mask why it died.
-            with contextlib.suppress(Exception):
-                self.transport.close()
-            self.transport = None
-        if self.vm is not None:
-            self.vm.stop()
-            self.peak_rss_kb = max(self.peak_rss_kb, self.vm.last_peak_rss_kb or 0)
-            self.registry.discard(self.vm)
-            self.vm = None
-
-    def ensure_booted(self, fresh: bool = False, memory_mb: int | None = None) -> None:
-        """Boot when asked for a fresh guest, for other memory, or when no healthy one is
-        up; a failure here is the kernel's, not a cell's."""
-        healthy = self.transport is not None and self.vm is not None and self.vm.alive()
-        sized = self._guest_memory == (memory_mb or self.spec.memory_mb)
-        if (fresh and self._used) or not healthy or not sized:
-            self.boot(memory_mb)
 
     def grown_memory(self) -> int | None:
         """The memory for re-running a job the OOM killer stopped, if more is allowed."""

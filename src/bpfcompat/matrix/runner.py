@@ -24,7 +24,8 @@ from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError
 from bpfcompat.matrix.classify import CLASSIFIER_VERSION, cell_fields, classify, kernel_failed
 from bpfcompat.matrix.expect import kernel_chain, matches
-from bpfcompat.matrix.guest import Connector, GuestSession, RawOutcome, VMFactory, describe_error
+from bpfcompat.matrix.guest import GuestSession, RawOutcome, describe_error
+from bpfcompat.matrix.launch import Connector, VMFactory
 from bpfcompat.matrix.plan import Artifact, Plan, cache_key
 from bpfcompat.matrix.policy import EXIT_INTERRUPTED, CellOutcome, run_exit_code
 from bpfcompat.matrix.result import ResultModel, ResultProblem
