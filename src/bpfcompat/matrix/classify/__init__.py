@@ -30,7 +30,7 @@ from .facts import (
     is_noise,
     verifier_summary,
 )
-from .matchers import attach_line
+from .matchers_late import attach_line
 from .messages import NOISE, Msg
 from .rules import CODES, OUTCOME_RULES, REGISTRY, RULES, Rule, rule, rule_table
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from bpfcompat.matrix.verdict import Confidence, Status, Verdict
 
 from . import matchers as m
+from . import matchers_late as late
 from .facts import Facts
 from .matchers import Hit
 from .messages import (
@@ -336,7 +337,7 @@ RULES: tuple[Rule, ...] = (
          "A section whose attach type is newer than the kernel (e.g. cgroup/sock_* variants).",
          "Use an attach type this kernel supports, or require a newer kernel.",
          (PROG_LOAD_FAILED,), "capabilities.program_types true; errno EINVAL; no verifier log"),
-    Rule("lockdown-attach", "POLICY_DENIED", ("attach",), m.lockdown_attach, "high",
+    Rule("lockdown-attach", "POLICY_DENIED", ("attach",), late.lockdown_attach, "high",
          "Kernel lockdown refused the attachment (perf/kprobe or tracefs).",
          "lockdown=confidentiality: EPERM from perf_event_open/kprobes, or tracefs not "
          "available so tracepoint ids cannot be read.",
@@ -345,34 +346,35 @@ RULES: tuple[Rule, ...] = (
          (KPROBE_CREATE, TP_CREATE, KPROBE_LEGACY),
          "security.lockdown; attach errno; capabilities.attach_prereqs; "
          "security.lockdown_denials (detail)"),
-    Rule("attach-target-missing", "MISSING_ATTACH_TARGET", ("attach",), m.attach_target_missing,
+    Rule("attach-target-missing", "MISSING_ATTACH_TARGET", ("attach",), late.attach_target_missing,
          "high", "The kernel function, tracepoint or symbol to attach to does not exist here.",
          "A kprobe on a function this kernel lacks (renamed, inlined, static) or a "
          "tracepoint it does not define: ENOENT from perf_event_open.",
          "Attach to a symbol this kernel has (/proc/kallsyms, BTF) or make the attach optional.",
          (KPROBE_CREATE, KPROBE_LEGACY, TP_CREATE),
          "attach errno ENOENT/ESRCH/ENXIO; capabilities.attach_prereqs"),
-    Rule("attach-permission", "CAPABILITY_FAILURE", ("attach",), m.attach_permission, "medium",
+    Rule("attach-permission", "CAPABILITY_FAILURE", ("attach",), late.attach_permission, "medium",
          "The attachment was refused for lack of privilege (no lockdown in force).",
          "perf_event_paranoid or missing CAP_PERFMON/CAP_SYS_ADMIN.",
          "Attach as root or with CAP_PERFMON.", (), "attach errno EPERM/EACCES"),
-    Rule("attach-unsupported", "UNSUPPORTED_ATTACH_TYPE", ("attach",), m.attach_unsupported,
+    Rule("attach-unsupported", "UNSUPPORTED_ATTACH_TYPE", ("attach",), late.attach_unsupported,
          "medium", "This kernel (or guest) cannot attach this kind of program here.",
          "The attach mechanism is missing (EOPNOTSUPP/EINVAL), or its prerequisite is "
          "(tracefs for tracepoints, kprobe_events without the kprobe PMU).",
          "Use an attach type this kernel supports or make the attachment optional.",
          (KPROBE_CREATE, TP_CREATE), "attach errno; capabilities.attach_prereqs"),
-    Rule("functional-plan", "INFRA_ERROR", ("functional",), m.functional_plan, "high",
+    Rule("functional-plan", "INFRA_ERROR", ("functional",), late.functional_plan, "high",
          "The functional-test plan could not be used; nothing about the kernel is known.",
          "A malformed functional_tests entry in the manifest.",
          "Fix the manifest's functional_tests.", (), "functional.tests[functional-plan]"),
-    Rule("lockdown-functional", "POLICY_DENIED", ("functional",), m.lockdown_functional, "medium",
+    Rule("lockdown-functional", "POLICY_DENIED", ("functional",), late.lockdown_functional,
+         "medium",
          "A functional test was refused tracefs/perf by kernel lockdown.",
          "lockdown=confidentiality and a test reading trace_pipe or perf events.",
          "Run the test without lockdown or read events through a ring buffer instead.",
          (), "security.lockdown; test output 'Operation not permitted'; "
          "security.lockdown_denials (detail)"),
-    Rule("functional", "FUNCTIONAL_TEST_FAILURE", ("functional",), m.functional, "high",
+    Rule("functional", "FUNCTIONAL_TEST_FAILURE", ("functional",), late.functional, "high",
          "The object loaded (and attached as far as required), but a required functional "
          "test failed.",
          "The program never saw the event (attach was best-effort and failed, or the event "
