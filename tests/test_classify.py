@@ -34,6 +34,7 @@ from bpfcompat.matrix.classify import (
     classify_result,
     is_noise,
     kernel_failed,
+    notes_for,
     rule_table,
     verifier_summary,
 )
@@ -652,3 +653,22 @@ def test_invalid_artifact_prefers_libbpfs_own_line() -> None:
     res["logs"]["libbpf"] += "debug: libbpf: elf: section(2) .text, size 56\nwarn: libbpf: " + line
     verdict = classify(Stored(res), artifact_problem=host_precheck("invalid-object"))
     assert (verdict.code, verdict.evidence) == ("INVALID_ARTIFACT", line)
+
+
+def test_notes_say_what_the_loader_contract_set_and_how_to_declare_it() -> None:
+    """Automatic fixups carry the manifest lines that would declare them; what the
+    manifest set on programs and globals is listed with whether it took (real results)."""
+    stacks = notes_for(result("debian-12-6.1", "stack-trace-map"))
+    assert (
+        "automatic fixup stacks: value_size 0 -> 1016 (applied); compiled with value_size 0 "
+        "(its loader sizes it): 127 stack frames of 8 bytes (PERF_MAX_STACK_DEPTH); "
+        "to declare it: {maps: [{name: stacks, value_size: 1016}]}"
+    ) in stacks, stacks
+    assert any(n.startswith("automatic fixup stacks: max_entries 0 -> 1 ") for n in stacks)
+    assert notes_for(result("debian-12-6.1", "fentry-retarget")) == [
+        "program trace_read: attach target vfs_read from the manifest (applied)"
+    ]
+    assert "global marker in .rodata set to 4242 (applied)" in notes_for(
+        result("debian-12-6.1", "rodata-globals")
+    )
+    assert notes_for(result("debian-12-6.1", "simple-pass")) == []

@@ -17,6 +17,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+import yaml
+
 from bpfcompat.matrix.result import ResultModel, ResultProblem
 from bpfcompat.matrix.verdict import PASS, Verdict
 from bpfcompat.vm.console import OOM_KILL, crash_evidence
@@ -40,7 +42,7 @@ __all__ = [
     "kernel_failed", "notes_for", "rule", "rule_table", "verifier_summary",
 ]  # fmt: skip
 
-CLASSIFIER_VERSION = "7"
+CLASSIFIER_VERSION = "8"
 
 HOST_PRECHECK = "host ELF pre-check"
 MAX_NOTE_NAMES = 8  # programs named in one attach-warning note
@@ -174,7 +176,8 @@ def attached(model: ResultModel) -> str:
 
 
 def notes_for(result: Result) -> list[str]:
-    """Variant choices, map fixups and attach warnings, in words, for reports."""
+    """Variant choices, map fixups (declared and automatic), what the manifest set on
+    programs and globals, and attach warnings, in words, for reports."""
     model = _model(result)
     if not isinstance(model, ResultModel):
         return []
@@ -188,6 +191,14 @@ def notes_for(result: Result) -> list[str]:
         notes.append(
             f"map fixup {m.name}: requested {m.requested}, applied {applied} ({m.status}){inner}"
         )
+    for auto in model.auto_sized_maps:
+        notes.append(_auto_note(auto))
+    for setup in model.program_setup:
+        notes.append(_setup_note(setup))
+    for g in model.globals_set:
+        where = f" in {g.section}" if g.section else ""
+        error = f": {g.error}" if g.error else ""
+        notes.append(f"global {g.name}{where} set to {_flow(g.value)} ({g.status}){error}")
     if model.btf.core_btf_source == "custom":
         notes.append(
             f"external BTF ({model.btf.custom_btf_size} bytes) given to libbpf as "
@@ -201,6 +212,41 @@ def notes_for(result: Result) -> list[str]:
         more = f" and {extra} more" if extra > 0 else ""
         notes.append(f"attach warning (best-effort): {names}{more} did not attach")
     return notes
+
+
+def _flow(value: Any) -> str:
+    """A value, or a manifest fragment, as one line of YAML (notes are one line each)."""
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6)
+    return text.strip().removesuffix("\n...").strip()
+
+
+def _auto_note(auto: Any) -> str:
+    """An automatic fixup, with the manifest lines that would declare it (a declared
+    value always wins, and --no-auto-fixups turns these off)."""
+    head = (
+        f"automatic fixup {auto.name}: {auto.field} {auto.compiled} -> {auto.applied} "
+        f"({auto.status})"
+    )
+    why = f"; {auto.reason}" if auto.reason else ""
+    error = f": {auto.error}" if auto.error else ""
+    try:
+        declared = _flow(yaml.safe_load(auto.manifest)) if auto.manifest else None
+    except yaml.YAMLError:
+        declared = None
+    return head + error + why + (f"; to declare it: {declared}" if declared else "")
+
+
+def _setup_note(setup: Any) -> str:
+    """What the manifest set on a program before load, and whether it took."""
+    parts = [
+        f"attach target {setup.attach_target}" if setup.attach_target else None,
+        "attach program " + _flow(setup.attach_program) if setup.attach_program else None,
+        f"autoload {str(setup.autoload).lower()}" if setup.autoload is not None else None,
+        f"type {setup.type}" if setup.type else None,
+    ]
+    what = ", ".join(p for p in parts if p) or "setup"
+    error = f": {setup.error}" if setup.error else ""
+    return f"program {setup.name}: {what} from the manifest ({setup.status}){error}"
 
 
 def _cost(program: Any) -> dict[str, Any] | None:
