@@ -455,3 +455,11 @@ def test_unset_map_sizes_read_as_unset(fixture_reports: dict[str, dict[str, Any]
     events = next(line for line in text.splitlines() if line.strip().startswith("events "))
     assert "max_entries unset (libbpf: one per CPU)" in events, events
     assert "None" not in text
+
+
+def test_a_ring_buffer_reads_as_its_size_alone(built_examples: Path) -> None:
+    """Ring buffers have no keys or values: their line gives the size in bytes only."""
+    proc = run_cli("inspect", str(built_examples / "ringbuf" / "ringbuf.bpf.o"))
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [x for x in proc.stdout.splitlines() if "  ringbuf  max_entries" in x]
+    assert "key" not in line and "value" not in line, line

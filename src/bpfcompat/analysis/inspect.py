@@ -334,6 +334,8 @@ def _sizes(m: dict[str, Any]) -> str:
     """A map's sizes as written; an unset one is the loader's to fill (libbpf sizes a perf
     event array by itself: 4-byte keys and values, one entry per possible CPU)."""
     perf = m["type"] == "perf_event_array"
+    if m["type"] in ("ringbuf", "user_ringbuf"):  # no keys or values: a size in bytes
+        return f"max_entries {m['max_entries'] if m['max_entries'] is not None else 'unset'}"
     parts = []
     for label, key, auto in (("key", "key_size", "4"), ("value", "value_size", "4")):
         value = m[key]
