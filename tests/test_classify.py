@@ -672,3 +672,29 @@ def test_notes_say_what_the_loader_contract_set_and_how_to_declare_it() -> None:
         result("debian-12-6.1", "rodata-globals")
     )
     assert notes_for(result("debian-12-6.1", "simple-pass")) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        # libbpf's exact words (bpf_object__collect_externs, parse_btf_map_def,
+        # bpf_object__add_programs), as real third-party objects made it print them.
+        ("failed to find BTF for extern 'memcmp': -2", "shipped unlinked"),
+        ("failed to find BTF for extern 'cel_expr_1' [1806] section: -2", "shipped unlinked"),
+        ("map 'ongoing_goroutines': invalid pinning value 100.", "another loader's own"),
+        ("sec 'kprobe/unwind': program 'kprobe_unwind' is static and not supported", "static"),
+    ],
+)
+def test_an_object_refused_at_open_says_what_it_was_built_for(line: str, words: str) -> None:
+    """The evidence is libbpf's own line, never the errno it ended in, and the detail says
+    what the object was built for (a link step, another loader)."""
+    res = result("debian-12-6.1", "simple-pass")
+    # edit: the open fails as it did for those objects; the rest of the result is real
+    res["status"] = "fail"
+    res["load"].update(
+        status="fail", stage="open", error_code=errno.ENOENT, error="No such file or directory",
+        errno_name="ENOENT", libbpf_messages=[line],
+    )  # fmt: skip
+    verdict = classify(Stored(res))
+    assert (verdict.code, verdict.evidence) == ("INVALID_ARTIFACT", line)
+    assert words in (verdict.detail or ""), verdict.detail

@@ -37,6 +37,7 @@ from .messages import (
     ELF_SHSTR,
     ELF_SYMTAB,
     EPERM_TEXT,
+    EXTERN_NO_BTF,
     FREPLACE_NO_TARGET,
     FUNC_INFO_MISMATCH,
     GPL_ONLY,
@@ -63,9 +64,11 @@ from .messages import (
     MAP_INNER,
     MAP_POISON_BASE,
     PERM_MEMLOCK,
+    PIN_INVALID,
     PROG_LOAD_FAILED,
     PROG_TYPE_MISSING,
     STACK_TOO_LARGE,
+    STATIC_PROGRAM,
     STRUCT_OPS_NOT_FOUND,
     TOO_COMPLEX_OLD,
     TOO_LARGE,
@@ -146,15 +149,44 @@ def _helper_refusal(f: Facts) -> tuple[str, str, int] | None:
     return None
 
 
+# libbpf's refusals at open of objects built for another loader or another build step,
+# each with what it means (the object is fine for that loader, not for libbpf's open).
+_OPEN_REFUSALS = (
+    (
+        EXTERN_NO_BTF,
+        "an extern with no BTF: the object is one piece of a program that its "
+        "build links with the piece defining it (bpftool gen object, or a compiler-made libcall "
+        "such as memcmp that needs a definition); it was shipped unlinked",
+    ),
+    (
+        PIN_INVALID,
+        "a pinning value libbpf does not know (LIBBPF_PIN_NONE 0, LIBBPF_PIN_BY_NAME "
+        "1): another loader's own convention, which libbpf refuses when it opens the object",
+    ),
+    (
+        STATIC_PROGRAM,
+        "libbpf refuses static BPF programs when it opens the object; loaders "
+        "such as cilium/ebpf accept them: the object is built for another loader",
+    ),
+)
+
+
 def invalid_artifact(f: Facts) -> Hit | None:
     line = f.find(*INVALID_ARTIFACT_MSGS, texts=(f.warnings(),))
     if line:
         return Hit(line)
     if f.artifact_problem:
         return Hit(f.artifact_problem, detail="host ELF pre-check (libbpf never saw the file)")
-    if f.result.load.error:
-        return Hit(f.result.load.error, confidence="medium", detail="the validator's ELF check")
-    return _hit(next(iter(f.messages), None), confidence="medium")
+    if f.result.load.stage == "open":
+        for msg, why in _OPEN_REFUSALS:
+            line = f.find(msg, texts=(f.warnings(),))
+            if line:
+                return Hit(line, detail=why)
+    # libbpf's last words say more than the errno they end in.
+    line = next(iter(reversed(f.messages)), None)
+    if line:
+        return Hit(line, confidence="medium")
+    return _hit(f.result.load.error, confidence="medium", detail="the validator's ELF check")
 
 
 def _with_denials(detail: str, f: Facts, *reasons: str) -> str:

@@ -77,6 +77,16 @@ ELF_LEGACY_MAPS = Msg("elf: legacy map definitions in 'maps' section are not sup
                       "libbpf v1.0+", f"{_LIBBPF} bpf_object__elf_collect()")  # fmt: skip
 ELF_ANY = Msg("elf: %s", f"{_LIBBPF} bpf_object__elf_*() (any other 'elf:' warning)",
               re.compile(r"^elf: "))  # fmt: skip
+EXTERN_NO_BTF = Msg(
+    "failed to find BTF for extern '%s': %d",
+    f"{_LIBBPF} bpf_object__collect_externs() (also \"... '%s' [%d] section: %d\")",
+    re.compile(r"failed to find BTF for extern '(?P<name>[^']+)'"),
+)
+PIN_INVALID = Msg("map '%s': invalid pinning value %u.", f"{_LIBBPF} parse_btf_map_def()")
+STATIC_PROGRAM = Msg(
+    "sec '%s': program '%s' is static and not supported",
+    f"{_LIBBPF} bpf_object__add_programs()",
+)
 BTF_REQUIRED = Msg("BTF is required, but is missing or corrupted.",
                    f"{_LIBBPF} bpf_object__init_btf()")  # fmt: skip
 

@@ -39,6 +39,7 @@ from .messages import (
     ELF_OPEN,
     ELF_SHSTR,
     ELF_SYMTAB,
+    EXTERN_NO_BTF,
     FREPLACE_NO_TARGET,
     FUNC_INFO_MISMATCH,
     GPL_ONLY,
@@ -64,8 +65,10 @@ from .messages import (
     MAP_CREATE,
     MAP_INNER,
     PERM_MEMLOCK,
+    PIN_INVALID,
     PROG_LOAD_FAILED,
     PROG_TYPE_MISSING,
+    STATIC_PROGRAM,
     STRUCT_OPS_NOT_FOUND,
     TP_CREATE,
     VMLINUX_LOAD,
@@ -141,11 +144,14 @@ _SETUP = "LOADER_SETUP_REQUIRED"
 RULES: tuple[Rule, ...] = (
     Rule("artifact-unreadable", "INVALID_ARTIFACT", ("open",), m.invalid_artifact, "high",
          "The file is not a BPF object libbpf can open.",
-         "Not ELF, truncated, wrong machine, stripped of its symbol table, or built for a "
-         "pre-1.0 libbpf (legacy 'maps' section).",
-         "Rebuild with `clang -target bpf -g -O2` and check the file was copied whole.",
+         "Not ELF, truncated, wrong machine, stripped of its symbol table, built for a "
+         "pre-1.0 libbpf (legacy 'maps' section), shipped unlinked (an extern without BTF), "
+         "or built for another loader (static programs, a pinning value of its own).",
+         "Rebuild with `clang -target bpf -g -O2` and check the file was copied whole; "
+         "validate the linked object the project loads.",
          (ELF_NOT_ELF, ELF_SHSTR, ELF_OPEN, ELF_NOT_64, ELF_NOT_BPF, ELF_SYMTAB, ELF_LEGACY_MAPS,
-          BTF_REQUIRED, ELF_ANY), "load.stage elf/open; host ELF pre-check"),
+          BTF_REQUIRED, ELF_ANY, EXTERN_NO_BTF, PIN_INVALID, STATIC_PROGRAM),
+         "load.stage elf/open; host ELF pre-check; libbpf's last message at open"),
     Rule("global-func-btf", "MISSING_BTF", _L, m.global_func_kernel_btf, "high",
          "A global function takes the program's context; the verifier checks that argument "
          "against the kernel's own BTF, which this kernel does not have.",
