@@ -289,6 +289,29 @@ def test_an_oom_killed_job_runs_again_alone_in_a_bigger_guest(
     assert cells(again)["ringbuf"].cached, "the bigger guest's answer is final"
 
 
+def test_a_map_the_guest_could_not_allocate_is_retried_with_more_memory(
+    tmp_path: Path, built_examples: Path, world: FakeWorld
+) -> None:
+    """ENOMEM creating a map in a 512 MB guest says nothing about the kernel: the job runs
+    again alone with more memory, and a second ENOMEM there is the verdict."""
+    starved = recorded_result("ringbuf")
+    # edit: the map creation fails as huge maps did in a small guest (katran's, for one)
+    starved["status"] = "fail"
+    starved["load"].update(
+        status="fail", stage="load", error_code=12, error="Cannot allocate memory",
+        errno_name="ENOMEM", failed_map="exec_events",
+        libbpf_messages=["map 'exec_events': failed to create: Cannot allocate memory(-12)"],
+    )  # fmt: skip
+    world.script("ringbuf", Step(result=starved), Step())
+    world.script("bloom-filter-map", Step(result=starved), Step(result=starved))
+    summary, _ = run(tmp_path, built_examples, world, THREE)
+    got = cells(summary)
+    assert got["ringbuf"].status == "pass"
+    assert got["bloom-filter-map"].status == "fail" and world.attempts["bloom-filter-map"] == 2
+    assert [spec.memory_mb for spec in world.specs] == [512, 2048, 512, 2048]
+    assert all("2048 MB" in " ".join(got[a].notes) for a in ("ringbuf", "bloom-filter-map"))
+
+
 # --- the run's own bookkeeping ----------------------------------------------------------------
 
 

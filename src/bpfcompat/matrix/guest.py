@@ -18,6 +18,7 @@ choice of memory is not the object's fault). Getting a guest ready is launch.py'
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import secrets
 import threading
@@ -72,7 +73,7 @@ class RawOutcome:
     seconds: float
     retryable: bool = True  # an infra error that a reboot may cure
     unstable: str | None = None  # the kernel crashed once under this job, not again alone
-    oom: bool = False  # the guest kernel's OOM killer killed the validator
+    oom: bool = False  # out of guest memory: the OOM killer, or a map it could not allocate
     memory_mb: int | None = None  # the guest's memory, when it was grown for this job
 
 
@@ -438,7 +439,15 @@ class GuestSession(GuestLauncher):
                 None,
                 seconds,
             )
-        return RawOutcome(result, raw, exit_code, signal, None, False, None, seconds)
+        starved = result is not None and _map_out_of_memory(result)
+        return RawOutcome(result, raw, exit_code, signal, None, False, None, seconds, oom=starved)
+
+
+def _map_out_of_memory(result: ResultModel) -> bool:
+    """A map the kernel could not allocate (ENOMEM at creation): the guest's memory, our
+    choice, not the object's fault, until a bigger guest says the same."""
+    load = result.load
+    return load.status == "fail" and load.error_code == errno.ENOMEM and bool(load.failed_map)
 
 
 def _parse_result(raw: str | None) -> tuple[ResultModel | None, str | None]:

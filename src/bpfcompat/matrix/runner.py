@@ -369,9 +369,9 @@ class MatrixRunner:
                     notes = [outcome.unstable] if outcome.unstable else []
                     if outcome.memory_mb is not None:
                         notes.append(
-                            f"the guest's OOM killer stopped the validator with "
-                            f"{spec.memory_mb} MB; this answer is from a guest with "
-                            f"{outcome.memory_mb} MB"
+                            f"out of memory in the kernel's {spec.memory_mb} MB guest (the "
+                            "OOM killer, or a map the kernel could not allocate); this answer "
+                            f"is from a guest with {outcome.memory_mb} MB alone"
                         )
                     self._record_cell(spec, artifact, stored, kernel, cached=False, notes=notes)
                     finished.add(index)
