@@ -188,6 +188,15 @@ def test_restored_guests_pass_the_examples_as_booted_ones(
         kernel["boots"],
     )
 
+    # The feature probe ran once, before the save: every restored guest finds it cached,
+    # while a booted guest's first job pays for it.
+    def cached(run: Path) -> list[bool]:
+        rows = sqlite3.connect(run / "db").execute("select raw_json from validatorresult")
+        return [json.loads(raw)["capabilities"]["bpftool_probe_cached"] for (raw,) in rows]
+
+    assert all(cached(tmp_path / "restored")), cached(tmp_path / "restored")
+    assert not all(cached(tmp_path / "booted"))
+
 
 @pytest.mark.vm
 def test_a_damaged_snapshot_costs_a_boot_and_a_note(built_examples: Path, tmp_path: Path) -> None:

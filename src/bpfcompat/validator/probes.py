@@ -54,34 +54,16 @@ class ProbeSteps(RunState):
 
     def _bpftool_probe(self, bpftool: str, caps: dict[str, Any]) -> None:
         """``bpftool feature probe -j``, once per boot: it loads hundreds of test programs."""
-        st = os.stat(bpftool)
-        key = f"{os.path.realpath(bpftool)}:{st.st_size}:{st.st_mtime_ns}"
+        key = bpftool_key(bpftool)
         output = self.cache.get("bpftool-probe", key)
         if isinstance(output, str):
             caps["bpftool_probe_cached"] = True
         else:
-            import subprocess
-
-            try:
-                proc = subprocess.run(
-                    [bpftool, "feature", "probe", "-j"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    timeout=BPFTOOL_TIMEOUT,
-                )
-            except subprocess.TimeoutExpired:
-                caps["bpftool_probe_error"] = f"timed out after {BPFTOOL_TIMEOUT:g}s"
-                return
-            except OSError as exc:
-                caps["bpftool_probe_error"] = str(exc)
-                return
-            output = decode(proc.stdout)
-            if proc.returncode != 0:
-                caps["bpftool_probe_error"] = (
-                    f"exit {proc.returncode}: {tail_text(decode(proc.stderr).strip(), 1024)}"
-                )
-                output = None
+            output, error = run_bpftool_probe(bpftool)
+            if error:
+                caps["bpftool_probe_error"] = error
+                if output is None:
+                    return
         if output is not None:
             try:
                 parsed = json.loads(output)
@@ -218,3 +200,31 @@ class ProbeSteps(RunState):
                     and name in names
                     and (key[: -len(suffix)], name) not in refused
                 ]
+
+
+def bpftool_key(bpftool: str) -> str:
+    """What a cached probe answer depends on besides the boot: this bpftool binary."""
+    st = os.stat(bpftool)
+    return f"{os.path.realpath(bpftool)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def run_bpftool_probe(bpftool: str) -> tuple[str | None, str | None]:
+    """(stdout, error) of ``bpftool feature probe -j``; stdout is None when it did not run
+    or failed."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            [bpftool, "feature", "probe", "-j"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=BPFTOOL_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {BPFTOOL_TIMEOUT:g}s"
+    except OSError as exc:
+        return None, str(exc)
+    if proc.returncode != 0:
+        return None, f"exit {proc.returncode}: {tail_text(decode(proc.stderr).strip(), 1024)}"
+    return decode(proc.stdout), None
