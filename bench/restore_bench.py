@@ -40,28 +40,32 @@ def _session(kernel_spec, tmp: Path, cache: SnapshotCache) -> GuestSession:  # t
     return GuestSession(kernel_spec, build, image, tmp, threading.Event(), set(), snapshots=cache)
 
 
-def take(kernel_spec, tmp: Path, cache: SnapshotCache) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """The first guest: booted in agent mode, saved, handed its keys."""
+def _ready_once(kernel_spec, tmp: Path, cache: SnapshotCache, via: str, what: str):  # type: ignore[no-untyped-def]
+    """One guest got ready as `via` says (else the bench stops): its seconds, its marks and
+    the session that made it."""
     session = _session(kernel_spec, tmp, cache)
     try:
         seconds = session.boot()
         marks = dict(session.vm.marks) if session.vm else {}
     finally:
         session.shutdown()
-    if session.ready_via != ["boot+snapshot"] or not session.snapshot_info:
+    if session.ready_via != [via]:
+        sys.exit(f"bench: {kernel_spec.id}: {what}: {session.notes}")
+    return seconds, marks, session
+
+
+def take(kernel_spec, tmp: Path, cache: SnapshotCache) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The first guest: booted in agent mode, saved, handed its keys."""
+    seconds, marks, session = _ready_once(
+        kernel_spec, tmp, cache, "boot+snapshot", "no snapshot taken"
+    )
+    if not session.snapshot_info:
         sys.exit(f"bench: {kernel_spec.id}: no snapshot taken: {session.notes}")
     return {"seconds": seconds, "marks": marks, **session.snapshot_info}
 
 
 def restore(kernel_spec, tmp: Path, cache: SnapshotCache) -> tuple[float, dict[str, float]]:  # type: ignore[no-untyped-def]
-    session = _session(kernel_spec, tmp, cache)
-    try:
-        seconds = session.boot()
-        marks = dict(session.vm.marks) if session.vm else {}
-    finally:
-        session.shutdown()
-    if session.ready_via != ["restore"]:
-        sys.exit(f"bench: {kernel_spec.id}: not restored: {session.notes}")
+    seconds, marks, _ = _ready_once(kernel_spec, tmp, cache, "restore", "not restored")
     return seconds, marks
 
 

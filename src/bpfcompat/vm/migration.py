@@ -149,7 +149,28 @@ def _finished(proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
         raise SnapshotError(f"{what}: zstd exit {proc.returncode}: {err[-300:]}")
 
 
-class SaveStream:
+class _ZstdPipe:
+    """A zstd process on one end of a pipe whose other end (`fd_for_qemu`) QEMU gets."""
+
+    fd_for_qemu: int
+    proc: subprocess.Popen[bytes]
+
+    def handed_over(self) -> None:
+        """QEMU holds its own copy now; ours would keep zstd from ever seeing the end."""
+        if self.fd_for_qemu >= 0:
+            os.close(self.fd_for_qemu)
+            self.fd_for_qemu = -1
+
+    def abort(self) -> None:
+        self.handed_over()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+class SaveStream(_ZstdPipe):
     """zstd compressing what QEMU writes into `fd_for_qemu`, into `path`."""
 
     def __init__(self, path: Path) -> None:
@@ -161,23 +182,9 @@ class SaveStream:
             os.close(read_end)
         self.path = path
 
-    def handed_over(self) -> None:
-        """QEMU holds its own copy now; ours would keep zstd from ever seeing the end."""
-        if self.fd_for_qemu >= 0:
-            os.close(self.fd_for_qemu)
-            self.fd_for_qemu = -1
-
     def finish(self, deadline: float) -> None:
         self.handed_over()
         _finished(self.proc, f"saving to {self.path.name}", deadline - time.monotonic())
-
-    def abort(self) -> None:
-        self.handed_over()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,7 @@ class SavedGuest:
     sha256: str
 
 
-class RestoreStream:
+class RestoreStream(_ZstdPipe):
     """zstd decompressing `saved` into a pipe QEMU reads (`fd_for_qemu`), its sha256
     checked by a thread meanwhile."""
 
@@ -222,11 +229,6 @@ class RestoreStream:
             return
         self._digest = digest.hexdigest()
 
-    def handed_over(self) -> None:
-        if self.fd_for_qemu >= 0:
-            os.close(self.fd_for_qemu)
-            self.fd_for_qemu = -1
-
     def finish(self, deadline: float) -> None:
         """After QEMU loaded the stream: zstd ended cleanly and the file is the one saved."""
         self.handed_over()
@@ -236,11 +238,3 @@ class RestoreStream:
         if self._digest != self.saved.sha256:
             raise SnapshotError(f"{self.saved.path.name}: sha256 is not the one recorded")
         _finished(self.proc, f"restoring {self.saved.path.name}", deadline - time.monotonic())
-
-    def abort(self) -> None:
-        self.handed_over()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
