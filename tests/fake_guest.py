@@ -54,13 +54,15 @@ class Step:
     kills the validator), oom (the OOM killer kills it), signal (it dies of `code`),
     forge (write passing results and protocol lines for every other job of the batch),
     raw (write `raw` bytes as result.json), userrip (console shows only a user-space RIP
-    line and a drop).
+    line and a drop), handover (finish, then claim a handover nobody asked for and stop).
+    `seconds`: how long the job takes before it ends that way.
     """
 
     kind: str = "result"
     result: dict[str, Any] | None = None
     code: int = 0
     raw: bytes | None = None
+    seconds: float = 0.0
 
 
 @dataclass
@@ -80,6 +82,7 @@ class FakeWorld:
     hang_restores: int = 0  # the next n restores load but the guest never gets ready
     on_restore: Any = None  # callback() as a restore loads, e.g. to interrupt the run
     specs: list[BootSpec] = field(default_factory=list)  # every guest started, in order
+    handovers: int = 0  # batches that stopped because the host asked them to
 
     def script(self, name: str, *steps: Step) -> None:
         self.steps[name] = list(steps)
@@ -225,6 +228,8 @@ class FakeTransport:
         self.world = world
 
     def run(self, command: str, timeout: float, stdin: bytes | None = None) -> CommandResult:
+        if command.startswith("touch "):  # the host asks the driver to hand over
+            self.vm.files[command.split()[1]] = b""
         return CommandResult(0, "", "")
 
     def put_files(self, files: dict[str, bytes], root: str) -> None:
@@ -256,6 +261,10 @@ class FakeTransport:
             names.append(self.world.names[hashlib.sha256(data).hexdigest()])
         self.world.batches.append(names)
         for job, name in zip(jobs, names, strict=True):
+            if f"{jobs_path}.stop" in self.vm.files:
+                self.world.handovers += 1
+                yield "handover"
+                return
             if not self.vm.alive():
                 raise TransportError("fake: SSH connection dropped")
             if self.world.on_job is not None:
@@ -263,10 +272,14 @@ class FakeTransport:
             step = self.world.next_step(name)
             yield f"start {job['token']}"
             yield from self._do(step, job, jobs)
+            if step.kind == "handover":
+                yield "handover"  # unasked: as if the host wanted the rest run elsewhere
+                return
 
     def _do(self, step: Step, job: dict[str, Any], jobs: list[dict[str, Any]]) -> Iterator[str]:
         token, out = job["token"], f"{job['dir']}/result.json"
         kind = step.kind
+        time.sleep(step.seconds)
         if kind == "crash":
             self.vm.die(PANIC)
             raise TransportError("fake: SSH connection dropped")

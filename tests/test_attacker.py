@@ -34,7 +34,7 @@ ATTACKS: dict[str, str] = {
     # written straight into the driver's stdout (the channel the host reads).
     "attack-lines": (
         f'for d in $({DRIVER}); do for i in 0 1 2 99999; do echo "done $i 0 0.1 exit" '
-        "> /proc/$d/fd/1; done; for t in $(grep -o '[0-9a-f]\\{32\\}' /tmp/bpfc/jobs.json); "
+        "> /proc/$d/fd/1; done; for t in $(grep -oh '[0-9a-f]\\{32\\}' /tmp/bpfc/jobs-*.json); "
         'do echo "done $t 0 0.1 exit" > /proc/$d/fd/1; done; done'
     ),
     # A passing result in every job directory of the boot, now and two seconds later.

@@ -29,7 +29,7 @@ def run_id(store: Store) -> int:
 # Keys the export gained after the first release (keys are only ever added).
 ADDED = {
     "run": {"labels", "attach_mode", "plan_digest", "shard"},
-    "kernels": {"notes", "arch", "accel", "ready_via", "restores"},
+    "kernels": {"notes", "arch", "accel", "ready_via", "restores", "helpers"},
     "artifacts": {"floor", "floor_reason"},
     "cells": {
         "attached",

@@ -170,8 +170,22 @@ def matrix_run(
         bool, typer.Option("--no-cache", help="Validate even where a stored result matches.")
     ] = False,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", min=0, help="Kernels at once (0: from CPUs and memory).")
+        int,
+        typer.Option(
+            "--concurrency",
+            min=0,
+            help="Guests at once (0: from CPUs and memory). A slot no kernel waits for lets "
+            "another guest of a busy kernel take over part of its work.",
+        ),
     ] = 0,
+    no_share: Annotated[
+        bool,
+        typer.Option(
+            "--no-share",
+            help="One guest per kernel at a time: never split a kernel's work over a second "
+            "guest when a slot is free.",
+        ),
+    ] = False,
     boot_per_artifact: Annotated[
         bool,
         typer.Option(
@@ -228,6 +242,8 @@ def matrix_run(
         labels=labels,
     )
     options.snapshots = options.snapshots and not no_snapshot
+    if no_share:
+        options.split = None
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
         with _one_interrupt():

@@ -13,6 +13,10 @@ charged to that job if the crash happens again when the job runs alone on a fres
 otherwise the job keeps its own verdict and the kernel is noted as unstable.
 A job the guest's OOM killer stops runs again alone in a guest with more memory (our
 choice of memory is not the object's fault). Getting a guest ready is launch.py's.
+
+A batch of trusted jobs can be handed over: when another guest of the same kernel is
+ready to share the work, the driver is asked to stop before its next job and the jobs it
+never started go back to the caller (matrix/share.py splits them between the guests).
 """
 
 from __future__ import annotations
@@ -143,6 +147,11 @@ class GuestSession(GuestLauncher):
         self.ignored_lines: list[str] = []
         self._uncharged_crashes = 0
         self._died_between_jobs = False
+        self._batches = 0  # driver runs so far: each batch's files are named by its number
+        self._handover_lock = threading.Lock()
+        self._stop_file: str | None = None  # the running batch's, while it may be handed over
+        self._handover_asked = False
+        self._handed_over = False
 
     def grown_memory(self) -> int | None:
         """The memory for re-running a job the OOM killer stopped, if more is allowed."""
@@ -165,13 +174,16 @@ class GuestSession(GuestLauncher):
         on_start: Callable[[int], None] = lambda index: None,
         *,
         boot_per_artifact: bool = False,
+        handback: Callable[[list[tuple[int, Artifact]]], None] | None = None,
     ) -> Iterator[tuple[int, RawOutcome]]:
         """Yield (index, outcome) as artifacts finish.
 
         An infrastructure failure is retried once after a reboot; a job the OOM killer
         stopped runs again alone in a bigger guest; a kernel crash under a job is re-run
         alone on a fresh boot before anyone is blamed; a failing boot raises
-        BpfcompatError (the kernel's problem, not a cell's)."""
+        BpfcompatError (the kernel's problem, not a cell's). With `handback`, a batch of
+        trusted jobs may be handed over (`request_handover`): the jobs it never started
+        are passed to `handback` instead of being run here."""
         units = self._units([Job(index, artifact) for index, artifact in jobs], boot_per_artifact)
         retried: set[int] = set()
         grown: set[int] = set()  # jobs re-run in a bigger guest after an OOM kill
@@ -183,7 +195,8 @@ class GuestSession(GuestLauncher):
             self._used = True
             self._died_between_jobs = False
             done: set[int] = set()
-            for job, outcome in self._run_batch(unit.jobs, on_start):
+            shareable = handback is not None and not unit.fresh and unit.memory_mb is None
+            for job, outcome in self._run_batch(unit.jobs, on_start, shareable=shareable):
                 done.add(job.index)
                 rest = [j for j in unit.jobs if j.index not in done]
                 if unit.memory_mb is not None:
@@ -216,12 +229,31 @@ class GuestSession(GuestLauncher):
                 yield job.index, outcome
             else:
                 left = [j for j in unit.jobs if j.index not in done]
+                if self._handed_over and handback is not None:
+                    self._handed_over = False
+                    handback([(j.index, j.artifact) for j in left])
+                    left = []
                 if self._died_between_jobs:
                     self._crashed_between_jobs()
                 if left and not self.stop.is_set():
                     units[:0] = [_Unit(left, unit.fresh)]
             if boot_per_artifact or any(j.taints for j in unit.jobs):
                 self.shutdown()  # a tainted guest never runs another job
+
+    def request_handover(self) -> bool:
+        """Ask the running batch, if it may be handed over, to stop before its next job.
+        Called from another thread; False when there is no such batch (it ended, or was
+        asked already)."""
+        with self._handover_lock:
+            path, transport = self._stop_file, self.transport
+            if path is None or transport is None or self._handover_asked:
+                return False
+            self._handover_asked = True
+        try:
+            transport.run(f"touch {path}", timeout=10)
+        except BpfcompatError:
+            return False  # the batch's own thread meets whatever went wrong
+        return True
 
     def _confirmed(self, first: RawOutcome, second: RawOutcome) -> RawOutcome:
         """The verdict after a crash was re-run alone: the job's if it crashed again, else
@@ -245,7 +277,7 @@ class GuestSession(GuestLauncher):
 
     def _stage(self, job: Job, files: dict[str, bytes]) -> dict[str, Any]:
         """Add one job's input files to `files` (guest path -> bytes); return its entry
-        in jobs.json. User-controlled names never reach a shell: files get token-based
+        in the batch's jobs file. User-controlled names never reach a shell: files get token-based
         names and the arguments travel as JSON."""
         cell_dir = job.dir
         files[f"{cell_dir}/artifact.bpf.o"] = job.artifact.data
@@ -271,12 +303,26 @@ class GuestSession(GuestLauncher):
         return {"token": job.token, "dir": cell_dir, "args": args, "timeout": timeout}
 
     def _run_batch(
-        self, batch: list[Job], on_start: Callable[[int], None]
+        self, batch: list[Job], on_start: Callable[[int], None], *, shareable: bool = False
     ) -> Iterator[tuple[Job, RawOutcome]]:
         """Run a batch in the current boot; stop (VM shut down) at the first failure.
 
         Yields every job that finished or failed; a job the batch never reached is not
-        yielded (the caller runs it again)."""
+        yielded (the caller runs it again, or hands it back after a handover)."""
+        self._batches += 1
+        jobs_file = f"{GUEST_DIR}/jobs-{self._batches}.json"
+        with self._handover_lock:
+            self._stop_file = f"{jobs_file}.stop" if shareable else None
+            self._handover_asked = self._handed_over = False
+        try:
+            yield from self._stream_batch(batch, on_start, jobs_file)
+        finally:
+            with self._handover_lock:
+                self._stop_file = None
+
+    def _stream_batch(
+        self, batch: list[Job], on_start: Callable[[int], None], jobs_file: str
+    ) -> Iterator[tuple[Job, RawOutcome]]:
         current: Job | None = None
         started = time.monotonic()
         since = 0
@@ -288,13 +334,14 @@ class GuestSession(GuestLauncher):
             for job in batch:
                 entries.append(self._stage(job, files))
             idle = max([30.0] + [e["timeout"] + 30 for e in entries])
-            files[f"{GUEST_DIR}/jobs.json"] = json.dumps(entries).encode()
+            files[jobs_file] = json.dumps(entries).encode()
             if self.btf_file is not None:
                 files[GUEST_BTF] = self.btf_file.read_bytes()
             prefix = f"{GUEST_DIR}/"
             assert all(path.startswith(prefix) for path in files)
             transport.put_files({p.removeprefix(prefix): d for p, d in files.items()}, GUEST_DIR)
-            command = f"{GUEST_DRIVER_COMMAND} {GUEST_DIR}/jobs.json 2>{GUEST_DIR}/driver.err"
+            command = f"{GUEST_DRIVER_COMMAND} {jobs_file} 2>{GUEST_DIR}/driver.err"
+            handed = False
             for line in transport.stream(command, idle):
                 vm.check()
                 parts = line.split()
@@ -314,8 +361,14 @@ class GuestSession(GuestLauncher):
                         self.shutdown()  # a hung or killed validator: start clean
                         return
                     continue
+                elif current is None and parts == ["handover"] and self._handover_asked:
+                    handed = True  # the driver stopped as asked; the rest runs elsewhere
+                    continue
                 self._ignore(line)
             vm.check()
+            if handed and current is None:
+                self._handed_over = True
+                return
             if pending or current is not None:
                 raise TransportError(f"guest driver stopped with {len(pending)} job(s) left")
         except GuestCrash as exc:

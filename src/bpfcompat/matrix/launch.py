@@ -71,6 +71,7 @@ class GuestLauncher:
         self.vm_factory = vm_factory
         self.connect = connect
         self.snapshots = snapshots
+        self.label = spec.id  # names this guest's files; another guest of the kernel differs
         self.vm: GuestVM | None = None
         self.transport: GuestTransport | None = None
         self.boots = 0
@@ -195,7 +196,7 @@ class GuestLauncher:
 
     def _start(self, spec: BootSpec, key: RunKey, host_key: str, timeout: float) -> float:
         self.boots += 1
-        console = self.workdir / f"console-{self.spec.id}-{self.boots}.log"
+        console = self.workdir / f"console-{self.label}-{self.boots}.log"
         vm = self.vm_factory(replace(spec, console_log=console))
         self.vm = vm
         self.registry.add(vm)

@@ -1,5 +1,7 @@
 """Run a plan: each kernel booted once (in parallel up to a limit), every artifact
-validated in that boot, every cell stored as soon as it is known.
+validated in that boot, every cell stored as soon as it is known. A slot that no kernel
+waits for lets another guest of the busiest kernel take over part of its work
+(matrix/share.py), so a run's last kernel does not run alone on a machine with room.
 
 Cells already in the store under the same cache key are reused and cost no boot; only
 final verdicts are reused (a pass, or a kernel's deterministic answer), never an
@@ -18,28 +20,26 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError
-from bpfcompat.matrix.classify import CLASSIFIER_VERSION, cell_fields, classify, kernel_failed
-from bpfcompat.matrix.expect import kernel_chain, matches
+from bpfcompat.matrix.classify import kernel_failed
 from bpfcompat.matrix.guest import GuestSession, RawOutcome, describe_error
 from bpfcompat.matrix.launch import Connector, VMFactory
 from bpfcompat.matrix.plan import Artifact, Plan, cache_key
 from bpfcompat.matrix.policy import EXIT_INTERRUPTED, CellOutcome, run_exit_code
-from bpfcompat.matrix.result import ResultModel, ResultProblem
+from bpfcompat.matrix.record import CellRecorder
+from bpfcompat.matrix.share import HelperReport, Job, KernelWork, SplitPolicy
 from bpfcompat.matrix.statics import RunAnalysis
 from bpfcompat.matrix.store import (
     Cell,
     Run,
     RunKernel,
     Store,
-    ValidatorResult,
     process_identity,
     utcnow,
 )
-from bpfcompat.matrix.verdict import Verdict
 from bpfcompat.validator import VALIDATOR_VERSION
 from bpfcompat.vm.arch import host_arch
 from bpfcompat.vm.image import GuestImage, build_image
@@ -83,6 +83,22 @@ class RunOptions:
     progress: Progress = _quiet
     backend: Backend = field(default_factory=Backend)
     labels: dict[str, str] = field(default_factory=dict)  # e.g. git sha, branch: shown everywhere
+    # When other guests of a kernel may take over part of its work (None: never).
+    split: SplitPolicy | None = field(default_factory=SplitPolicy)
+
+
+@dataclass
+class _KernelRun:
+    """One kernel's validation in progress: what every guest of it needs to record cells."""
+
+    spec: KernelSpec
+    row: RunKernel
+    kernel: KernelBuild
+    image: GuestImage
+    btf_file: Path | None
+    by_index: dict[int, tuple[Artifact, str]]
+    work: KernelWork
+    finished: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -105,7 +121,9 @@ def default_concurrency(kernels: list[KernelSpec]) -> int:
         avail_kb = 2 * 1024 * 1024
     per_vm_mb = max((k.memory_mb for k in kernels), default=512) + 256  # QEMU's own overhead
     by_memory = max(1, int(avail_kb / 1024 * 0.7 // per_vm_mb))
-    return max(1, min(cpus, by_memory, len(kernels)))
+    # Not capped by the number of kernels: a free slot lets another guest of a busy kernel
+    # share its work (matrix/share.py).
+    return max(1, min(cpus, by_memory))
 
 
 class MatrixRunner:
@@ -120,6 +138,9 @@ class MatrixRunner:
         self.analysis = RunAnalysis([k.id for k in plan.active_kernels()], self.stop)
         self.messages: list[str] = []
         self._lock = threading.Lock()
+        self._kernel_runs: dict[str, _KernelRun] = {}  # kernels whose guests are at work
+        self._waiting_kernels = 0  # kernel threads waiting for a slot
+        self._helper_threads: list[threading.Thread] = []
 
     # --- public ----------------------------------------------------------------------------
 
@@ -137,6 +158,7 @@ class MatrixRunner:
         )
         assert run.id is not None
         self.run_id = run.id
+        self.recorder = CellRecorder(self.store, self.plan, self.analysis, run.id)
         mine = {a.name: a for _, a in self.plan.cells()}
         for artifact in mine.values():
             if artifact.invalid_reason:
@@ -206,6 +228,9 @@ class MatrixRunner:
             try:
                 while not all(f.done() for f in futures):
                     time.sleep(0.2)
+                    self._maybe_help(gate)
+                for thread in self._helper_threads:
+                    thread.join()
             except KeyboardInterrupt:
                 self.interrupt()
                 for f in futures:
@@ -288,15 +313,24 @@ class MatrixRunner:
             )
             hit = self.store.cached_result(key) if self.options.use_cache else None
             if hit is not None:
-                self._record_cell(spec, artifact, hit, kernel, cached=True)
+                self.recorder.record_cell(spec, artifact, hit, kernel, cached=True)
             else:
                 todo.append((index, artifact, key))
         if not todo:
             self._update_kernel(row, status="cached")
             progress(spec.id, "done", "all cells cached")
             return
-        with gate:
+        with self._lock:
+            self._waiting_kernels += 1
+        try:
+            gate.acquire()
+        finally:
+            with self._lock:
+                self._waiting_kernels -= 1
+        try:
             self._validate_all(spec, row, kernel, image, todo, btf_file)
+        finally:
+            gate.release()
 
     def _validate_all(
         self,
@@ -308,22 +342,20 @@ class MatrixRunner:
         btf_file: Path | None = None,
     ) -> None:
         progress = self.options.progress
-        workdir = self.options.workdir / f"run-{self.run_id}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        session = GuestSession(
+        share = self.options.split is not None and not self.options.boot_per_artifact
+        movable = [(i, a) for i, a, _ in todo if share and not a.manifest.functional_tests]
+        moving = {i for i, _ in movable}
+        alone = [(i, a) for i, a, _ in todo if i not in moving]
+        run = _KernelRun(
             spec,
+            row,
             kernel,
             image,
-            workdir,
-            self.stop,
-            self.live_vms,
-            vm_factory=self.backend.vm_factory,
-            connect=self.backend.connect,
-            attach_mode=self.plan.attach_mode,
-            auto_fixups=self.plan.auto_fixups,
-            btf_file=btf_file,
-            snapshots=self.backend.snapshots() if self.options.snapshots else None,
+            btf_file,
+            {index: (artifact, key) for index, artifact, key in todo},
+            KernelWork(movable, self.options.split or SplitPolicy(), self.stop),
         )
+        session = self._session(run, spec.id)
         try:
             progress(spec.id, "booting")
             try:
@@ -350,35 +382,27 @@ class MatrixRunner:
                 status="ok",
                 boots=session.boots,
             )
-            by_index = {index: (artifact, key) for index, artifact, key in todo}
-            finished: set[int] = set()
-
-            def started(index: int) -> None:
-                name = by_index[index][0].name
-                progress(spec.id, "validating", f"{len(finished) + 1}/{len(todo)} {name}")
-
-            jobs = [(index, artifact) for index, artifact, _ in todo]
+            with self._lock:
+                self._kernel_runs[spec.id] = run
             try:
-                for index, outcome in session.validate_many(
-                    jobs, started, boot_per_artifact=self.options.boot_per_artifact
-                ):
-                    if self.stop.is_set() and outcome.infra_error:
-                        return  # killed by our own interrupt: not a verdict
-                    artifact, key = by_index[index]
-                    stored = self._store_result(key, artifact, spec, image, outcome)
-                    notes = [outcome.unstable] if outcome.unstable else []
-                    if outcome.memory_mb is not None:
-                        notes.append(
-                            f"out of memory in the kernel's {spec.memory_mb} MB guest (the "
-                            "OOM killer, or a map the kernel could not allocate); this answer "
-                            f"is from a guest with {outcome.memory_mb} MB alone"
-                        )
-                    self._record_cell(spec, artifact, stored, kernel, cached=False, notes=notes)
-                    finished.add(index)
+                # Shared jobs first, then (while helpers finish) the ones that run alone,
+                # then whatever a helper handed back and nobody ran.
+                self._guest_loop(run, session, first=False)
+                if alone and not self.stop.is_set():
+                    started = self._on_start(run, session)
+                    for index, outcome in session.validate_many(
+                        alone, started, boot_per_artifact=self.options.boot_per_artifact
+                    ):
+                        if self.stop.is_set() and outcome.infra_error:
+                            return  # killed by our own interrupt: not a verdict
+                        self._record_outcome(run, index, outcome)
+                self._guest_loop(run, session, first=True)
             except BpfcompatError as exc:
                 if self.stop.is_set():
                     return
-                remaining = [a for i, a, _ in todo if i not in finished]
+                run.work.close()
+                run.work.wait_helpers()
+                remaining = [a for i, a, _ in todo if i not in run.finished]
                 self._kernel_failed(
                     spec,
                     row,
@@ -387,25 +411,160 @@ class MatrixRunner:
                     boots=session.boots,
                 )
                 return
+            finally:
+                with self._lock:
+                    self._kernel_runs.pop(spec.id, None)
             if self.stop.is_set():
                 return
             self._update_kernel(row, boots=session.boots)
-            progress(spec.id, "done", f"{len(todo)} validated, {session.boots} boot(s)")
+            joined = run.work.report.joined
+            helpers = f", {joined} more guest(s) shared the work" if joined else ""
+            progress(spec.id, "done", f"{len(todo)} validated, {session.boots} boot(s){helpers}")
         finally:
             session.shutdown()
-            if session.ready_via:
-                self._update_kernel(row, restores=session.ready_via.count("restore"))
-            if session.peak_rss_kb:
-                self._update_kernel(row, peak_rss_mb=round(session.peak_rss_kb / 1024, 1))
-            notes = list(session.notes)
-            if session.ignored_lines:
-                shown = "; ".join(repr(line) for line in session.ignored_lines[:3])
-                notes.append(
-                    f"ignored {len(session.ignored_lines)} guest protocol line(s) that named no "
-                    f"running job: {shown}"
-                )
-            if notes:
-                self._update_kernel(row, notes_json=json.dumps(notes))
+            run.work.wait_helpers()
+            self._kernel_stats(run, session)
+
+    def _session(self, run: _KernelRun, label: str) -> GuestSession:
+        workdir = self.options.workdir / f"run-{self.run_id}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        session = GuestSession(
+            run.spec,
+            run.kernel,
+            run.image,
+            workdir,
+            self.stop,
+            self.live_vms,
+            vm_factory=self.backend.vm_factory,
+            connect=self.backend.connect,
+            attach_mode=self.plan.attach_mode,
+            auto_fixups=self.plan.auto_fixups,
+            btf_file=run.btf_file,
+            snapshots=self.backend.snapshots() if self.options.snapshots else None,
+        )
+        session.label = label
+        return session
+
+    def _guest_loop(self, run: _KernelRun, session: GuestSession, *, first: bool) -> None:
+        """Take batches of the kernel's shared jobs until there are none (matrix/share.py);
+        a batch handed over to another guest gives its unstarted jobs back."""
+        work = run.work
+        while batch := work.take(session, first=first):
+            held = {index for index, _ in batch}
+
+            def handback(jobs: list[Job], held: set[int] = held) -> None:
+                held.difference_update(index for index, _ in jobs)
+                work.give_back(jobs, returning=session)
+
+            try:
+                for index, outcome in session.validate_many(
+                    batch, self._on_start(run, session), handback=handback
+                ):
+                    if self.stop.is_set() and outcome.infra_error:
+                        return  # killed by our own interrupt: not a verdict
+                    held.discard(index)
+                    self._record_outcome(run, index, outcome)
+            except BaseException:
+                work.batch_done(session, back=False)
+                work.give_back([job for job in batch if job[0] in held])
+                raise
+            work.batch_done(session)
+
+    def _on_start(self, run: _KernelRun, session: GuestSession) -> Callable[[int], None]:
+        def started(index: int) -> None:
+            run.work.started(session)
+            name = run.by_index[index][0].name
+            done = len(run.finished) + 1
+            self.options.progress(run.spec.id, "validating", f"{done}/{len(run.by_index)} {name}")
+
+        return started
+
+    def _record_outcome(self, run: _KernelRun, index: int, outcome: RawOutcome) -> None:
+        artifact, key = run.by_index[index]
+        stored = self.recorder.store_result(key, artifact, run.spec, run.image, outcome)
+        notes = [outcome.unstable] if outcome.unstable else []
+        if outcome.memory_mb is not None:
+            notes.append(
+                f"out of memory in the kernel's {run.spec.memory_mb} MB guest (the OOM killer, "
+                "or a map the kernel could not allocate); this answer is from a guest with "
+                f"{outcome.memory_mb} MB alone"
+            )
+        self.recorder.record_cell(run.spec, artifact, stored, run.kernel, cached=False, notes=notes)
+        run.work.finished(outcome.seconds)
+        with self._lock:
+            run.finished.add(index)
+
+    def _kernel_stats(self, run: _KernelRun, session: GuestSession) -> None:
+        """The kernel row's figures from its first guest and every guest that joined."""
+        report = run.work.report
+        if session.ready_via:
+            self._update_kernel(run.row, restores=session.ready_via.count("restore"))
+        peak = max(session.peak_rss_kb, report.peak_rss_kb)
+        if peak:
+            self._update_kernel(run.row, peak_rss_mb=round(peak / 1024, 1))
+        if report.joined:
+            self._update_kernel(run.row, helpers=report.joined)
+        notes = [*session.notes, *report.notes]
+        ignored = [*session.ignored_lines, *report.ignored_lines]
+        if ignored:
+            shown = "; ".join(repr(line) for line in ignored[:3])
+            notes.append(
+                f"ignored {len(ignored)} guest protocol line(s) that named no running job: {shown}"
+            )
+        if notes:
+            self._update_kernel(run.row, notes_json=json.dumps(notes))
+
+    # --- guests that join a kernel's work ------------------------------------------------
+
+    def _maybe_help(self, gate: threading.Semaphore) -> None:
+        """Start another guest for the kernel with the most work a new guest could take,
+        when a slot is free and no kernel is waiting for one."""
+        if self.stop.is_set() or self.options.split is None:
+            return
+        with self._lock:
+            if self._waiting_kernels:
+                return
+            offers = [(run.work.wants_helper(), run) for run in self._kernel_runs.values()]
+        seconds, run = max(offers, key=lambda offer: offer[0], default=(0.0, None))
+        if run is None or seconds <= 0 or not gate.acquire(blocking=False):
+            return
+        run.work.join()
+        label = f"{run.spec.id}+{run.work.report.joined + 1}"
+        thread = threading.Thread(target=self._helper, args=(run, gate, label), daemon=True)
+        self._helper_threads.append(thread)
+        thread.start()
+
+    def _helper(self, run: _KernelRun, gate: threading.Semaphore, label: str) -> None:
+        """A guest that joined: it takes what the kernel's busiest guest hands over, and
+        leaves when nothing is worth taking. Its failures are noted, never a cell's: the
+        jobs it did not finish go back to the kernel's first guest."""
+        session = self._session(run, label)
+        note: str | None = None
+        try:
+            ok = False
+            try:
+                session.boot()
+                ok = True
+            except BpfcompatError as exc:
+                note = f"another guest could not start to share the work: {describe_error(exc)}"
+            finally:
+                run.work.ready(ok)
+            if ok:
+                self.options.progress(run.spec.id, "validating", f"guest {label} joined")
+                self._guest_loop(run, session, first=False)
+        except Exception as exc:  # its jobs went back; the first guest runs them
+            if not self.stop.is_set():
+                note = f"a guest sharing the work stopped: {describe_error(exc)}"
+        finally:
+            session.shutdown()
+
+            def merge(report: HelperReport) -> None:
+                report.notes += [*session.notes, *([note] if note else [])]
+                report.ignored_lines += session.ignored_lines
+                report.peak_rss_kb = max(report.peak_rss_kb, session.peak_rss_kb)
+
+            run.work.leave(merge)
+            gate.release()
 
     # --- recording -------------------------------------------------------------------------
 
@@ -432,147 +591,7 @@ class MatrixRunner:
         self._update_kernel(row, status="error", error=message, boots=boots)
         verdict = kernel_failed(message)
         for artifact in artifacts:
-            self._add_cell(spec, artifact, verdict, None, 0.0, cached=False)
-
-    def _store_result(
-        self,
-        key: str,
-        artifact: Artifact,
-        spec: KernelSpec,
-        image: GuestImage,
-        outcome: RawOutcome,
-    ) -> ValidatorResult:
-        return self.store.add(
-            ValidatorResult(
-                cache_key=key,
-                artifact_sha256=artifact.sha256,
-                kernel_id=spec.id,
-                validator_version=VALIDATOR_VERSION,
-                image_digest=image.digest,
-                exit_code=outcome.exit_code,
-                signal=outcome.signal,
-                raw_json=outcome.raw_json,
-                infra_error=outcome.infra_error,
-                crash=outcome.crash,
-                console_tail=outcome.console_tail,
-                seconds=round(outcome.seconds, 3),
-            )
-        )
-
-    def _record_cell(
-        self,
-        spec: KernelSpec,
-        artifact: Artifact,
-        stored: ValidatorResult,
-        kernel: KernelBuild,
-        *,
-        cached: bool,
-        notes: list[str] | None = None,
-    ) -> None:
-        if cached:
-            # The same evidence judged by the same classifier: reuse that verdict rather
-            # than parse and classify again (keeps a fully cached rerun near-instant).
-            prior = self.store.prior_cell(stored.id, CLASSIFIER_VERSION)
-            if prior is not None:
-                fields = prior.model_dump(
-                    exclude={"id", "run_id", "artifact", "artifact_path", "manifest_path", "cached"}
-                )
-                # Expectations are this run's to judge: they may have changed since.
-                fields.update(self._judged(artifact, spec, prior.status, prior.code))
-                manifest = str(artifact.manifest_path) if artifact.manifest_path else None
-                self.store.add(
-                    Cell(
-                        **fields,
-                        run_id=self.run_id,
-                        artifact=artifact.name,
-                        artifact_path=str(artifact.path),
-                        manifest_path=manifest,
-                        cached=True,
-                    )
-                )
-                return
-        statics = self.analysis.of(artifact) if artifact.invalid_reason is None else {}
-        verdict = classify(
-            stored,
-            artifact_problem=artifact.invalid_reason,
-            release=kernel.release,
-            analysis=statics,
-        )
-        result = stored.result()
-        flaky = is_flaky(result)
-        cell = self._add_cell(
-            spec,
-            artifact,
-            verdict,
-            stored,
-            stored.seconds,
-            cached=cached,
-            result=result,
-            analysis=statics,
-        )
-        extra = list(notes or [])
-        if flaky:
-            extra.append("flaky: a functional test passed only on a retry")
-        if extra or flaky:
-            self.store.update_cell(cell.id, flaky=flaky, notes=[*cell.notes, *extra])
-        if not cached and is_final(verdict.status, verdict.code, flaky):
-            self.store.mark_final(stored.id)
-
-    def _add_cell(
-        self,
-        spec: KernelSpec,
-        artifact: Artifact,
-        verdict: Verdict,
-        stored: ValidatorResult | None,
-        seconds: float,
-        *,
-        cached: bool,
-        result: ResultModel | ResultProblem | None = None,
-        analysis: dict[str, Any] | None = None,
-    ) -> Cell:
-        return self.store.add(
-            Cell(
-                run_id=self.run_id,
-                artifact=artifact.name,
-                artifact_path=str(artifact.path),
-                artifact_sha256=artifact.sha256,
-                manifest_path=str(artifact.manifest_path) if artifact.manifest_path else None,
-                manifest_hash=artifact.manifest_hash,
-                kernel_id=spec.id,
-                seconds=round(seconds, 3),
-                cached=cached,
-                result_id=stored.id if stored else None,
-                artifact_problem=artifact.invalid_reason,
-                analysis_json=json.dumps(analysis) if analysis else None,
-                **cell_fields(verdict, result),
-                **self._judged(artifact, spec, verdict.status, verdict.code),
-            )
-        )
-
-    def _judged(
-        self, artifact: Artifact, spec: KernelSpec, status: str, code: str | None
-    ) -> dict[str, Any]:
-        """Whether the cell is what the project expects (None: it states no expectation)."""
-        if artifact.expect is None:
-            return {"expected": None, "expectation": None}
-        want = artifact.expect.verdict(kernel_chain(self.plan.kernels, spec.id))
-        return {"expected": matches(want, status, code), "expectation": want.label}
-
-
-# Verdicts that say something about the kernel and the object every time; everything else
-# (errors, crashes, functional tests that failed or only passed on a retry) is re-run.
-_NOT_FINAL_CODES = frozenset({"FUNCTIONAL_TEST_FAILURE", "KERNEL_CRASH"})
-
-
-def is_final(status: str, code: str | None, flaky: bool) -> bool:
-    """Whether a verdict may be reused from the cache by a later run."""
-    if flaky:
-        return False
-    return status == "pass" or (status == "fail" and code not in _NOT_FINAL_CODES)
-
-
-def is_flaky(result: ResultModel | ResultProblem | None) -> bool:
-    return isinstance(result, ResultModel) and result.functional.flaky
+            self.recorder.add_cell(spec, artifact, verdict, None, 0.0, cached=False)
 
 
 def run_plan(plan: Plan, store: Store, options: RunOptions) -> tuple[MatrixRunner, RunSummary]:

@@ -100,6 +100,7 @@ class RunKernel(SQLModel, table=True):
     # How the first guest got ready: boot | boot+snapshot (booted, then saved) | restore.
     ready_via: str | None = None
     restores: int = 0  # guests restored from a snapshot rather than booted
+    helpers: int = 0  # more guests that took part of this kernel's work (share.py)
     peak_rss_mb: float | None = None
     status: str = "pending"  # pending | ok | cached | error
     error: str | None = None
@@ -129,7 +130,7 @@ class ValidatorResult(SQLModel, table=True):
     console_tail: str | None = None
     seconds: float = 0.0
     created_at: str = Field(default_factory=utcnow)
-    final: bool | None = None  # may be reused by a later run (see runner.is_final)
+    final: bool | None = None  # may be reused by a later run (see record.is_final)
 
     def result(self) -> ResultModel | ResultProblem | None:
         """The typed result, or why the stored JSON is unusable; None when the guest
@@ -341,7 +342,7 @@ class Store:
 
     def cached_result(self, cache_key: str) -> ValidatorResult | None:
         """The newest final result for this key: errors, crashes and functional-test
-        failures are never reused (see runner.is_final)."""
+        failures are never reused (see record.is_final)."""
         with self.session() as session:
             stmt = (
                 select(ValidatorResult)

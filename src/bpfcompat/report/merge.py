@@ -117,6 +117,7 @@ def _kernel_row(run_id: int, kernel_id: str, parts: list[KernelInfo]) -> RunKern
         boots=sum(p.boots for p in parts),
         ready_via=fastest.ready_via,
         restores=sum(p.restores for p in parts),
+        helpers=sum(p.helpers for p in parts),
         peak_rss_mb=max((p.peak_rss_mb for p in parts if p.peak_rss_mb), default=None),
         status="error" if "error" in statuses else "ok" if "ok" in statuses else k.status,
         error="; ".join(p.error for p in parts if p.error) or None,

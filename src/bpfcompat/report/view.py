@@ -81,10 +81,12 @@ class KernelInfo(_Model):
     arch: str = ""
     accel: str = ""  # empty in runs stored before kernels had their own: the run's accel
     notes: list[str] = []
-    # How the first guest got ready (boot | boot+snapshot | restore), and how many of the
-    # kernel's guests were restored from a snapshot; None and 0 in older exports.
+    # How the first guest got ready (boot | boot+snapshot | restore), and how many of its
+    # guests were restored from a snapshot; None and 0 in older exports.
     ready_via: str | None = None
     restores: int = 0
+    # More guests of the kernel that took over part of its work when a run slot was free.
+    helpers: int = 0
 
 
 class ArtifactInfo(_Model):
@@ -339,6 +341,7 @@ class RunView(_Model):
                         accel=k.accel or "",
                         ready_via=k.ready_via,
                         restores=k.restores or 0,
+                        helpers=k.helpers or 0,
                     )
                     for k in kernels
                 ],

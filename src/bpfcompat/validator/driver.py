@@ -7,7 +7,9 @@ carries only "start TOKEN" / "done TOKEN RC SECONDS HOW" lines, TOKEN being the 
 random token from the host (which ignores any line that does not name the job it expects
 next), HOW "timeout" when the driver killed a job over its timeout (SIGKILL, RC 137) and
 "exit" otherwise, so another SIGKILL (the kernel's OOM killer) is not mistaken for a
-timeout. Jobs arrive as JSON, never through a shell.
+timeout. Jobs arrive as JSON, never through a shell. When the host creates JOBS.json.stop
+(another guest of the same kernel is ready to share the work), the driver prints
+"handover" instead of starting the next job and exits: the host runs the rest elsewhere.
 Runs on the guest's python (3.9+), stdlib only.
 """
 
@@ -54,7 +56,11 @@ def run(job: dict) -> tuple:
 def main(jobs_file: str) -> None:
     with open(jobs_file) as fh:
         jobs = json.load(fh)
+    stop = jobs_file + ".stop"
     for job in jobs:
+        if os.path.exists(stop):
+            print("handover", flush=True)
+            return
         print("start", job["token"], flush=True)
         started = time.monotonic()
         code, how = run(job)
