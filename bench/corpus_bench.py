@@ -70,7 +70,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-def read_cells(db: Path) -> tuple[int, list[dict[str, Any]], list[tuple[str, float | None]]]:
+def read_cells(
+    db: Path,
+) -> tuple[int, list[dict[str, Any]], list[tuple[str, float | None, int | None]]]:
     """The last run's cells (artifact, kernel, seconds, status, code, raw result)."""
     conn = sqlite3.connect(db)
     try:
@@ -82,7 +84,7 @@ def read_cells(db: Path) -> tuple[int, list[dict[str, Any]], list[tuple[str, flo
             (run_id,),
         ).fetchall()
         boots = conn.execute(
-            "select kernel_id, boot_seconds from runkernel where run_id = ?", (run_id,)
+            "select kernel_id, boot_seconds, helpers from runkernel where run_id = ?", (run_id,)
         ).fetchall()
     finally:
         conn.close()
@@ -113,7 +115,10 @@ def main() -> int:
     parser.add_argument("--kernel", action="append", default=[], help="kernel id (repeatable)")
     parser.add_argument("--db", type=Path, help="store to use (default: a fresh temporary one)")
     parser.add_argument("--synthetic", type=int, metavar="N", help="add N-program objects")
-    parser.add_argument("--concurrency", type=int, default=0, help="kernels at once (0: auto)")
+    parser.add_argument("--concurrency", type=int, default=0, help="guests at once (0: auto)")
+    parser.add_argument(
+        "--no-share", action="store_true", help="one guest per kernel (the run's --no-share)"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bpfcompat-corpus-bench-"))
     dirs = list(args.dirs)
@@ -131,6 +136,8 @@ def main() -> int:
     cmd += ["--db", str(db), "--out-dir", str(tmp / "out"), "--concurrency", str(args.concurrency)]
     for kernel in args.kernel:
         cmd += ["--kernel", kernel]
+    if args.no_share:
+        cmd.append("--no-share")
     print(f"load average before: {load_average()} ({os.cpu_count()} CPUs)")
     started = time.monotonic()
     proc = subprocess.run(
@@ -153,7 +160,10 @@ def main() -> int:
     print(f"run {run_id}: {len(cells)} cells in {wall:.1f} s ({len(cells) / wall:.2f} cells/s)")
     print(f"per cell: p50 {p50:.2f} s, p90 {p90:.2f} s, max {worst:.2f} s, "
           f"sum {sum(seconds):.1f} s")  # fmt: skip
-    print("boot-to-ready: " + ", ".join(f"{k} {s:.1f} s" for k, s in boots if s is not None))
+    print("boot-to-ready: " + ", ".join(f"{k} {s:.1f} s" for k, s, _ in boots if s is not None))
+    helpers = sum(h or 0 for _, _, h in boots)
+    print("guests that joined a kernel's work: "
+          + (", ".join(f"{k} {h}" for k, _, h in boots if h) or "none"))  # fmt: skip
     by_kernel: dict[str, list[float]] = {}
     for cell in cells:
         by_kernel.setdefault(cell["kernel"], []).append(cell["seconds"])
@@ -181,6 +191,7 @@ def main() -> int:
         "max_cell_s": round(worst, 2),
         "p50_cell_s": round(p50, 2),
         "p90_cell_s": round(p90, 2),
+        "helpers": helpers,
     }
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
     return 0

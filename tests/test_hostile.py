@@ -138,7 +138,7 @@ def test_run_completes_without_a_traceback(hostile_run: dict[str, Any]) -> None:
     # One boot for every artifact that runs no commands (the 2000-program object
     # included); a fresh guest for each of the three whose manifests run commands
     # (SIGSEGV, the forged result, the OOM kill), since they could tamper with what runs
-    # after them; one more for the OOM kill's re-run alone in a guest with more memory.
+    # after them; one more for the OOM kill's re-run in a guest with more memory.
     assert kernel["boots"] == 5, kernel
     assert hostile_run["summary"]["run_seconds"] < 600
 

@@ -11,8 +11,9 @@ assumed able to tamper with its boot: it runs alone in a fresh guest, after whic
 guest is discarded. A guest that dies with a kernel crash while a job runs is only
 charged to that job if the crash happens again when the job runs alone on a fresh boot;
 otherwise the job keeps its own verdict and the kernel is noted as unstable.
-A job the guest's OOM killer stops runs again alone in a guest with more memory (our
-choice of memory is not the object's fault). Getting a guest ready is launch.py's.
+A job the guest's OOM killer stops runs again in a guest with more memory (our choice
+of memory is not the object's fault), after the batch, with any others that needed it.
+Getting a guest ready is launch.py's.
 
 A batch of trusted jobs can be handed over: when another guest of the same kernel is
 ready to share the work, the driver is asked to stop before its next job and the jobs it
@@ -179,7 +180,7 @@ class GuestSession(GuestLauncher):
         """Yield (index, outcome) as artifacts finish.
 
         An infrastructure failure is retried once after a reboot; a job the OOM killer
-        stopped runs again alone in a bigger guest; a kernel crash under a job is re-run
+        stopped runs again in a bigger guest at the end; a kernel crash under a job is re-run
         alone on a fresh boot before anyone is blamed; a failing boot raises
         BpfcompatError (the kernel's problem, not a cell's). With `handback`, a batch of
         trusted jobs may be handed over (`request_handover`): the jobs it never started
@@ -187,6 +188,7 @@ class GuestSession(GuestLauncher):
         units = self._units([Job(index, artifact) for index, artifact in jobs], boot_per_artifact)
         retried: set[int] = set()
         grown: set[int] = set()  # jobs re-run in a bigger guest after an OOM kill
+        bigger: _Unit | None = None  # where they run, after everything else
         while units and not self.stop.is_set():
             unit = units.pop(0)
             if not unit.jobs:
@@ -205,13 +207,15 @@ class GuestSession(GuestLauncher):
                     outcome = self._confirmed(unit.confirm, outcome)
                 elif outcome.oom and job.index not in grown and self.grown_memory():
                     # The guest's memory is our choice, not the object's fault: the job runs
-                    # again alone in a bigger guest, and only that answer is its verdict.
+                    # again in a bigger guest, and only that answer is its verdict. Such jobs
+                    # wait for the end and share one big guest (one at a time, as always);
+                    # the batch goes on here, its killed process's memory freed.
                     grown.add(job.index)
-                    units[:0] = [
-                        _Unit([job], True, memory_mb=self.grown_memory()),
-                        _Unit(rest, unit.fresh),
-                    ]
-                    break
+                    if bigger is None or not any(u is bigger for u in units):
+                        bigger = _Unit([], True, memory_mb=self.grown_memory())
+                        units.append(bigger)
+                    bigger.jobs.append(job)
+                    continue
                 elif outcome.crash:
                     # Whose crash? Run the job alone on a fresh boot before deciding.
                     units[:0] = [_Unit([job], True, outcome), _Unit(rest, unit.fresh)]

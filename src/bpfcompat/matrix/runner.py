@@ -99,6 +99,9 @@ class _KernelRun:
     by_index: dict[int, tuple[Artifact, str]]
     work: KernelWork
     finished: set[int] = field(default_factory=set)
+    # What another guest costs to get ready: a boot's time when the kernel's guests boot,
+    # next to nothing when they are restored from a snapshot.
+    join_cost: float = 0.0
 
 
 @dataclass
@@ -382,6 +385,8 @@ class MatrixRunner:
                 status="ok",
                 boots=session.boots,
             )
+            if session.ready_via[0] == "boot":
+                run.join_cost = session.boot_seconds[0]
             with self._lock:
                 self._kernel_runs[spec.id] = run
             try:
@@ -417,8 +422,12 @@ class MatrixRunner:
             if self.stop.is_set():
                 return
             self._update_kernel(row, boots=session.boots)
-            joined = run.work.report.joined
-            helpers = f", {joined} more guest(s) shared the work" if joined else ""
+            report = run.work.report
+            helpers = (
+                f", {report.joined} more guest(s) ran {report.jobs} of them"
+                if report.joined
+                else ""
+            )
             progress(spec.id, "done", f"{len(todo)} validated, {session.boots} boot(s){helpers}")
         finally:
             session.shutdown()
@@ -464,6 +473,8 @@ class MatrixRunner:
                         return  # killed by our own interrupt: not a verdict
                     held.discard(index)
                     self._record_outcome(run, index, outcome)
+                    if session.label != run.spec.id:
+                        work.helped()
             except BaseException:
                 work.batch_done(session, back=False)
                 work.give_back([job for job in batch if job[0] in held])
@@ -487,7 +498,7 @@ class MatrixRunner:
             notes.append(
                 f"out of memory in the kernel's {run.spec.memory_mb} MB guest (the OOM killer, "
                 "or a map the kernel could not allocate); this answer is from a guest with "
-                f"{outcome.memory_mb} MB alone"
+                f"{outcome.memory_mb} MB"
             )
         self.recorder.record_cell(run.spec, artifact, stored, run.kernel, cached=False, notes=notes)
         run.work.finished(outcome.seconds)
@@ -526,7 +537,10 @@ class MatrixRunner:
                 return
             offers = [(run.work.wants_helper(), run) for run in self._kernel_runs.values()]
         seconds, run = max(offers, key=lambda offer: offer[0], default=(0.0, None))
-        if run is None or seconds <= 0 or not gate.acquire(blocking=False):
+        # A guest that must boot is worth it only for work well beyond its boot.
+        if run is None or seconds <= max(0.0, 3 * run.join_cost):
+            return
+        if not gate.acquire(blocking=False):
             return
         run.work.join()
         label = f"{run.spec.id}+{run.work.report.joined + 1}"

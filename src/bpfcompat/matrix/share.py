@@ -108,6 +108,10 @@ class KernelWork:
             if self._unstarted.get(guest, 0) > 0:
                 self._unstarted[guest] -= 1
 
+    def helped(self) -> None:
+        with self._cond:
+            self.report.jobs += 1
+
     def finished(self, seconds: float) -> None:
         with self._cond:
             self._done += 1

@@ -15,6 +15,7 @@ Runs on the guest's python (3.9+), stdlib only.
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -57,8 +58,12 @@ def main(jobs_file: str) -> None:
     with open(jobs_file) as fh:
         jobs = json.load(fh)
     stop = jobs_file + ".stop"
-    for job in jobs:
+    for n, job in enumerate(jobs):
         if os.path.exists(stop):
+            # The jobs not started are staged again wherever they run: free the guest's
+            # memory (its /tmp is RAM) of their copies here.
+            for left in jobs[n:]:
+                shutil.rmtree(left["dir"], ignore_errors=True)
             print("handover", flush=True)
             return
         print("start", job["token"], flush=True)

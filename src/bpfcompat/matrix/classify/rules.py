@@ -406,7 +406,7 @@ OUTCOME_RULES: tuple[Rule, ...] = (
          "stored crash flag; console tail"),
     Rule("oom-kill", "INFRA_ERROR", ("infra",), None, "high",
          "The guest kernel's OOM killer killed the validator, also when the job ran again "
-         "alone in a guest with four times the kernel's memory (at most 4096 MB): "
+         "in a guest with four times the kernel's memory (at most 4096 MB): "
          "inconclusive.",
          "The object's verification (or the validator probing it) needs more memory than "
          "that guest has.",
