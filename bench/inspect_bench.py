@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bpfcompat.analysis import features
 from bpfcompat.analysis.inspect import inspect_object
-from bpfcompat.analysis.kernelset import matrix_kernels
+from bpfcompat.matrix.statics import matrix_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,9 +19,9 @@ import threading
 from pathlib import Path
 
 from bpfcompat.analysis.inspect import inspect_object
-from bpfcompat.analysis.kernelset import matrix_kernels
 from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
 from bpfcompat.matrix.guest import GuestSession
+from bpfcompat.matrix.statics import matrix_kernels
 from bpfcompat.vm.image import build_image
 from bpfcompat.vm.kernels import fetch_kernel
 

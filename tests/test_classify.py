@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 
 from bpfcompat.analysis.inspect import inspect_object
-from bpfcompat.analysis.kernelset import matrix_kernels
 from bpfcompat.matrix.classify import (
     CODES,
     NOISE,
@@ -40,7 +39,7 @@ from bpfcompat.matrix.classify import (
 )
 from bpfcompat.matrix.config import load_kernel_matrix
 from bpfcompat.matrix.plan import elf_problem, manifest_for
-from bpfcompat.matrix.statics import summary
+from bpfcompat.matrix.statics import declared, matrix_kernels, summary
 from bpfcompat.matrix.store import ValidatorResult
 from bpfcompat.matrix.verdict import Verdict
 from expectations import EXAMPLES, examples, expected
@@ -117,7 +116,7 @@ def setup_of(artifact: str) -> tuple[dict[str, Any], ...]:
     kernels = matrix_kernels(ROOT / "kernels.yaml")
     assert kernels.checked, "no kernel of kernels.yaml is cached: run scripts/setup.sh"
     manifest = manifest_for(path)
-    return tuple(summary(inspect_object(path, kernels, manifest))["loader_setup"])
+    return tuple(summary(inspect_object(path, kernels, declared(manifest)))["loader_setup"])
 
 
 def classify_cell(kernel_id: str, artifact: str) -> Verdict:

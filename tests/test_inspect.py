@@ -19,8 +19,8 @@ from analysis_fixtures import (  # noqa: F401
 )
 from bpfcompat.analysis.insns import analyse
 from bpfcompat.analysis.inspect import inspect_object, render_text
-from bpfcompat.analysis.kernelset import matrix_kernels
 from bpfcompat.analysis.objfile import read_object
+from bpfcompat.matrix.statics import matrix_kernels
 from bpfcompat.vm import kbtf
 from conftest import run_cli
 

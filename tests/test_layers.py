@@ -44,3 +44,11 @@ def test_the_validator_imports_nothing_of_ours() -> None:
 def test_reports_never_boot_or_fetch() -> None:
     bad = {m: n & {"vm", "cli"} for m, n in imports_of("report").items()}
     assert not any(bad.values()), {m: n for m, n in bad.items() if n}
+
+
+def test_static_analysis_reads_objects_without_the_run_machinery() -> None:
+    """analysis/ is below matrix/: the run and the commands hand it loaded manifests and
+    kernel sets (matrix/statics.py, cli_inspect.py), so nothing there imports back up."""
+    upward = {"matrix", "report", "cli", "cli_inspect", "doctor"}
+    bad = {m: n & upward for m, n in imports_of("analysis").items()}
+    assert not any(bad.values()), {m: n for m, n in bad.items() if n}

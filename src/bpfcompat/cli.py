@@ -436,7 +436,7 @@ def inspect(
     kernels: KernelsOpt = None,
 ) -> None:
     """Read objects statically (no VM): what each needs from a kernel and from its loader."""
-    from bpfcompat.analysis.inspect import run_inspect
+    from bpfcompat.cli_inspect import run_inspect
 
     text, code = run_inspect(objects, kernels, json_out)
     typer.echo(text)
@@ -449,7 +449,7 @@ def manifest_suggest(
     kernels: KernelsOpt = None,
 ) -> None:
     """Print a starting manifest (YAML with comments) from the object's loader findings."""
-    from bpfcompat.analysis.inspect import run_suggest
+    from bpfcompat.cli_inspect import run_suggest
 
     typer.echo(run_suggest(obj, kernels), nl=False)
 

@@ -18,10 +18,14 @@ from bpfcompat.analysis import features as F
 from bpfcompat.analysis import requirements as R
 from bpfcompat.analysis.insns import Uses, analyse
 from bpfcompat.analysis.kernelset import KernelSet
-from bpfcompat.analysis.loader import Finding, loader_setup, mark_declared, program_types
+from bpfcompat.analysis.loader import (
+    DeclaredManifest,
+    Finding,
+    loader_setup,
+    mark_declared,
+    program_types,
+)
 from bpfcompat.analysis.objfile import MapDef, ObjectFile, read_object
-from bpfcompat.errors import BpfcompatError
-from bpfcompat.matrix.config import load_manifest
 from bpfcompat.validator import btf as B
 
 MAX_CORE_RECORDS = 200  # CO-RE relocations listed one by one; the counts cover the rest
@@ -33,7 +37,7 @@ _ENUM_KINDS = (10, 11)
 def inspect_object(
     path: Path,
     kernels: KernelSet | None = None,
-    manifest: Path | None = None,
+    manifest: DeclaredManifest | None = None,
     data: bytes | None = None,
 ) -> dict[str, Any]:
     """Everything `inspect` reports about one artifact; never raises for a bad artifact.
@@ -48,7 +52,7 @@ def inspect_object(
         "floor_reason": None,
         "requirements": [],
         "loader_setup": [],
-        "manifest": str(manifest) if manifest is not None else None,
+        "manifest": manifest.where if manifest is not None else None,
     }
     try:
         obj = read_object(path, data)
@@ -71,11 +75,10 @@ def inspect_object(
     reqs = R.collect(obj, uses, {k: (v[0], v[1]) for k, v in types.items()})
     since, top = R.floor(reqs)
     findings = loader_setup(obj, uses, types, kernels)
-    if manifest is not None:
-        try:
-            mark_declared(findings, load_manifest(manifest), str(manifest))
-        except BpfcompatError as exc:
-            problems.append(f"manifest: {exc}")
+    if manifest is not None and manifest.error is not None:
+        problems.append(f"manifest: {manifest.error}")
+    elif manifest is not None:
+        mark_declared(findings, manifest.manifest, manifest.where)
     used_only = [r for r in reqs if r.programs or r.kind != "map_type"]
     lower, lower_top = R.floor(used_only)
     if top is not None and top.kind == "map_type" and not top.programs and lower != since:
@@ -273,51 +276,6 @@ def _kernel_checks(kernels: KernelSet | None, obj: ObjectFile) -> dict[str, Any]
         "kernels": [f"{k.id} ({k.release})" for k in kernels.kernels],
         "unchecked": list(kernels.unchecked),
     }
-
-
-def _kernel_set(kernels_file: Path | None) -> KernelSet:
-    from bpfcompat.analysis.kernelset import matrix_kernels
-    from bpfcompat.matrix.config import default_kernels_file
-
-    if kernels_file is None and not default_kernels_file().is_file():
-        return KernelSet(unchecked=["no kernel matrix file (give --kernels)"])
-    return matrix_kernels(kernels_file)
-
-
-def run_inspect(paths: list[Path], kernels_file: Path | None, as_json: bool) -> tuple[str, int]:
-    """The `inspect` command: (output text, exit code). Exit 1 only when some artifact could
-    not be read at all; partial reads (no BTF) still report what they could."""
-    import json
-
-    kernels = _kernel_set(kernels_file)
-    reports = [inspect_object(p, kernels, _manifest_of(p)) for p in paths]
-    code = 0 if all(r["readable"] for r in reports) else 1
-    if as_json:
-        body: Any = reports[0] if len(reports) == 1 else reports
-        return json.dumps(body, indent=2, default=str), code
-    return "\n\n".join(render_text(r) for r in reports), code
-
-
-def _manifest_of(path: Path) -> Path | None:
-    """The manifest that applies to `path`, as `matrix run` finds it (None if unusable:
-    inspect reports the object regardless)."""
-    from bpfcompat.matrix.plan import manifest_for
-
-    try:
-        return manifest_for(path)
-    except (BpfcompatError, OSError):
-        return None
-
-
-def run_suggest(path: Path, kernels_file: Path | None) -> str:
-    """The `manifest suggest` command: a starting manifest, or ConfigError if unreadable."""
-    from bpfcompat.analysis.suggest import suggest_manifest
-    from bpfcompat.errors import ConfigError
-
-    report = inspect_object(path, _kernel_set(kernels_file))
-    if not report["readable"]:
-        raise ConfigError(f"{path}: not a readable BPF object: {report['error']}")
-    return suggest_manifest(report)
 
 
 # -- text ----------------------------------------------------------------------------------

@@ -72,22 +72,11 @@ class KernelSet:
         return "; ".join(self.unchecked) or ""
 
 
-def matrix_kernels(kernels_file: Path | None) -> KernelSet:
-    """The kernels of a matrix file (default: kernels.yaml) that are in the cache."""
-    from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
-    from bpfcompat.vm.kernels import cached_kernel
-
-    matrix = load_kernel_matrix(kernels_file or default_kernels_file())
-    out = KernelSet()
-    for spec in matrix.kernels:
-        hit = cached_kernel(spec, deep=False)
-        if hit is None:
-            out.unchecked.append(f"{spec.id}: not fetched (bpfcompat kernels fetch {spec.id})")
-            continue
-        try:
-            major, minor = parse_release(hit.release)
-            release = f"{major}.{minor}"
-        except ValueError:
-            release = hit.release
-        out.kernels.append(KernelBtf(spec.id, release, hit.entry))
-    return out
+def kernel_btf(kernel_id: str, release: str, entry: Path) -> KernelBtf:
+    """A cached kernel as findings name it (its release as major.minor)."""
+    try:
+        major, minor = parse_release(release)
+        release = f"{major}.{minor}"
+    except ValueError:
+        pass
+    return KernelBtf(kernel_id, release, entry)

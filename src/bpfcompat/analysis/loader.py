@@ -87,6 +87,16 @@ class Finding:
         }
 
 
+@dataclass(frozen=True)
+class DeclaredManifest:
+    """The artifact's manifest as the caller read it (a matrix.manifest Manifest), or why
+    it could not be read: the findings are marked with what it declares."""
+
+    where: str
+    manifest: Any = None
+    error: str | None = None
+
+
 def mark_declared(findings: list[Finding], manifest: Any, where: str) -> None:
     """Set `declared_in` on findings whose every manifest key the artifact's manifest sets
     (a program it does not load needs nothing else). `manifest` is a matrix.manifest

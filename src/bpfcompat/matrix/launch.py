@@ -4,7 +4,8 @@ Given a snapshot cache, a guest is restored from the kernel's snapshot instead o
 (the first guest of a machine boots and saves it); a restore that fails in any way is
 discarded and the guest boots, with a kernel note saying why. How each guest got ready is
 kept (`ready_via`) so reports never show a restore as a boot. A guest with other memory
-than the kernel's own (a job re-run after an OOM kill) is always booted.
+than the kernel's own (for jobs re-run after an OOM kill) has a snapshot of its own: the
+memory is part of a snapshot's key.
 
 The VM and the transport come from factories, so the orchestration is tested with a
 fake guest; the real ones are QEMU and SSH.
@@ -94,14 +95,13 @@ class GuestLauncher:
     def boot(self, memory_mb: int | None = None) -> float:
         """Get a guest ready and connect; returns seconds from QEMU's start until SSH
         answers. Restored from the kernel's snapshot when there is one, else booted (and
-        saved, for the next guest). A guest with other memory than the kernel's own is
-        always booted: a snapshot holds the memory it was taken with."""
+        saved, for the next guest); a guest with other memory than the kernel's own has
+        its own snapshot (a snapshot holds the memory it was taken with)."""
         self.shutdown()
         if self.stop.is_set():
             raise VMError("interrupted")
         self._guest_memory = memory_mb or self.spec.memory_mb
-        usual = self._guest_memory == self.spec.memory_mb
-        if usual and self.snapshots is not None and self._no_snapshot is None:
+        if self.snapshots is not None and self._no_snapshot is None:
             try:
                 return self._boot_with_snapshots(self.snapshots)
             except SnapshotError as exc:

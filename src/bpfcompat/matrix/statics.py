@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
-from bpfcompat.analysis.features import parse_release
 from bpfcompat.analysis.inspect import inspect_object
-from bpfcompat.analysis.kernelset import KernelBtf, KernelSet
+from bpfcompat.analysis.kernelset import KernelSet, kernel_btf
+from bpfcompat.analysis.loader import DeclaredManifest
+from bpfcompat.errors import BpfcompatError
+from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix, load_manifest
 from bpfcompat.matrix.plan import Artifact
-from bpfcompat.vm.kernels import KernelBuild
+from bpfcompat.vm.kernels import KernelBuild, cached_kernel
 
 # What a cell keeps: the findings that change a verdict (required and kernel-level ones;
 # the informational ones, hundreds in a big object, stay with `bpfcompat inspect`).
@@ -92,22 +95,37 @@ class RunAnalysis:
         key = f"{artifact.sha256}:{artifact.manifest_hash}"
         with self._lock:
             if key not in self._done:
+                where = artifact.manifest_path
+                declared = DeclaredManifest(str(where), artifact.manifest) if where else None
                 report = inspect_object(
-                    artifact.path,
-                    self._kernel_set(),
-                    artifact.manifest_path,
-                    data=artifact.data,
+                    artifact.path, self._kernel_set(), declared, data=artifact.data
                 )
                 self._done[key] = summary(report)
             return self._done[key]
 
     def _kernel_set(self) -> KernelSet:
-        out = KernelSet()
-        for kernel_id, build in self._kernels.items():
-            try:
-                major, minor = parse_release(build.release)
-                release = f"{major}.{minor}"
-            except ValueError:
-                release = build.release
-            out.kernels.append(KernelBtf(kernel_id, release, build.entry))
-        return out
+        kernels = [kernel_btf(k, b.release, b.entry) for k, b in self._kernels.items()]
+        return KernelSet(kernels=kernels)
+
+
+def matrix_kernels(kernels_file: Path | None) -> KernelSet:
+    """The kernels of a matrix file (default: kernels.yaml) that are in the cache."""
+    matrix = load_kernel_matrix(kernels_file or default_kernels_file())
+    out = KernelSet()
+    for spec in matrix.kernels:
+        hit = cached_kernel(spec, deep=False)
+        if hit is None:
+            out.unchecked.append(f"{spec.id}: not fetched (bpfcompat kernels fetch {spec.id})")
+        else:
+            out.kernels.append(kernel_btf(spec.id, hit.release, hit.entry))
+    return out
+
+
+def declared(manifest: Path | None) -> DeclaredManifest | None:
+    """A manifest file read for the static reading (its error kept, never raised)."""
+    if manifest is None:
+        return None
+    try:
+        return DeclaredManifest(str(manifest), load_manifest(manifest))
+    except BpfcompatError as exc:
+        return DeclaredManifest(str(manifest), error=str(exc))
