@@ -53,7 +53,7 @@ def jobs(n: int) -> list[Any]:
 def test_the_first_guest_takes_everything_and_a_handover_splits_what_it_did_not_start() -> None:
     work = KernelWork(jobs(10), EAGER)
     first, second = FakeGuest(), FakeGuest()
-    batch = work.take(first, first=False)
+    batch = work.take(first, first=False).jobs
     assert [i for i, _ in batch] == list(range(10))
     for _ in range(2):
         work.started(first)
@@ -62,7 +62,7 @@ def test_the_first_guest_takes_everything_and_a_handover_splits_what_it_did_not_
     work.join()
     work.ready(True)
     got: list[Any] = []
-    taker = threading.Thread(target=lambda: got.extend(work.take(second, first=False)))
+    taker = threading.Thread(target=lambda: got.extend(work.take(second, first=False).jobs))
     taker.start()
     deadline = time.monotonic() + 5
     while not first.asked and time.monotonic() < deadline:
@@ -72,7 +72,7 @@ def test_the_first_guest_takes_everything_and_a_handover_splits_what_it_did_not_
     work.give_back(batch[3:], returning=first)
     work.batch_done(first)
     taker.join(5)
-    mine = work.take(first, first=False)
+    mine = work.take(first, first=False).jobs
     assert sorted(i for i, _ in got + mine) == list(range(3, 10))
     assert len(got) == 4 and len(mine) == 3, "the waiting guest leaves the returning one its share"
 
@@ -88,7 +88,7 @@ def test_nothing_is_asked_below_the_policy_or_before_any_job_finished() -> None:
         work.started(first)
     work.finished(10.0)
     assert work.wants_helper() == 0.0, "2 jobs left are under min_jobs"
-    assert work.take(second, first=False) == [] and first.asked == 0
+    assert work.take(second, first=False).jobs == [] and first.asked == 0
 
 
 def test_the_first_guest_waits_for_helpers_and_takes_what_a_failing_one_left() -> None:
@@ -96,10 +96,10 @@ def test_the_first_guest_waits_for_helpers_and_takes_what_a_failing_one_left() -
     first, helper = FakeGuest(), FakeGuest()
     work.join()
     work.ready(True)
-    taken = work.take(helper, first=False)  # the helper got there first
+    taken = work.take(helper, first=False).jobs  # the helper got there first
     assert len(taken) == 4
     got: list[Any] = []
-    waiter = threading.Thread(target=lambda: got.extend(work.take(first, first=True)))
+    waiter = threading.Thread(target=lambda: got.extend(work.take(first, first=True).jobs))
     waiter.start()
     time.sleep(0.2)
     assert waiter.is_alive(), "the first guest must not finish while a helper works"
@@ -113,7 +113,7 @@ def test_the_first_guest_waits_for_helpers_and_takes_what_a_failing_one_left() -
 def test_a_closed_kernel_stops_helpers_and_returns_what_is_left() -> None:
     work = KernelWork(jobs(4), EAGER)
     assert [i for i, _ in work.close()] == [0, 1, 2, 3]
-    assert work.take(FakeGuest(), first=False) == [] and work.wants_helper() == 0.0
+    assert work.take(FakeGuest(), first=False).jobs == [] and work.wants_helper() == 0.0
 
 
 def test_a_guest_that_cannot_hand_over_is_not_waited_for() -> None:
@@ -121,7 +121,7 @@ def test_a_guest_that_cannot_hand_over_is_not_waited_for() -> None:
     first = FakeGuest(agrees=False)
     work.take(first, first=False)
     work.finished(1.0)
-    assert work.take(FakeGuest(), first=False) == [] and first.asked == 1
+    assert work.take(FakeGuest(), first=False).jobs == [] and first.asked == 1
 
 
 # --- whole runs against the fake guest ---------------------------------------------------------
@@ -214,3 +214,42 @@ def test_a_handover_nobody_asked_for_is_ignored_and_the_jobs_are_not_lost(
     kernel = summary.kernels[0]
     assert any("ignored 1 guest protocol line" in n and "'handover'" in n for n in kernel.notes)
     assert world.attempts["ringbuf"] == 1 and world.boots == 2, "the rest ran after a reboot"
+
+
+def test_jobs_an_oom_kill_stopped_wait_for_a_bigger_guest_that_any_guest_may_become() -> None:
+    room = [False]
+    work = KernelWork(jobs(4), EAGER, big_memory=2048, room_for_big=lambda: room[0])
+    first, helper = FakeGuest(), FakeGuest()
+    batch = work.take(first, first=False)
+    assert batch.memory_mb is None and len(batch.jobs) == 4
+    work.grow(batch.jobs[1], 9.0)
+    work.grow(batch.jobs[2], 9.0)
+    work.finished(0.5)
+    work.batch_done(first)
+    assert work.wants_helper() == 0.0, "no room on the host for another big guest"
+    assert not work.take(helper, first=False), "a helper takes big jobs only with room"
+    room[0] = True
+    assert work.wants_helper() == 18.0
+    big = work.take(helper, first=False)
+    assert big.memory_mb == 2048 and [i for i, _ in big.jobs] == [1, 2]
+    work.batch_done(helper, back=False)
+    work.give_back(big.jobs[1:], big=True)  # the big guest died after the first
+    again = work.take(first, first=False)
+    assert again.memory_mb == 2048 and [i for i, _ in again.jobs] == [2]
+
+
+def test_oom_killed_jobs_are_rerun_bigger_once_each_while_the_work_is_shared(
+    tmp_path: Path, built_examples: Path
+) -> None:
+    world = FakeWorld()
+    for name in EIGHT:
+        world.script(name, Step(seconds=0.2))
+    for name in EIGHT[1:4]:
+        world.script(name, Step("oom", seconds=0.2), Step(seconds=0.2))
+    summary = _run(tmp_path, built_examples, world, EIGHT, concurrency=2, split=EAGER)
+    got = {c.artifact: c for c in summary.cells}
+    assert {a: c.status for a, c in got.items()} == dict.fromkeys(EIGHT, "pass")
+    assert all(world.attempts[n] == 2 for n in EIGHT[1:4]), world.attempts
+    assert all(world.attempts[n] == 1 for n in EIGHT[:1] + EIGHT[4:]), world.attempts
+    assert all(any("2048 MB" in n for n in got[a].notes) for a in EIGHT[1:4])
+    assert 2048 in [spec.memory_mb for spec in world.specs]

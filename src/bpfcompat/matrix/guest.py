@@ -155,9 +155,7 @@ class GuestSession(GuestLauncher):
         self._handed_over = False
 
     def grown_memory(self) -> int | None:
-        """The memory for re-running a job the OOM killer stopped, if more is allowed."""
-        grown = min(self.spec.memory_mb * OOM_GROWTH, OOM_MAX_MB)
-        return grown if grown > self.spec.memory_mb else None
+        return grown_memory(self.spec)
 
     # --- scheduling ------------------------------------------------------------------------
 
@@ -176,6 +174,8 @@ class GuestSession(GuestLauncher):
         *,
         boot_per_artifact: bool = False,
         handback: Callable[[list[tuple[int, Artifact]]], None] | None = None,
+        grow: Callable[[tuple[int, Artifact], float], None] | None = None,
+        memory_mb: int | None = None,
     ) -> Iterator[tuple[int, RawOutcome]]:
         """Yield (index, outcome) as artifacts finish.
 
@@ -184,8 +184,13 @@ class GuestSession(GuestLauncher):
         alone on a fresh boot before anyone is blamed; a failing boot raises
         BpfcompatError (the kernel's problem, not a cell's). With `handback`, a batch of
         trusted jobs may be handed over (`request_handover`): the jobs it never started
-        are passed to `handback` instead of being run here."""
+        are passed to `handback` instead of being run here; with `grow`, a job the OOM
+        killer stopped goes there (to run in a bigger guest, maybe another's) instead of
+        waiting for this session's. `memory_mb`: these jobs already need a guest that big,
+        and an OOM kill there is their answer."""
         units = self._units([Job(index, artifact) for index, artifact in jobs], boot_per_artifact)
+        if memory_mb is not None:
+            units = [replace(unit, memory_mb=memory_mb) for unit in units]
         retried: set[int] = set()
         grown: set[int] = set()  # jobs re-run in a bigger guest after an OOM kill
         bigger: _Unit | None = None  # where they run, after everything else
@@ -205,12 +210,20 @@ class GuestSession(GuestLauncher):
                     outcome = replace(outcome, memory_mb=unit.memory_mb)
                 if unit.confirm is not None:
                     outcome = self._confirmed(unit.confirm, outcome)
-                elif outcome.oom and job.index not in grown and self.grown_memory():
+                elif (
+                    outcome.oom
+                    and unit.memory_mb is None
+                    and job.index not in grown
+                    and self.grown_memory()
+                ):
                     # The guest's memory is our choice, not the object's fault: the job runs
                     # again in a bigger guest, and only that answer is its verdict. Such jobs
                     # wait for the end and share one big guest (one at a time, as always);
                     # the batch goes on here, its killed process's memory freed.
                     grown.add(job.index)
+                    if grow is not None:
+                        grow((job.index, job.artifact), outcome.seconds)
+                        continue
                     if bigger is None or not any(u is bigger for u in units):
                         bigger = _Unit([], True, memory_mb=self.grown_memory())
                         units.append(bigger)
@@ -498,6 +511,12 @@ class GuestSession(GuestLauncher):
             )
         starved = result is not None and _map_out_of_memory(result)
         return RawOutcome(result, raw, exit_code, signal, None, False, None, seconds, oom=starved)
+
+
+def grown_memory(spec: KernelSpec) -> int | None:
+    """The memory for re-running a job the OOM killer stopped, if more is allowed."""
+    grown = min(spec.memory_mb * OOM_GROWTH, OOM_MAX_MB)
+    return grown if grown > spec.memory_mb else None
 
 
 def _map_out_of_memory(result: ResultModel) -> bool:

@@ -25,7 +25,7 @@ from typing import Protocol
 from bpfcompat import __version__
 from bpfcompat.errors import BpfcompatError
 from bpfcompat.matrix.classify import kernel_failed
-from bpfcompat.matrix.guest import GuestSession, RawOutcome, describe_error
+from bpfcompat.matrix.guest import GuestSession, RawOutcome, describe_error, grown_memory
 from bpfcompat.matrix.launch import Connector, VMFactory
 from bpfcompat.matrix.plan import Artifact, Plan, cache_key
 from bpfcompat.matrix.policy import EXIT_INTERRUPTED, CellOutcome, run_exit_code
@@ -114,14 +114,24 @@ class RunSummary:
     messages: list[str] = field(default_factory=list)
 
 
+def _available_kb() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            return next(int(ln.split()[1]) for ln in fh if ln.startswith("MemAvailable"))
+    except (OSError, StopIteration, ValueError):
+        return 2 * 1024 * 1024
+
+
+def room_for(memory_mb: int) -> bool:
+    """Whether the host can give another guest this much now (with QEMU's own overhead
+    and a margin), for a second guest that would re-run jobs an OOM kill stopped."""
+    return _available_kb() // 1024 >= memory_mb + 1024
+
+
 def default_concurrency(kernels: list[KernelSpec]) -> int:
     """One VM per core (TCG is CPU-bound), fewer if memory would run short."""
     cpus = os.cpu_count() or 1
-    try:
-        with open("/proc/meminfo") as fh:
-            avail_kb = next(int(ln.split()[1]) for ln in fh if ln.startswith("MemAvailable"))
-    except (OSError, StopIteration, ValueError):
-        avail_kb = 2 * 1024 * 1024
+    avail_kb = _available_kb()
     per_vm_mb = max((k.memory_mb for k in kernels), default=512) + 256  # QEMU's own overhead
     by_memory = max(1, int(avail_kb / 1024 * 0.7 // per_vm_mb))
     # Not capped by the number of kernels: a free slot lets another guest of a busy kernel
@@ -356,7 +366,13 @@ class MatrixRunner:
             image,
             btf_file,
             {index: (artifact, key) for index, artifact, key in todo},
-            KernelWork(movable, self.options.split or SplitPolicy(), self.stop),
+            KernelWork(
+                movable,
+                self.options.split or SplitPolicy(),
+                self.stop,
+                big_memory=grown_memory(spec),
+                room_for_big=lambda: room_for(grown_memory(spec) or 0),
+            ),
         )
         session = self._session(run, spec.id)
         try:
@@ -459,15 +475,23 @@ class MatrixRunner:
         a batch handed over to another guest gives its unstarted jobs back."""
         work = run.work
         while batch := work.take(session, first=first):
-            held = {index for index, _ in batch}
+            held = {index for index, _ in batch.jobs}
 
             def handback(jobs: list[Job], held: set[int] = held) -> None:
                 held.difference_update(index for index, _ in jobs)
                 work.give_back(jobs, returning=session)
 
+            def grow(job: Job, seconds: float, held: set[int] = held) -> None:
+                held.discard(job[0])
+                work.grow(job, seconds)
+
             try:
                 for index, outcome in session.validate_many(
-                    batch, self._on_start(run, session), handback=handback
+                    batch.jobs,
+                    self._on_start(run, session),
+                    handback=handback,
+                    grow=grow if work.big_memory else None,
+                    memory_mb=batch.memory_mb,
                 ):
                     if self.stop.is_set() and outcome.infra_error:
                         return  # killed by our own interrupt: not a verdict
@@ -477,7 +501,8 @@ class MatrixRunner:
                         work.helped()
             except BaseException:
                 work.batch_done(session, back=False)
-                work.give_back([job for job in batch if job[0] in held])
+                left = [job for job in batch.jobs if job[0] in held]
+                work.give_back(left, big=batch.memory_mb is not None)
                 raise
             work.batch_done(session)
 

@@ -7,7 +7,9 @@ started is asked to hand over (its driver stops before its next job, matrix/gues
 the jobs it hands back are split between the guests waiting for work. A guest that runs
 out of work asks the same of the busiest other guest, so the kernel's last minutes are
 not spent by one guest while another idles. Jobs that taint their guest never move: they
-stay with the first guest and its fresh boots.
+stay with the first guest and its fresh boots. Jobs the OOM killer stopped wait in a
+queue of their own for a bigger guest, which any guest of the kernel may become when the
+host has the memory for it.
 
 A handover costs a new batch (an upload and a driver start, well under a second), so it
 is asked only when the jobs left are expected to take a while, judged from this kernel's
@@ -41,6 +43,17 @@ class SplitPolicy:
     min_seconds: float = 8.0  # their expected time, at this kernel's average job so far
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Jobs for one guest; `memory_mb`: they need a guest this big (an OOM kill's re-run)."""
+
+    jobs: list[Job]
+    memory_mb: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.jobs)
+
+
 @dataclass
 class HelperReport:
     """What the guests that joined did, for the kernel's row."""
@@ -56,13 +69,23 @@ class KernelWork:
     """The queue of one kernel's trusted jobs and the guests working on it."""
 
     def __init__(
-        self, jobs: list[Job], policy: SplitPolicy, stop: threading.Event | None = None
+        self,
+        jobs: list[Job],
+        policy: SplitPolicy,
+        stop: threading.Event | None = None,
+        *,
+        big_memory: int | None = None,
+        room_for_big: Callable[[], bool] = lambda: True,
     ) -> None:
         self.policy = policy
+        self.big_memory = big_memory
+        self._room_for_big = room_for_big
         self.report = HelperReport()
         self._stop = stop or threading.Event()
         self._cond = threading.Condition()
         self._queue: list[Job] = list(jobs)
+        self._big: list[Job] = []  # OOM-killed once: for a guest of `big_memory`
+        self._big_seconds = 0.0  # what their killed attempts took: a floor for their re-runs
         self._unstarted: dict[Guest, int] = {}  # guest -> jobs of its batch not yet started
         self._asked: set[Guest] = set()  # guests asked to hand over, not yet back
         self._returning: set[Guest] = set()  # handed over, about to take their share
@@ -76,30 +99,35 @@ class KernelWork:
 
     # --- the first guest and the helpers ---------------------------------------------------
 
-    def take(self, guest: Guest, *, first: bool) -> list[Job]:
-        """The next batch for `guest`, or [] when it should stop. Waits while another
-        guest is asked to hand over; the first guest also waits for every helper to
-        leave, so jobs a failing helper hands back are never stranded."""
+    def take(self, guest: Guest, *, first: bool) -> Batch:
+        """The next batch for `guest` (empty: it should stop). Waits while another guest
+        is asked to hand over; the first guest also waits for every helper to leave, so
+        jobs a failing helper hands back are never stranded. The first guest may always
+        take the bigger-guest jobs (as it would alone); a helper only with room for them."""
         with self._cond:
             self._waiting += 1
             self._returning.discard(guest)
             try:
                 while not self._stop.is_set():
+                    takers = max(1, self._waiting + len(self._returning))
                     if self._queue:
-                        takers = self._waiting + len(self._returning)
-                        n = math.ceil(len(self._queue) / max(1, takers))
+                        n = math.ceil(len(self._queue) / takers)
                         batch, self._queue = self._queue[:n], self._queue[n:]
                         self._unstarted[guest] = len(batch)
-                        return batch
+                        return Batch(batch)
+                    if self._big and (first or self._room_for_big()):
+                        n = math.ceil(len(self._big) / takers)
+                        batch, self._big = self._big[:n], self._big[n:]
+                        return Batch(batch, self.big_memory)
                     if self.closed and not first:
-                        return []
+                        return Batch([])
                     victim = None if self.closed else self._victim(exclude=guest)
                     if victim is not None:
                         self._ask(victim)
                     elif not self._asked and not (first and self._helpers):
-                        return []
+                        return Batch([])
                     self._cond.wait(0.5)
-                return []
+                return Batch([])
             finally:
                 self._waiting -= 1
 
@@ -126,13 +154,23 @@ class KernelWork:
                 self._returning.discard(guest)
             self._cond.notify_all()
 
-    def give_back(self, jobs: list[Job], returning: Guest | None = None) -> None:
+    def give_back(self, jobs: list[Job], returning: Guest | None = None, big: bool = False) -> None:
         """Jobs a guest never started: handed over (`returning`: the guest comes back for
-        its share), or left by a guest that failed."""
+        its share), or left by a guest that failed (`big`: from a bigger guest's batch)."""
         with self._cond:
             if returning is not None:
                 self._returning.add(returning)
-            self._queue = sorted([*self._queue, *jobs], key=lambda job: job[0])
+            if big:
+                self._big = sorted([*self._big, *jobs], key=lambda job: job[0])
+            else:
+                self._queue = sorted([*self._queue, *jobs], key=lambda job: job[0])
+            self._cond.notify_all()
+
+    def grow(self, job: Job, seconds: float) -> None:
+        """A job the OOM killer stopped: it runs again in a bigger guest."""
+        with self._cond:
+            self._big.append(job)
+            self._big_seconds += max(0.0, seconds)
             self._cond.notify_all()
 
     def close(self) -> list[Job]:
@@ -140,15 +178,8 @@ class KernelWork:
         (returned) are the kernel's failure."""
         with self._cond:
             self.closed = True
-            left, self._queue = self._queue, []
+            left, self._queue, self._big = self._queue + self._big, [], []
             self._cond.notify_all()
-            return left
-
-    def drain(self) -> list[Job]:
-        """After the helpers left: whatever they handed back that nobody ran."""
-        self.wait_helpers()
-        with self._cond:
-            left, self._queue = self._queue, []
             return left
 
     def wait_helpers(self) -> None:
@@ -164,7 +195,11 @@ class KernelWork:
             if self.closed or self._no_more or self._asked or self._joining:
                 return 0.0  # a handover, or a guest that is still joining, comes first
             victim = self._victim(exclude=None)
-            return self._expected(self._unstarted[victim]) if victim is not None else 0.0
+            best = self._expected(self._unstarted[victim]) if victim is not None else 0.0
+            big = self._big and self._big_seconds >= self.policy.min_seconds
+            if big and self._room_for_big():
+                best = max(best, self._big_seconds)
+            return best
 
     def join(self) -> None:
         """A helper is on its way: the first guest will wait for it before finishing."""
