@@ -120,23 +120,47 @@ def main() -> int:
         "--no-share", action="store_true", help="one guest per kernel (the run's --no-share)"
     )
     args = parser.parse_args()
+    result = bench(
+        args.dirs,
+        args.kernel,
+        db=args.db,
+        synthetic_programs=args.synthetic,
+        concurrency=args.concurrency,
+        no_share=args.no_share,
+    )
+    if result is None:
+        return 1
+    print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
+    return 0
+
+
+def bench(
+    dirs: list[Path],
+    kernels: list[str],
+    *,
+    db: Path | None = None,
+    synthetic_programs: int | None = None,
+    concurrency: int = 0,
+    no_share: bool = False,
+) -> dict[str, Any] | None:
+    """Run the corpus, print its figures; the RESULT keys, or None (said why) on failure."""
     tmp = Path(tempfile.mkdtemp(prefix="bpfcompat-corpus-bench-"))
-    dirs = list(args.dirs)
+    dirs = list(dirs)
     for d in dirs:
         if not d.is_dir():
             print(f"corpus_bench: {d}: not a directory", file=sys.stderr)
-            return 1
-    if args.synthetic:
-        dirs.append(synthetic(tmp / "synthetic", args.synthetic))
+            return None
+    if synthetic_programs:
+        dirs.append(synthetic(tmp / "synthetic", synthetic_programs))
     if not dirs:
         print("corpus_bench: give a directory or --synthetic N", file=sys.stderr)
-        return 1
-    db = args.db or tmp / "bench.db"
+        return None
+    db = db or tmp / "bench.db"
     cmd = [sys.executable, "-m", "bpfcompat", "matrix", "run", *map(str, dirs), "--no-cache"]
-    cmd += ["--db", str(db), "--out-dir", str(tmp / "out"), "--concurrency", str(args.concurrency)]
-    for kernel in args.kernel:
+    cmd += ["--db", str(db), "--out-dir", str(tmp / "out"), "--concurrency", str(concurrency)]
+    for kernel in kernels:
         cmd += ["--kernel", kernel]
-    if args.no_share:
+    if no_share:
         cmd.append("--no-share")
     print(f"load average before: {load_average()} ({os.cpu_count()} CPUs)")
     started = time.monotonic()
@@ -149,12 +173,12 @@ def main() -> int:
     print(f"matrix run exit {proc.returncode} (output in {tmp / 'matrix.out'})")
     if proc.returncode not in (0, 1, 2):
         print(proc.stderr[-2000:], file=sys.stderr)
-        return 1
+        return None
     run_id, cells, boots = read_cells(db)
     if not cells:
         print(f"corpus_bench: run {run_id} recorded no cells", file=sys.stderr)
         print(proc.stderr[-2000:], file=sys.stderr)
-        return 1
+        return None
     seconds = [c["seconds"] for c in cells]
     p50, p90, worst = percentile(seconds, 0.5), percentile(seconds, 0.9), max(seconds)
     print(f"run {run_id}: {len(cells)} cells in {wall:.1f} s ({len(cells) / wall:.2f} cells/s)")
@@ -193,8 +217,7 @@ def main() -> int:
         "p90_cell_s": round(p90, 2),
         "helpers": helpers,
     }
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
-    return 0
+    return result
 
 
 if __name__ == "__main__":

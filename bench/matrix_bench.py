@@ -19,7 +19,9 @@ Measures, in one run:
 - the wall time of the same matrix with one cold boot per cell (--boot-per-artifact, what
   a tool that boots a VM per artifact and kernel pays);
 - the wall time of a cached rerun of the default matrix (the whole CLI process);
-- the peak RSS of a QEMU process.
+- the peak RSS of a QEMU process;
+- with --corpus DIR (repeatable): corpus_bench.py over those objects on the same kernels
+  (its corpus_s, max_cell_s and cells join the RESULT line).
 """
 
 from __future__ import annotations
@@ -147,6 +149,9 @@ def main() -> None:
     parser.add_argument("--skip-per-cell", action="store_true", help="skip the slow per-cell run")
     parser.add_argument("--copies", type=int, default=9, help="artifacts for the marginal cost")
     parser.add_argument("--boots", type=int, default=5, help="boots per kernel for the medians")
+    parser.add_argument(
+        "--corpus", action="append", type=Path, default=[], help="objects for corpus_bench.py"
+    )
     args = parser.parse_args()
     matrix = load_kernel_matrix(default_kernels_file())
     kernels = matrix.select(args.kernel)
@@ -238,6 +243,13 @@ def main() -> None:
         "peak_rss_mb": round(max(rss)),
         **restore_bench.result(figures),
     }
+    if args.corpus:
+        import corpus_bench
+
+        corpus = corpus_bench.bench(args.corpus, [k.id for k in kernels])
+        if corpus is None:
+            raise SystemExit("matrix_bench: the corpus run failed (above)")
+        result.update({k: corpus[k] for k in ("corpus_s", "cells", "max_cell_s", "helpers")})
     (tmp / "result.json").write_text(json.dumps(result))
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))
     shutil.rmtree(tmp, ignore_errors=True)
