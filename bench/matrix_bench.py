@@ -39,8 +39,9 @@ from pathlib import Path
 from bpfcompat.matrix.config import default_kernels_file, load_kernel_matrix
 from bpfcompat.matrix.guest import GuestSession
 from bpfcompat.matrix.launch import base_cmdline
+from bpfcompat.matrix.options import Backend, RunOptions
 from bpfcompat.matrix.plan import Plan, discover_artifacts
-from bpfcompat.matrix.runner import Backend, RunOptions, run_plan
+from bpfcompat.matrix.runner import run_plan
 from bpfcompat.matrix.store import Store
 from bpfcompat.vm.cpio import CpioWriter, extract_newc
 from bpfcompat.vm.image import build_image

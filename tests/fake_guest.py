@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bpfcompat.errors import GuestCrash, OversizeError, TransportError, VMError
-from bpfcompat.matrix.runner import Backend
+from bpfcompat.matrix.options import Backend
 from bpfcompat.vm.console import crash_evidence, oom_evidence
 from bpfcompat.vm.image import GuestImage
 from bpfcompat.vm.kernels import KernelBuild

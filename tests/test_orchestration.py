@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from bpfcompat.matrix.options import RunOptions
 from bpfcompat.matrix.plan import Plan, discover_artifacts
-from bpfcompat.matrix.runner import RunOptions, run_plan
+from bpfcompat.matrix.runner import run_plan
 from bpfcompat.matrix.store import Run, Store
 from bpfcompat.report.html import render_html
 from bpfcompat.report.view import RunView

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from bpfcompat.errors import ConfigError, ReportError
+from bpfcompat.matrix.options import RunOptions
 from bpfcompat.matrix.plan import Plan, discover_artifacts, parse_shard
-from bpfcompat.matrix.runner import RunOptions, run_plan
+from bpfcompat.matrix.runner import run_plan
 from bpfcompat.matrix.store import Store
 from bpfcompat.report import base_view
 from bpfcompat.report.compare import compare_views

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bpfcompat.matrix.options import RunOptions
 from bpfcompat.matrix.plan import Plan, discover_artifacts
-from bpfcompat.matrix.runner import RunOptions, run_plan
+from bpfcompat.matrix.runner import run_plan
 from bpfcompat.matrix.share import KernelWork, SplitPolicy
 from bpfcompat.matrix.store import Store
 from bpfcompat.vm.spec import KernelSpec

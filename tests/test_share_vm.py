@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from bpfcompat.matrix.config import load_kernel_matrix
+from bpfcompat.matrix.options import RunOptions
 from bpfcompat.matrix.plan import Plan, discover_artifacts
-from bpfcompat.matrix.runner import RunOptions, run_plan
+from bpfcompat.matrix.runner import run_plan
 from bpfcompat.matrix.share import SplitPolicy
 from bpfcompat.matrix.store import Store
 from conftest import ROOT

@@ -13,8 +13,9 @@ import pytest
 
 from bpfcompat.errors import SnapshotError, VMError
 from bpfcompat.matrix.guest import GuestSession
+from bpfcompat.matrix.options import RunOptions
 from bpfcompat.matrix.plan import Plan, discover_artifacts
-from bpfcompat.matrix.runner import RunOptions, run_plan
+from bpfcompat.matrix.runner import run_plan
 from bpfcompat.matrix.store import Store
 from bpfcompat.vm import guest_agent
 from bpfcompat.vm.handoff import Handoff, HostKey

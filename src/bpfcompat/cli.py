@@ -219,8 +219,9 @@ def matrix_run(
     ] = None,
 ) -> None:
     """Validate every artifact on every kernel: each kernel booted once for all artifacts."""
+    from bpfcompat.matrix.options import RunOptions
     from bpfcompat.matrix.policy import EXIT_MEANINGS
-    from bpfcompat.matrix.runner import RunOptions, run_plan
+    from bpfcompat.matrix.runner import run_plan
     from bpfcompat.report import write_view
     from bpfcompat.report.terminal import terminal_lines
     from bpfcompat.report.view import RunView
@@ -344,7 +345,8 @@ def validate(
     if loaded.invalid_reason:
         raise ConfigError(f"{artifact}: {loaded.invalid_reason}")
     if kernel != "host":
-        from bpfcompat.matrix.runner import RunOptions, run_plan
+        from bpfcompat.matrix.options import RunOptions
+        from bpfcompat.matrix.runner import run_plan
 
         matrix = _matrix(kernels)
         plan = Plan(
