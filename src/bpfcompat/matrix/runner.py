@@ -335,9 +335,10 @@ class MatrixRunner:
             with self._lock:
                 self._kernel_runs[spec.id] = run
             try:
-                # Shared jobs first, then (while helpers finish) the ones that run alone,
-                # then whatever a helper handed back and nobody ran.
-                self._guest_loop(run, session, first=False)
+                # The jobs that run alone first (each in a fresh guest, the first in the
+                # one just booted), then the shared ones in one more guest, which ends
+                # with whatever a helper handed back: the first guest's boots are what
+                # they are without sharing.
                 if alone and not self.stop.is_set():
                     started = self._on_start(run, session)
                     for index, outcome in session.validate_many(
