@@ -128,6 +128,14 @@ def test_a_guest_that_cannot_hand_over_is_not_waited_for() -> None:
 # --- whole runs against the fake guest ---------------------------------------------------------
 
 
+def slow_world(seconds: float, names: list[str] = EIGHT) -> FakeWorld:
+    """A fake guest where each artifact takes `seconds`: long enough for a second guest."""
+    world = FakeWorld()
+    for name in names:
+        world.script(name, Step(seconds=seconds))
+    return world
+
+
 def _run(tmp_path: Path, examples: Path, world: FakeWorld, names: list[str], **options: Any) -> Any:
     artifacts = discover_artifacts([examples / n / f"{n}.bpf.o" for n in names])
     for artifact in artifacts:
@@ -142,9 +150,7 @@ def _run(tmp_path: Path, examples: Path, world: FakeWorld, names: list[str], **o
 def test_a_free_slot_brings_a_second_guest_and_every_artifact_runs_once(
     tmp_path: Path, built_examples: Path
 ) -> None:
-    world = FakeWorld()
-    for name in EIGHT:
-        world.script(name, Step(seconds=0.3))
+    world = slow_world(0.3)
     summary = _run(tmp_path, built_examples, world, EIGHT, concurrency=2, split=EAGER)
     assert {c.artifact: c.status for c in summary.cells} == dict.fromkeys(EIGHT, "pass")
     assert world.attempts == dict.fromkeys(EIGHT, 1), "no artifact ran twice, none was lost"
@@ -163,9 +169,7 @@ def test_without_a_free_slot_or_with_sharing_off_one_guest_does_it_all(
     for n, options in enumerate(
         [{"concurrency": 1, "split": EAGER}, {"concurrency": 2, "split": None}]
     ):
-        world = FakeWorld()
-        for name in EIGHT:
-            world.script(name, Step(seconds=0.1))
+        world = slow_world(0.1)
         summary = _run(tmp_path / str(n), built_examples, world, EIGHT, **options)
         assert world.boots == 1 and world.batches == [EIGHT] and world.handovers == 0
         assert summary.kernels[0].helpers == 0
@@ -174,9 +178,7 @@ def test_without_a_free_slot_or_with_sharing_off_one_guest_does_it_all(
 def test_a_second_guest_that_cannot_start_costs_nothing_but_a_note(
     tmp_path: Path, built_examples: Path
 ) -> None:
-    world = FakeWorld()
-    for name in EIGHT:
-        world.script(name, Step(seconds=0.2))
+    world = slow_world(0.2)
 
     def fail_next_boot(name: str) -> None:
         if name == EIGHT[0]:
@@ -193,10 +195,8 @@ def test_a_second_guest_that_cannot_start_costs_nothing_but_a_note(
 def test_jobs_that_run_commands_stay_with_the_first_guest(
     tmp_path: Path, built_examples: Path
 ) -> None:
-    world = FakeWorld()
     names = [*EIGHT, "functional-execve"]
-    for name in names:
-        world.script(name, Step(seconds=0.2))
+    world = slow_world(0.2, names)
     summary = _run(tmp_path, built_examples, world, names, concurrency=2, split=EAGER)
     assert world.attempts == dict.fromkeys(names, 1)
     assert ["functional-execve"] in world.batches, "it runs alone, in a fresh guest"
@@ -219,7 +219,7 @@ def test_a_handover_nobody_asked_for_is_ignored_and_the_jobs_are_not_lost(
 
 def test_jobs_an_oom_kill_stopped_wait_for_a_bigger_guest_that_any_guest_may_become() -> None:
     room = [False]
-    work = KernelWork(jobs(4), EAGER, big_memory=2048, room_for_big=lambda: room[0])
+    work = KernelWork(jobs(4), EAGER, big_memory=2048, room_for_big=lambda memory_mb: room[0])
     first, helper = FakeGuest(), FakeGuest()
     batch = work.take(first, first=False)
     assert batch.memory_mb is None and len(batch.jobs) == 4
@@ -242,9 +242,7 @@ def test_jobs_an_oom_kill_stopped_wait_for_a_bigger_guest_that_any_guest_may_bec
 def test_oom_killed_jobs_are_rerun_bigger_once_each_while_the_work_is_shared(
     tmp_path: Path, built_examples: Path
 ) -> None:
-    world = FakeWorld()
-    for name in EIGHT:
-        world.script(name, Step(seconds=0.2))
+    world = slow_world(0.2)
     for name in EIGHT[1:4]:
         world.script(name, Step("oom", seconds=0.2), Step(seconds=0.2))
     summary = _run(tmp_path, built_examples, world, EIGHT, concurrency=2, split=EAGER)

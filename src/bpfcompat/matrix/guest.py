@@ -154,9 +154,6 @@ class GuestSession(GuestLauncher):
         self._handover_asked = False
         self._handed_over = False
 
-    def grown_memory(self) -> int | None:
-        return grown_memory(self.spec)
-
     # --- scheduling ------------------------------------------------------------------------
 
     def _units(self, jobs: list[Job], boot_per_artifact: bool) -> list[_Unit]:
@@ -214,7 +211,7 @@ class GuestSession(GuestLauncher):
                     outcome.oom
                     and unit.memory_mb is None
                     and job.index not in grown
-                    and self.grown_memory()
+                    and grown_memory(self.spec)
                 ):
                     # The guest's memory is our choice, not the object's fault: the job runs
                     # again in a bigger guest, and only that answer is its verdict. Such jobs
@@ -225,7 +222,7 @@ class GuestSession(GuestLauncher):
                         grow((job.index, job.artifact), outcome.seconds)
                         continue
                     if bigger is None or not any(u is bigger for u in units):
-                        bigger = _Unit([], True, memory_mb=self.grown_memory())
+                        bigger = _Unit([], True, memory_mb=grown_memory(self.spec))
                         units.append(bigger)
                     bigger.jobs.append(job)
                     continue

@@ -300,7 +300,7 @@ class MatrixRunner:
                 self.options.split or SplitPolicy(),
                 self.stop,
                 big_memory=grown_memory(spec),
-                room_for_big=lambda: room_for(grown_memory(spec) or 0),
+                room_for_big=room_for,
             ),
         )
         session = self._session(run, spec.id)

@@ -75,7 +75,7 @@ class KernelWork:
         stop: threading.Event | None = None,
         *,
         big_memory: int | None = None,
-        room_for_big: Callable[[], bool] = lambda: True,
+        room_for_big: Callable[[int], bool] = lambda memory_mb: True,
     ) -> None:
         self.policy = policy
         self.big_memory = big_memory
@@ -115,7 +115,7 @@ class KernelWork:
                         batch, self._queue = self._queue[:n], self._queue[n:]
                         self._unstarted[guest] = len(batch)
                         return Batch(batch)
-                    if self._big and (first or self._room_for_big()):
+                    if self._big and (first or self._room_for_big(self.big_memory or 0)):
                         n = math.ceil(len(self._big) / takers)
                         batch, self._big = self._big[:n], self._big[n:]
                         return Batch(batch, self.big_memory)
@@ -197,7 +197,7 @@ class KernelWork:
             victim = self._victim(exclude=None)
             best = self._expected(self._unstarted[victim]) if victim is not None else 0.0
             big = self._big and self._big_seconds >= self.policy.min_seconds
-            if big and self._room_for_big():
+            if big and self._room_for_big(self.big_memory or 0):
                 best = max(best, self._big_seconds)
             return best
 
